@@ -1,0 +1,1 @@
+"""Shared core of the sidecars: settings, logging, admin server, metrics, lifecycle."""
