@@ -1,0 +1,473 @@
+"""One local port: accept, admit, pick an endpoint, connect, relay, log.
+
+The decisions (which endpoint, is it ejected, is the breaker open) are the pure
+routing core's; this module is the trio shell that moves a connection through
+them and records what happened:
+
+    accept -> allow-list -> current environment -> listener breaker (bounded
+    pending queue with a timeout) -> connect with timeout, retried on the next
+    endpoint (bounded attempts, failures reported to the cluster) -> relay ->
+    one access-log line and the metrics.
+
+Every path that cannot serve a client closes it at once (fail fast): a client
+left hanging on a dead backend is worse than one told "no" immediately.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import trio
+
+from sidecar_common.jsonlog import get_logger, log_event
+from sidecar_common.metrics import Registry
+from sidecar_common.netaddr import address_allowed
+
+from .cluster import Cluster
+from .config import ListenerConfig
+from .endpoint import EndpointState
+from .relay import RelayCounters, abort_stream, relay
+from .switch import EnvSwitch
+
+__all__ = [
+    "CONNECT_BUCKETS",
+    "Connection",
+    "ListenerRuntime",
+    "Metrics",
+    "bind_socket",
+]
+
+access_log = get_logger("ambassador.access")
+log = get_logger("ambassador.listener")
+
+# Connect latency on loopback is ~100 us, across a cluster ~1 ms, a struggling
+# backend seconds: the buckets span that range.
+CONNECT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Metrics:
+    """The ambassador's metric families; live values are read from the runtimes on scrape."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.runtimes: list[ListenerRuntime] = []
+        self.switch: EnvSwitch | None = None
+        self.connections = registry.counter(
+            "ambassador_connections_total",
+            "Client connections by how they ended.",
+            ("listener", "env", "outcome"),
+        )
+        self.connect_duration = registry.histogram(
+            "ambassador_connect_duration_seconds",
+            "Time to connect to the upstream endpoint (successful connects).",
+            ("listener", "env"),
+            buckets=CONNECT_BUCKETS,
+        )
+        self.env_switches = registry.counter(
+            "ambassador_env_switches_total",
+            "Environment switch requests by result and source.",
+            ("result", "source"),
+        )
+        self.ejections = registry.counter(
+            "ambassador_ejections_total",
+            "Endpoints ejected by passive outlier detection.",
+            ("listener", "env", "endpoint"),
+        )
+        self.breaker_rejections = registry.counter(
+            "ambassador_circuit_breaker_rejections_total",
+            "Connections refused by a circuit breaker (listener or endpoint limit, pending timeout).",
+            ("listener", "scope"),
+        )
+        registry.gauge_callback(
+            "ambassador_active_connections",
+            "Client connections being relayed now.",
+            self._active,
+        )
+        registry.counter_callback(
+            "ambassador_received_bytes_total",
+            "Bytes received from clients and forwarded upstream.",
+            lambda: self._bytes(inbound=True),
+        )
+        registry.counter_callback(
+            "ambassador_sent_bytes_total",
+            "Bytes received from upstreams and sent to clients.",
+            lambda: self._bytes(inbound=False),
+        )
+        registry.gauge_callback(
+            "ambassador_endpoint_healthy",
+            "1 when the endpoint is usable (healthy and not ejected), else 0.",
+            self._healthy,
+        )
+        registry.gauge_callback(
+            "ambassador_current_env",
+            "1 for the current environment, 0 for the other choices.",
+            self._current_env,
+        )
+
+    def _active(self) -> Iterable[tuple[dict[str, str], float]]:
+        for rt in self.runtimes:
+            counts: dict[str, int] = dict.fromkeys(rt.clusters, 0)
+            for conn in rt.connections:
+                counts[conn.env] = counts.get(conn.env, 0) + 1
+            for env, n in counts.items():
+                yield {"listener": rt.name, "env": env}, float(n)
+
+    def _bytes(self, *, inbound: bool) -> Iterable[tuple[dict[str, str], float]]:
+        for rt in self.runtimes:
+            totals = dict(rt.closed_bytes_in if inbound else rt.closed_bytes_out)
+            for env in rt.clusters:
+                totals.setdefault(env, 0)
+            for conn in rt.connections:
+                live = conn.counters.bytes_in if inbound else conn.counters.bytes_out
+                totals[conn.env] = totals.get(conn.env, 0) + live
+            for env, n in totals.items():
+                yield {"listener": rt.name, "env": env}, float(n)
+
+    def _healthy(self) -> Iterable[tuple[dict[str, str], float]]:
+        now = trio.current_time()
+        for rt in self.runtimes:
+            for env, cluster in rt.clusters.items():
+                for ep in cluster.endpoints:
+                    labels = {"listener": rt.name, "env": env, "endpoint": ep.name}
+                    yield labels, 1.0 if ep.usable(now) else 0.0
+
+    def _current_env(self) -> Iterable[tuple[dict[str, str], float]]:
+        if self.switch is None:
+            return
+        for env in self.switch.environments:
+            yield {"env": env}, 1.0 if env == self.switch.current else 0.0
+
+
+@dataclass(eq=False)
+class Connection:
+    """A client connection being relayed (what drain and metrics need to see)."""
+
+    env: str
+    client: str
+    endpoint: str
+    scope: trio.CancelScope
+    counters: RelayCounters = field(default_factory=RelayCounters)
+    #: Set before cancelling ``scope``; the access log's outcome.
+    cancel_reason: str = ""
+
+
+def bind_socket(host: str, port: int, *, reuse_port: bool = False, backlog: int = 1024) -> socket.socket:
+    """Bind a listening socket synchronously, before trio starts.
+
+    Binding before the event loop means "address in use" is reported as a
+    one-line start-up error, and worker processes (SO_REUSEPORT) can bind the
+    same port.
+    """
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, type_, proto, _, sockaddr = infos[0]
+    sock = socket.socket(family, type_, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(sockaddr)
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _peer(stream: trio.SocketStream) -> tuple[str, str]:
+    """(ip, "ip:port") of the client; ("", "?") when the socket is already gone."""
+    try:
+        addr = stream.socket.getpeername()
+    except OSError:
+        return "", "?"
+    host, port = str(addr[0]), int(addr[1])
+    return host, (f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+
+
+class ListenerRuntime:
+    """The running state of one listener: its clusters per environment, live connections."""
+
+    def __init__(
+        self,
+        config: ListenerConfig,
+        clusters: Mapping[str, Cluster],
+        switch: EnvSwitch,
+        metrics: Metrics,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self.clusters: dict[str, Cluster] = dict(clusters)
+        self.switch = switch
+        self.metrics = metrics
+        self.connections: set[Connection] = set()
+        self.closed_bytes_in: dict[str, int] = {}
+        self.closed_bytes_out: dict[str, int] = {}
+        self.accepting = True
+        self._admitted = 0
+        self._pending = 0
+        self._slot_freed = trio.lowlevel.ParkingLot()
+        self._idle = trio.Event()
+        self._idle.set()
+        metrics.runtimes.append(self)
+
+    # ------------------------------------------------------------ reconfiguration
+
+    def reconfigure(self, config: ListenerConfig, clusters: Mapping[str, Cluster]) -> None:
+        """Apply a reloaded config (same name and address); open connections are untouched."""
+        self.config = config
+        self.clusters = dict(clusters)
+        self._slot_freed.unpark_all()
+
+    def has_usable(self, env: str | None) -> bool:
+        cluster = self.clusters.get(env) if env is not None else None
+        return cluster is not None and cluster.has_usable(trio.current_time())
+
+    def drain_env(self, keep_env: str | None, timeout: float) -> int:
+        """Close connections of other environments than ``keep_env`` after ``timeout`` seconds."""
+        deadline = trio.current_time() + timeout
+        n = 0
+        for conn in self.connections:
+            if conn.env != keep_env:
+                if not conn.cancel_reason:
+                    conn.cancel_reason = "drained"
+                conn.scope.deadline = min(conn.scope.deadline, deadline)
+                n += 1
+        return n
+
+    def shutdown_after(self, timeout: float) -> None:
+        """Graceful shutdown: connections still open after ``timeout`` are closed."""
+        self.accepting = False
+        deadline = trio.current_time() + timeout
+        for conn in self.connections:
+            conn.cancel_reason = "shutdown"
+            conn.scope.deadline = min(conn.scope.deadline, deadline)
+
+    async def wait_idle(self) -> None:
+        """Return once no connection is open."""
+        await self._idle.wait()
+
+    # ------------------------------------------------------------ serving
+
+    async def serve(
+        self,
+        sockets: list[socket.socket],
+        *,
+        handler_nursery: trio.Nursery,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Accept on ``sockets`` (already bound) until cancelled; handlers run in ``handler_nursery``.
+
+        Cancelling this stops accepting and closes the listening sockets; the
+        connections live on in ``handler_nursery`` so a drain can let them finish.
+        """
+        listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in sockets]
+        await trio.serve_listeners(
+            self.handle, listeners, handler_nursery=handler_nursery, task_status=task_status
+        )
+
+    def _count(self, env: str, outcome: str) -> None:
+        self.metrics.connections.labels(listener=self.name, env=env, outcome=outcome).inc()
+
+    def _log(self, **fields: object) -> None:
+        log_event(access_log, "connection", listener=self.name, **fields)
+
+    async def _admit(self) -> str | None:
+        """Listener circuit breaker with a bounded pending queue; None when admitted.
+
+        Over ``max_connections``, up to ``max_pending`` clients wait (FIFO) up to
+        ``pending_timeout`` for a slot; the rest are refused at once.
+        """
+        limit = self.config.limits.max_connections
+        if limit is None or self._admitted < limit:
+            self._admitted += 1
+            return None
+        if self._pending >= self.config.limits.max_pending:
+            return "rejected"
+        self._pending += 1
+        try:
+            with trio.move_on_after(self.config.limits.pending_timeout):
+                while True:
+                    await self._slot_freed.park()
+                    limit = self.config.limits.max_connections
+                    if limit is None or self._admitted < limit:
+                        self._admitted += 1
+                        return None
+            return "pending_timeout"
+        finally:
+            self._pending -= 1
+
+    def _release(self) -> None:
+        self._admitted -= 1
+        self._slot_freed.unpark()
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        """Serve one client connection from accept to close (never raises on I/O errors)."""
+        start = trio.current_time()
+        client_ip, client = _peer(stream)
+        env = self.switch.current
+        env_label = env or ""
+        try:
+            if not self.accepting:
+                self._count(env_label, "shutdown")
+                return
+            if self.config.allow and not address_allowed(client_ip, self.config.allow):
+                self._count(env_label, "denied")
+                self._log(env=env_label, client=client, outcome="denied", duration=0.0)
+                log_event(
+                    log,
+                    "client not in allow list",
+                    level=logging.WARNING,
+                    listener=self.name,
+                    client=client,
+                )
+                return
+            cluster = self.clusters.get(env) if env is not None else None
+            if env is None or cluster is None:
+                self._count(env_label, "no_env")
+                self._log(env=env_label, client=client, outcome="no_env", duration=0.0)
+                return
+            refused = await self._admit()
+            if refused is not None:
+                self.metrics.breaker_rejections.labels(listener=self.name, scope="listener").inc()
+                self._count(env, refused)
+                self._log(
+                    env=env,
+                    client=client,
+                    outcome=refused,
+                    duration=round(trio.current_time() - start, 6),
+                )
+                return
+            try:
+                await self._serve_admitted(stream, env, cluster, client, start)
+            finally:
+                self._release()
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def _connect(
+        self, env: str, cluster: Cluster
+    ) -> tuple[trio.SocketStream | None, EndpointState | None, str, int, float]:
+        """Connect to an endpoint with bounded retries; (stream, ep, outcome, attempts, seconds)."""
+        limits = self.config.limits
+        tried: set[tuple[str, int]] = set()
+        attempts = 0
+        outcome = "no_endpoint"
+        connect_time = 0.0
+        while attempts < limits.connect_attempts:
+            now = trio.current_time()
+            ep = cluster.choose(now, exclude=tried)
+            if ep is None:
+                if attempts == 0 and any(e.usable(now) for e in cluster.endpoints):
+                    # Usable endpoints exist but all are at their connection limit.
+                    outcome = "rejected"
+                    self.metrics.breaker_rejections.labels(
+                        listener=self.name, scope="endpoint"
+                    ).inc()
+                break
+            attempts += 1
+            tried.add(ep.address)
+            cluster.connect_started(ep)
+            t0 = trio.current_time()
+            try:
+                with trio.fail_after(limits.connect_timeout):
+                    upstream = await trio.open_tcp_stream(*ep.address)
+            except (OSError, trio.TooSlowError) as exc:
+                now = trio.current_time()
+                ejected = cluster.connect_failed(ep, now)
+                outcome = "connect_failed"
+                reason = "timeout" if isinstance(exc, trio.TooSlowError) else str(exc)
+                log_event(
+                    log,
+                    "connect failed",
+                    level=logging.WARNING,
+                    listener=self.name,
+                    env=env,
+                    endpoint=ep.name,
+                    attempt=attempts,
+                    reason=reason,
+                    ejected=ejected,
+                )
+                if ejected:
+                    self.metrics.ejections.labels(
+                        listener=self.name, env=env, endpoint=ep.name
+                    ).inc()
+                    log_event(
+                        log,
+                        "endpoint ejected",
+                        level=logging.WARNING,
+                        listener=self.name,
+                        env=env,
+                        endpoint=ep.name,
+                        until=round(ep.ejected_until - now, 3),
+                    )
+                continue
+            except BaseException:
+                # Cancelled mid-connect (drain): the cluster must not keep the slot.
+                cluster.connect_failed(ep, trio.current_time())
+                raise
+            connect_time = trio.current_time() - t0
+            cluster.connect_succeeded(ep, connect_time, trio.current_time())
+            self.metrics.connect_duration.labels(listener=self.name, env=env).observe(connect_time)
+            return upstream, ep, "connected", attempts, connect_time
+        return None, None, outcome, attempts, connect_time
+
+    async def _serve_admitted(
+        self, stream: trio.SocketStream, env: str, cluster: Cluster, client: str, start: float
+    ) -> None:
+        upstream, ep, outcome, attempts, connect_time = await self._connect(env, cluster)
+        if upstream is None or ep is None:
+            # Fail fast: RST rather than FIN, so a client reading a reply sees
+            # an error at once and not an empty answer.
+            abort_stream(stream)
+            self._count(env, outcome)
+            self._log(
+                env=env,
+                client=client,
+                outcome=outcome,
+                attempts=attempts,
+                duration=round(trio.current_time() - start, 6),
+            )
+            return
+        conn = Connection(env=env, client=client, endpoint=ep.name, scope=trio.CancelScope())
+        self.connections.add(conn)
+        self._idle = trio.Event() if self._idle.is_set() else self._idle
+        result_outcome = "cancelled"
+        try:
+            with conn.scope:
+                result = await relay(
+                    stream, upstream, conn.counters, idle_timeout=self.config.limits.idle_timeout
+                )
+                result_outcome = result.outcome
+            if conn.scope.cancelled_caught:
+                result_outcome = conn.cancel_reason or "cancelled"
+                abort_stream(stream)
+                abort_stream(upstream)
+        finally:
+            if result_outcome == "cancelled" and conn.cancel_reason:
+                result_outcome = conn.cancel_reason
+            await trio.aclose_forcefully(upstream)
+            cluster.connection_closed(ep)
+            self.connections.discard(conn)
+            if not self.connections:
+                self._idle.set()
+            self.closed_bytes_in[env] = self.closed_bytes_in.get(env, 0) + conn.counters.bytes_in
+            self.closed_bytes_out[env] = (
+                self.closed_bytes_out.get(env, 0) + conn.counters.bytes_out
+            )
+            self._count(env, result_outcome)
+            self._log(
+                env=env,
+                client=client,
+                endpoint=ep.name,
+                attempts=attempts,
+                connect_time=round(connect_time, 6),
+                duration=round(trio.current_time() - start, 6),
+                bytes_in=conn.counters.bytes_in,
+                bytes_out=conn.counters.bytes_out,
+                outcome=result_outcome,
+            )

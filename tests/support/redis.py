@@ -1,0 +1,1 @@
+"""Fixtures for this server kind (being written)."""
