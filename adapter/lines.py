@@ -76,7 +76,7 @@ class LineSplitter:
     def in_long_line(self) -> bool:
         return self._in_long_line
 
-    def feed(self, data: bytes) -> list[Line]:
+    def feed(self, data: bytes | bytearray) -> list[Line]:
         """Lines completed by ``data`` (and pieces of lines that grew too long)."""
         out: list[Line] = []
         if not data:

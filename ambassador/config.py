@@ -105,7 +105,7 @@ class OutlierSettings:
     consecutive_failures: int = 5
     base_ejection: float = 30.0
     max_ejection: float = 300.0
-    max_ejection_percent: int = 50
+    max_ejection_percent: int = 10
 
 
 @dataclass(frozen=True)
@@ -185,7 +185,7 @@ _LISTENER_KEYS = (
     "bind_public",
 )
 _HEALTH_KEYS = tuple(HealthCheckConfig.__dataclass_fields__)
-_LIMIT_KEYS = tuple(LimitsConfig.__dataclass_fields__) + ("max_per_endpoint",)
+_LIMIT_KEYS = (*LimitsConfig.__dataclass_fields__, "max_per_endpoint")
 _OUTLIER_KEYS = tuple(OutlierSettings.__dataclass_fields__)
 
 
@@ -320,8 +320,11 @@ def _limits(value: object, path: str) -> LimitsConfig:
     _check_keys(table, _LIMIT_KEYS, path)
     if "max_per_endpoint" in table:
         if "max_connections_per_endpoint" in table:
-            raise ConfigError(f"{path}.max_per_endpoint", table["max_per_endpoint"], "only one of "
-                              "max_per_endpoint and max_connections_per_endpoint")
+            raise ConfigError(
+                f"{path}.max_per_endpoint",
+                table["max_per_endpoint"],
+                "only one of max_per_endpoint and max_connections_per_endpoint",
+            )
         table["max_connections_per_endpoint"] = table.pop("max_per_endpoint")
     kwargs: dict[str, Any] = {}
     for key in ("max_connections", "max_connections_per_endpoint"):
@@ -359,12 +362,14 @@ def _outlier(value: object, path: str) -> OutlierSettings:
         )
     out = OutlierSettings(**kwargs)
     if out.max_ejection < out.base_ejection:
-        raise ConfigError(f"{path}.max_ejection", table.get("max_ejection"), "at least base_ejection")
+        raise ConfigError(
+            f"{path}.max_ejection", table.get("max_ejection"), "at least base_ejection"
+        )
     return out
 
 
 def _environments(value: object, path: str) -> dict[str, EnvironmentConfig]:
-    """``[listeners.environments]`` maps a name to a list of endpoints or ``{endpoints = [...]}``."""
+    """Each environment name maps to a list of endpoints or to ``{endpoints = [...]}``."""
     table = _table(value, path)
     if not table:
         raise ConfigError(path, value, "at least one environment")
@@ -413,9 +418,7 @@ def _listener(value: object, path: str) -> ListenerConfig:
         raise ConfigError(
             f"{path}.listen", table["listen"], "a loopback address, or bind_public = true"
         )
-    protocol = cast(
-        Protocol, _choice(table.get("protocol", "tcp"), f"{path}.protocol", PROTOCOLS)
-    )
+    protocol = cast(Protocol, _choice(table.get("protocol", "tcp"), f"{path}.protocol", PROTOCOLS))
     policy = _choice(table.get("policy", "peak_ewma"), f"{path}.policy", POLICIES)
     health = (
         _health(table["health_check"], f"{path}.health_check")
@@ -450,7 +453,9 @@ def _check_listeners(listeners: Sequence[ListenerConfig], path: str) -> None:
             raise ConfigError(f"{path}[{i}].name", lst.name, "a name no other listener uses")
         names.add(lst.name)
         if lst.listen.port != 0 and lst.listen in addresses:
-            raise ConfigError(f"{path}[{i}].listen", str(lst.listen), "an address no other listener uses")
+            raise ConfigError(
+                f"{path}[{i}].listen", str(lst.listen), "an address no other listener uses"
+            )
         addresses.add(lst.listen)
 
 

@@ -19,6 +19,7 @@ import logging
 import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
@@ -26,6 +27,7 @@ from sidecar_common.jsonlog import get_logger, log_event
 from sidecar_common.metrics import Registry
 from sidecar_common.netaddr import address_allowed
 
+from .breaker import Breaker
 from .cluster import Cluster
 from .config import ListenerConfig
 from .endpoint import EndpointState
@@ -78,7 +80,7 @@ class Metrics:
         )
         self.breaker_rejections = registry.counter(
             "ambassador_circuit_breaker_rejections_total",
-            "Connections refused by a circuit breaker (listener or endpoint limit, pending timeout).",
+            "Connections refused by a circuit breaker (listener or endpoint limit).",
             ("listener", "scope"),
         )
         registry.gauge_callback(
@@ -154,7 +156,9 @@ class Connection:
     cancel_reason: str = ""
 
 
-def bind_socket(host: str, port: int, *, reuse_port: bool = False, backlog: int = 1024) -> socket.socket:
+def bind_socket(
+    host: str, port: int, *, reuse_port: bool = False, backlog: int = 1024
+) -> socket.socket:
     """Bind a listening socket synchronously, before trio starts.
 
     Binding before the event loop means "address in use" is reported as a
@@ -189,6 +193,11 @@ def _peer(stream: trio.SocketStream) -> tuple[str, str]:
     return host, (f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
 
 
+def _make_breaker(config: ListenerConfig) -> Breaker:
+    limits = config.limits
+    return Breaker(limits.max_connections, limits.max_pending, limits.pending_timeout)
+
+
 class ListenerRuntime:
     """The running state of one listener: its clusters per environment, live connections."""
 
@@ -208,9 +217,7 @@ class ListenerRuntime:
         self.closed_bytes_in: dict[str, int] = {}
         self.closed_bytes_out: dict[str, int] = {}
         self.accepting = True
-        self._admitted = 0
-        self._pending = 0
-        self._slot_freed = trio.lowlevel.ParkingLot()
+        self.breaker = _make_breaker(config)
         self._idle = trio.Event()
         self._idle.set()
         metrics.runtimes.append(self)
@@ -221,7 +228,10 @@ class ListenerRuntime:
         """Apply a reloaded config (same name and address); open connections are untouched."""
         self.config = config
         self.clusters = dict(clusters)
-        self._slot_freed.unpark_all()
+        limits = config.limits
+        self.breaker.max_connections = limits.max_connections
+        self.breaker.max_pending = limits.max_pending
+        self.breaker.pending_timeout = limits.pending_timeout
 
     def has_usable(self, env: str | None) -> bool:
         cluster = self.clusters.get(env) if env is not None else None
@@ -258,9 +268,9 @@ class ListenerRuntime:
         sockets: list[socket.socket],
         *,
         handler_nursery: trio.Nursery,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+        task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Accept on ``sockets`` (already bound) until cancelled; handlers run in ``handler_nursery``.
+        """Accept on the bound ``sockets`` until cancelled; handlers run in ``handler_nursery``.
 
         Cancelling this stops accepting and closes the listening sockets; the
         connections live on in ``handler_nursery`` so a drain can let them finish.
@@ -273,7 +283,7 @@ class ListenerRuntime:
     def _count(self, env: str, outcome: str) -> None:
         self.metrics.connections.labels(listener=self.name, env=env, outcome=outcome).inc()
 
-    def _log(self, **fields: object) -> None:
+    def _log(self, **fields: Any) -> None:
         log_event(access_log, "connection", listener=self.name, **fields)
 
     async def _admit(self) -> str | None:
@@ -282,28 +292,20 @@ class ListenerRuntime:
         Over ``max_connections``, up to ``max_pending`` clients wait (FIFO) up to
         ``pending_timeout`` for a slot; the rest are refused at once.
         """
-        limit = self.config.limits.max_connections
-        if limit is None or self._admitted < limit:
-            self._admitted += 1
+        breaker = self.breaker
+        if breaker.try_acquire():
             return None
-        if self._pending >= self.config.limits.max_pending:
+        granted = trio.Event()
+        waiter = breaker.enqueue(granted.set)
+        if waiter is None:
             return "rejected"
-        self._pending += 1
         try:
-            with trio.move_on_after(self.config.limits.pending_timeout):
-                while True:
-                    await self._slot_freed.park()
-                    limit = self.config.limits.max_connections
-                    if limit is None or self._admitted < limit:
-                        self._admitted += 1
-                        return None
-            return "pending_timeout"
+            with trio.move_on_after(breaker.pending_timeout):
+                await granted.wait()
         finally:
-            self._pending -= 1
-
-    def _release(self) -> None:
-        self._admitted -= 1
-        self._slot_freed.unpark()
+            if not waiter.granted:
+                breaker.abandon(waiter)
+        return None if waiter.granted else "pending_timeout"
 
     async def handle(self, stream: trio.SocketStream) -> None:
         """Serve one client connection from accept to close (never raises on I/O errors)."""
@@ -345,7 +347,7 @@ class ListenerRuntime:
             try:
                 await self._serve_admitted(stream, env, cluster, client, start)
             finally:
-                self._release()
+                self.breaker.release()
         finally:
             await trio.aclose_forcefully(stream)
 
@@ -407,8 +409,9 @@ class ListenerRuntime:
                     )
                 continue
             except BaseException:
-                # Cancelled mid-connect (drain): the cluster must not keep the slot.
-                cluster.connect_failed(ep, trio.current_time())
+                # Cancelled mid-connect (shutdown): give the slot back without
+                # counting a failure against the endpoint.
+                cluster.connection_closed(ep)
                 raise
             connect_time = trio.current_time() - t0
             cluster.connect_succeeded(ep, connect_time, trio.current_time())
@@ -456,9 +459,7 @@ class ListenerRuntime:
             if not self.connections:
                 self._idle.set()
             self.closed_bytes_in[env] = self.closed_bytes_in.get(env, 0) + conn.counters.bytes_in
-            self.closed_bytes_out[env] = (
-                self.closed_bytes_out.get(env, 0) + conn.counters.bytes_out
-            )
+            self.closed_bytes_out[env] = self.closed_bytes_out.get(env, 0) + conn.counters.bytes_out
             self._count(env, result_outcome)
             self._log(
                 env=env,

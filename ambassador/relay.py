@@ -20,6 +20,7 @@ replaces its body without touching the listener.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 from dataclasses import dataclass
@@ -56,10 +57,9 @@ def abort_stream(stream: trio.abc.Stream) -> None:
     sock = getattr(stream, "socket", None)
     if sock is None:
         return
-    try:
+    # OSError: already closed, nothing left to reset.
+    with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    except OSError:
-        pass  # already closed by the kernel: nothing left to reset
 
 
 class _Reset(Exception):

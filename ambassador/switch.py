@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["EnvSwitch", "SwitchResult", "SwitchOutcome"]
+__all__ = ["EnvSwitch", "SwitchOutcome", "SwitchResult"]
 
 SwitchOutcome = Literal["switched", "unchanged", "refused"]
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import http
-import ipaddress
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -40,6 +39,7 @@ import trio
 
 from .errors import SidecarError
 from .metrics import CONTENT_TYPE, Registry
+from .netaddr import is_loopback
 
 log = logging.getLogger("sidecar_common.admin")
 
@@ -95,6 +95,7 @@ def json_response(status: int, obj: object) -> Response:
 
 
 def text_response(status: int, text: str) -> Response:
+    """A plain-text response, newline-terminated."""
     return Response(status, text.encode() + (b"" if text.endswith("\n") else b"\n"))
 
 
@@ -114,6 +115,13 @@ class AdminLimits:
     body_timeout: float = 10.0
     send_timeout: float = 10.0
 
+    def __post_init__(self) -> None:
+        # A zero or negative limit would silently refuse everything; the
+        # sidecars' settings validate user input, this catches wiring bugs.
+        for name, value in vars(self).items():
+            if not value > 0:
+                raise ValueError(f"AdminLimits.{name} must be > 0, got {value!r}")
+
 
 @dataclass
 class _Route:
@@ -122,16 +130,8 @@ class _Route:
 
 
 def is_loopback_client(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and IPv4-mapped loopback (``::ffff:127.0.0.1``)."""
-    if host == "localhost":
-        return True
-    try:
-        ip = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped.is_loopback
-    return ip.is_loopback
+    """Whether a peer address may use a ``loopback_only`` route (``netaddr.is_loopback``)."""
+    return is_loopback(host)
 
 
 class AdminApp:
@@ -298,8 +298,10 @@ class AdminServer:
             # header): a bug, logged; the connection is dropped.
             log.error("admin response rejected by h11: %s", exc)
 
-    async def _receive(self, conn: h11.Connection, stream: trio.abc.Stream) -> None:
-        conn.receive_data(bytes(await stream.receive_some(RECEIVE_SIZE)))
+    async def _receive(self, conn: h11.Connection, stream: trio.abc.Stream) -> int:
+        data = bytes(await stream.receive_some(RECEIVE_SIZE))
+        conn.receive_data(data)
+        return len(data)
 
     async def _serve_requests(
         self, conn: h11.Connection, stream: trio.abc.Stream, client: str
@@ -307,24 +309,32 @@ class AdminServer:
         limits = self.limits
         first = True
         while True:
+            # h11 bounds only an *incomplete* head (max_incomplete_event_size);
+            # a complete head that arrived in one read is measured here.
+            head_bytes = len(conn.trailing_data[0])
             event = conn.next_event()
             if event is h11.NEED_DATA and not first:
                 # Keep-alive: wait for the next request's first bytes, then
                 # give the rest of its head header_timeout, like the first one.
                 with trio.move_on_after(limits.idle_timeout) as idle:
-                    await self._receive(conn, stream)
+                    head_bytes += await self._receive(conn, stream)
                 if idle.cancelled_caught:
                     return
                 event = conn.next_event()
             first = False
             with trio.move_on_after(limits.header_timeout) as head_timer:
                 while event is h11.NEED_DATA:
-                    await self._receive(conn, stream)
+                    head_bytes += await self._receive(conn, stream)
                     event = conn.next_event()
             if head_timer.cancelled_caught:
                 return  # slowloris: close without a word
             if not isinstance(event, h11.Request):
                 return  # ConnectionClosed (EOF between requests)
+            head_bytes -= len(conn.trailing_data[0])
+            if head_bytes > limits.max_header_bytes:
+                raise _Close(431, "request header too large")
+            if event.http_version not in (b"1.0", b"1.1"):
+                raise _Close(505, "HTTP version not supported")
             request = await self._read_request(conn, stream, event, client)
             response = await self.app.handle(request)
             await self._send_response(conn, stream, request, response)

@@ -84,11 +84,13 @@ class JsonFormatter(_BaseJsonFormatter):
         )
         for key, value in context.items():
             log_record[f"field.{key}" if key in _HEAD else key] = value
-        if record.exc_info and record.exc_info[0] is not None:
-            log_record["error.type"] = record.exc_info[0].__name__
-            log_record["error.message"] = str(record.exc_info[1])
+        # exc_info=True outside an except block gives (None, None, None): no error then.
+        exc = record.exc_info if isinstance(record.exc_info, tuple) else None
+        if exc is not None and exc[0] is not None:
+            log_record["error.type"] = exc[0].__name__
+            log_record["error.message"] = str(exc[1])
         stack = message_dict.get("exc_info")
-        if stack:
+        if stack and (exc is None or exc[0] is not None):
             log_record["error.stack_trace"] = stack
         if message_dict.get("stack_info"):
             log_record["stack_info"] = message_dict["stack_info"]

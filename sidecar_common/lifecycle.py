@@ -159,15 +159,26 @@ async def supervise(
     return lifecycle.exit_status if lifecycle.exit_status is not None else 0
 
 
-def _first_config_error(exc: BaseException) -> ConfigError | None:
-    """A ConfigError buried in (nested) exception groups, if that is all there is."""
-    if isinstance(exc, ConfigError):
+def _bare(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseException | None:
+    """The first leaf of (nested) exception groups if every leaf is one of ``kinds``."""
+    if isinstance(exc, kinds):
         return exc
     if isinstance(exc, BaseExceptionGroup):
-        leaves = [_first_config_error(e) for e in exc.exceptions]
+        leaves = [_bare(e, kinds) for e in exc.exceptions]
         if leaves and all(leaf is not None for leaf in leaves):
             return leaves[0]
     return None
+
+
+def _only_leaf(exc: BaseException) -> BaseException:
+    """Unwrap a chain of one-member exception groups, so a crash log names the real error."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+# Exceptions that are not crashes: re-raised bare, out of trio's exception groups.
+_PASS_THROUGH = (ConfigError, SystemExit, KeyboardInterrupt)
 
 
 def run_sidecar(
@@ -194,12 +205,14 @@ def run_sidecar(
 
     try:
         status = trio.run(_run)
-    except (ConfigError, BaseExceptionGroup) as exc:
-        config_error = _first_config_error(exc)
-        if config_error is None:
-            _log_crash(name, exc)
+    except BaseExceptionGroup as group:
+        bare = _bare(group, _PASS_THROUGH)
+        if bare is None:
+            _log_crash(name, _only_leaf(group))
             return 1
-        raise config_error from None
+        raise bare from None
+    except ConfigError:
+        raise
     except Exception as exc:
         _log_crash(name, exc)
         return 1

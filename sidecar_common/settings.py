@@ -56,7 +56,7 @@ _FALSE = frozenset({"0", "false", "no", "off"})
 _BOOL_EXPECTED = "a boolean: 1/0, true/false, yes/no or on/off"
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)")
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ms|s|m|h)")
 _DURATION_EXPECTED = "a duration: seconds (1.5) or with a unit (250ms, 2s, 1m, 1h, 1m30s)"
 
 
@@ -96,6 +96,8 @@ def parse_duration(text: str | float, *, setting: str = "duration") -> float:
     else:
         raw = text.strip()
         try:
+            if not raw.isascii():
+                raise ValueError(raw)
             seconds = float(raw)
         except ValueError:
             pos, seconds = 0, 0.0
@@ -206,6 +208,8 @@ def _from_text(field: _Field, text: str, setting: str) -> object:
         return parse_bool(text, setting=setting)
     if tp is int:
         try:
+            if not text.isascii():  # int() would take Arabic-Indic and full-width digits
+                raise ValueError(text)
             value = int(text.strip(), 10)
         except ValueError:
             raise ConfigError(setting, text, _describe(field)) from None
@@ -216,6 +220,8 @@ def _from_text(field: _Field, text: str, setting: str) -> object:
             fvalue = parse_duration(text, setting=setting)
         else:
             try:
+                if not text.isascii():
+                    raise ValueError(text)
                 fvalue = float(text.strip())
             except ValueError:
                 raise ConfigError(setting, text, _describe(field)) from None
@@ -316,12 +322,18 @@ def load_settings(
     missing table counts as empty. Unknown keys in the file are errors; unknown
     environment variables are not (Kubernetes injects ``<SERVICE>_PORT`` and
     friends on its own). ``config_setting`` names the file in its own errors.
+    Without ``config_file``, the file named by ``<PREFIX>_CONFIG`` is read (if
+    set and non-empty, and ``cls`` has no field called ``config``).
     """
     env = os.environ if env is None else env
     fields = _fields(cls)
     unknown_cli = set(cli) - set(fields)
     if unknown_cli:
         raise TypeError(f"load_settings: no such setting(s) {sorted(unknown_cli)} in {cls!r}")
+
+    config_env = f"{prefix}_CONFIG"
+    if config_file is None and "config" not in fields and env.get(config_env, "").strip():
+        config_file, config_setting = Path(env[config_env].strip()), config_env
 
     file_values: dict[str, object] = {}
     key_prefix = f"{section}." if section else ""

@@ -1,1 +1,3 @@
-"""The watcher sidecar."""
+"""The watcher sidecar: reload the app on config change, probe it, register it in etcd."""
+
+__version__ = "0.1.0"

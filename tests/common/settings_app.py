@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import typer
 
@@ -21,7 +21,7 @@ from sidecar_common.settings import load_settings
 
 @dataclass
 class DemoSettings:
-    listen: HostPort = HostPort("127.0.0.1", 8080)
+    listen: HostPort = field(default=HostPort("127.0.0.1", 8080))
     workers: int = field(default=4, metadata={"min": 1, "max": 64})
     verbose: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -33,12 +33,12 @@ app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions
 
 @app.command()
 def run(
-    listen: str | None = typer.Option(None, help="host:port to listen on"),
-    workers: str | None = typer.Option(None, help="worker count"),
-    verbose: bool | None = typer.Option(None, "--verbose/--quiet"),
-    log_level: str | None = typer.Option(None),
-    drain_deadline: str | None = typer.Option(None),
-    config: Path | None = typer.Option(None, help="TOML config file"),
+    listen: Annotated[str | None, typer.Option(help="host:port to listen on")] = None,
+    workers: Annotated[str | None, typer.Option(help="worker count")] = None,
+    verbose: Annotated[bool | None, typer.Option("--verbose/--quiet")] = None,
+    log_level: Annotated[str | None, typer.Option()] = None,
+    drain_deadline: Annotated[str | None, typer.Option()] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML config file")] = None,
 ) -> None:
     settings = load_settings(
         DemoSettings,

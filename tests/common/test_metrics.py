@@ -228,8 +228,6 @@ def test_parse_errors(bad: str) -> None:
 
 
 label_values = st.text(max_size=12)
-    alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12
-)
 finite = st.floats(allow_nan=False, allow_infinity=True, width=64)
 
 

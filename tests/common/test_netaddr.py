@@ -165,3 +165,23 @@ def test_address_allowed(addr: str, allowed: bool) -> None:
 @pytest.mark.parametrize("addr", ["1.2.3.4", "::1", "not-an-address"])
 def test_empty_allow_list_allows_everyone(addr: str) -> None:
     assert address_allowed(addr, [])
+
+
+@given(st.text(max_size=80))
+def test_parse_host_port_only_ever_raises_config_error(text: str) -> None:
+    try:
+        hp = parse_host_port(text, setting="--x", default_host="127.0.0.1")
+    except ConfigError as err:
+        assert err.value == text
+    else:
+        assert 0 <= hp.port <= 65535 and hp.host
+
+
+@given(st.lists(st.text(max_size=40), max_size=3))
+def test_parse_networks_only_ever_raises_config_error(items: list[str]) -> None:
+    try:
+        nets = parse_networks(items, setting="--allow")
+    except ConfigError as err:
+        assert err.value in items
+    else:
+        assert len(nets) == len(items)

@@ -79,7 +79,17 @@ class PostgresCluster:
     bindir: str
     run_as: RunAs
     host: str = "127.0.0.1"
+    netns: str | None = None  # run inside this network namespace (tests/support/netns.py)
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def _in_netns(self, argv: list[str], *, as_server_user: bool) -> tuple[list[str], dict[str, object]]:
+        """argv and Popen kwargs, run as the server user and inside ``netns`` when set."""
+        if self.netns is None:
+            return argv, (self.run_as.kwargs() if as_server_user else {})
+        prefix = ["ip", "netns", "exec", self.netns]
+        if as_server_user and self.run_as.uid is not None:
+            prefix += ["setpriv", f"--reuid={self.run_as.uid}", f"--regid={self.run_as.gid}", "--clear-groups"]
+        return prefix + argv, {}
 
     @property
     def log_path(self) -> Path:
@@ -97,15 +107,17 @@ class PostgresCluster:
         if self.pid is not None:
             return
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
+        argv, kwargs = self._in_netns([f"{self.bindir}/postgres", "-D", str(self.datadir)], as_server_user=True)
         self.proc = subprocess.Popen(
-            [f"{self.bindir}/postgres", "-D", str(self.datadir)],
+            argv,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            **self.run_as.kwargs(),  # type: ignore[arg-type]
+            **kwargs,  # type: ignore[arg-type]
         )
         log.close()
-        wait_for_port(self.host, self.port, timeout=timeout, proc=self.proc)
+        if self.netns is None:
+            wait_for_port(self.host, self.port, timeout=timeout, proc=self.proc)
         # Accepting TCP is not yet accepting queries (startup/recovery): ask until it answers.
         deadline = time.monotonic() + timeout
         while True:
@@ -138,11 +150,15 @@ class PostgresCluster:
             time.sleep(0.1)
 
     def _psql_raw(self, sql: str, *, dbname: str = "postgres") -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
+        argv, _ = self._in_netns(
             [
                 require_binary("psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
                 "-h", self.host, "-p", str(self.port), "-U", PG_USER, "-d", dbname, "-c", sql,
             ],
+            as_server_user=False,
+        )
+        return subprocess.run(
+            argv,
             capture_output=True,
             text=True,
             timeout=30,
@@ -177,8 +193,21 @@ class PostgresCluster:
         return replica
 
 
-def init_cluster(root: Path, name: str, *, run_as: RunAs | None = None) -> PostgresCluster:
-    """initdb a new cluster named ``name`` under ``root`` (not started)."""
+def init_cluster(
+    root: Path,
+    name: str,
+    *,
+    run_as: RunAs | None = None,
+    listen: str = "127.0.0.1",
+    port: int | None = None,
+    netns: str | None = None,
+    trust: str = "127.0.0.1/32",
+) -> PostgresCluster:
+    """initdb a new cluster named ``name`` under ``root`` (not started).
+
+    ``listen``/``netns``/``trust`` place it on a namespace's address (the pod test);
+    by default it listens on 127.0.0.1 on a free port.
+    """
     bindir = pg_bindir()
     run_as = run_as or RunAs.detect()
     base = root / name
@@ -191,11 +220,11 @@ def init_cluster(root: Path, name: str, *, run_as: RunAs | None = None) -> Postg
         capture_output=True,
         **run_as.kwargs(),  # type: ignore[arg-type]
     )
-    port = free_port()
+    port = port or free_port()
     with open(datadir / "postgresql.conf", "a") as conf:
         conf.write(
             f"""
-listen_addresses = '127.0.0.1'
+listen_addresses = '{listen}'
 port = {port}
 cluster_name = '{name}'
 unix_socket_directories = '{base}'
@@ -216,10 +245,12 @@ log_disconnections = on
     with open(datadir / "pg_hba.conf", "w") as hba:
         hba.write(
             "local all all trust\n"
-            "host all all 127.0.0.1/32 trust\n"
-            "host replication all 127.0.0.1/32 trust\n"
+            f"host all all {trust} trust\n"
+            f"host replication all {trust} trust\n"
         )
-    return PostgresCluster(name=name, datadir=datadir, port=port, bindir=bindir, run_as=run_as)
+    return PostgresCluster(
+        name=name, datadir=datadir, port=port, bindir=bindir, run_as=run_as, host=listen, netns=netns
+    )
 
 
 def _new_root() -> Path:

@@ -1,0 +1,109 @@
+"""JSON lines on stdout, each record written as soon as it is complete.
+
+No batching window: ``write`` appends the encoded lines to a pending buffer
+and wakes the writer task, which writes whatever is pending in one system
+call. Under load the buffer naturally coalesces many records per write (the
+writer is busy while more arrive); when idle, a single record goes out at
+once. The write itself runs in a worker thread so a slow reader downstream
+never stalls the event loop (and with it the admin server); a full pending
+buffer makes ``write`` wait, which is the backpressure the app's pipe feels.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from .. import OutputError
+from . import OutputStats, Record
+
+__all__ = ["StdoutOutput", "fd_sink"]
+
+Sink = Callable[[bytes], Awaitable[None]]
+#: Above this many pending bytes ``write`` waits for the writer to catch up.
+MAX_PENDING_BYTES = 1 << 20
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def fd_sink(fd: int) -> Sink:
+    """A sink writing to file descriptor ``fd`` from a worker thread."""
+
+    async def sink(data: bytes) -> None:
+        try:
+            await trio.to_thread.run_sync(_write_all, fd, data)
+        except OSError as exc:  # EPIPE: the reader went away; nothing more can be written
+            raise OutputError(f"cannot write to fd {fd}: {exc.strerror or exc}") from exc
+
+    return sink
+
+
+class StdoutOutput:
+    """Records as JSON lines to ``sink`` (stdout by default)."""
+
+    name = "stdout"
+
+    def __init__(
+        self,
+        encode: Callable[[Record], bytes],
+        sink: Sink | None = None,
+        *,
+        max_pending_bytes: int = MAX_PENDING_BYTES,
+    ) -> None:
+        self._encode = encode
+        self._sink = sink if sink is not None else fd_sink(1)
+        self._max_pending = max_pending_bytes
+        self._pending = bytearray()
+        self._pending_records = 0
+        self._writing = 0
+        self._wakeup = trio.Event()
+        self._progress = trio.Event()
+        self.stats = OutputStats()
+
+    async def write(self, records: list[Record]) -> None:
+        if not records:
+            return
+        encode = self._encode
+        for record in records:
+            self._pending += encode(record)
+            self._pending += b"\n"
+        self._pending_records += len(records)
+        self.stats.queued = self._pending_records + self._writing
+        self._wakeup.set()
+        while len(self._pending) > self._max_pending:
+            await self._wait_progress()
+
+    async def _wait_progress(self) -> None:
+        if self._progress.is_set():
+            self._progress = trio.Event()
+        await self._progress.wait()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            await self._wakeup.wait()
+            self._wakeup = trio.Event()
+            while self._pending:
+                data = bytes(self._pending)
+                self._pending.clear()
+                self._writing, self._pending_records = self._pending_records, 0
+                # Shielded: a write cut off half-way would leave a torn JSON line.
+                with trio.CancelScope(shield=True):
+                    await self._sink(data)
+                self.stats.delivered += self._writing
+                self._writing = 0
+                self.stats.queued = self._pending_records
+                self._progress.set()
+
+    async def drain(self, deadline: float) -> None:
+        """Wait until everything taken has been written (the deadline is the caller's)."""
+        with trio.move_on_at(deadline):
+            while self._pending or self._writing:
+                self._wakeup.set()
+                await self._wait_progress()

@@ -1,0 +1,477 @@
+"""Running the ambassador: listeners, admin, health checks, discovery, watches, drain.
+
+One ``Ambassador`` object owns the state that outlives a connection: the
+environment switch, the clusters of every (listener, environment), the
+metrics. ``run`` lays the tasks out under nurseries so that the drain order
+falls out of the structure:
+
+    background (admin, health checks, discovery, file watches)
+      connections (one task per client)
+        accepting (one accept loop per listener)
+
+A drain cancels ``accepting`` (the listening sockets close at once), gives the
+open connections ``drain_timeout`` seconds, waits for ``connections`` to empty,
+and only then stops the background tasks, so /metrics and /readyz answer until
+the very end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import ipaddress
+import logging
+import random
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from sidecar_common.admin import AdminApp, AdminError, serve_admin
+from sidecar_common.errors import ConfigError
+from sidecar_common.filewatch import Change, watch_paths
+from sidecar_common.jsonlog import get_logger, log_event
+from sidecar_common.lifecycle import Lifecycle
+from sidecar_common.metrics import Registry
+
+from .admin_routes import install_env_routes
+from .cluster import Cluster
+from .config import (
+    AmbassadorConfig,
+    ListenerConfig,
+    load_config,
+    read_env_file,
+    resolve_initial_env,
+)
+from .endpoint import EndpointState
+from .health import HealthConfig, Transition
+from .healthcheck import run_health_checks
+from .listener import ListenerRuntime, Metrics, bind_socket
+from .outlier import OutlierConfig
+from .pgbridge import AsyncioBridge, open_asyncio_bridge
+from .switch import EnvSwitch, SwitchResult
+
+__all__ = ["Ambassador", "bind_listeners", "build_cluster"]
+
+log = get_logger("ambassador")
+
+#: How often watched files are polled, and how long a change must be stable.
+#: Together well under the one second a switch may take.
+WATCH_INTERVAL = 0.2
+WATCH_DEBOUNCE = 0.3
+
+
+def bind_listeners(cfg: AmbassadorConfig) -> dict[str, list[socket.socket]]:
+    """Bind every listener's socket now; a busy or foreign address is a ``ConfigError``."""
+    bound: dict[str, list[socket.socket]] = {}
+    try:
+        for i, lst in enumerate(cfg.listeners):
+            setting = "--listen" if cfg.config_file is None else f"listeners[{i}].listen"
+            try:
+                bound[lst.name] = [bind_socket(lst.listen.host, lst.listen.port)]
+            except OSError as exc:
+                reason = exc.strerror or str(exc)
+                raise ConfigError(
+                    setting, str(lst.listen), f"an address to listen on; {reason}"
+                ) from None
+    except BaseException:
+        for socks in bound.values():
+            for s in socks:
+                s.close()
+        raise
+    return bound
+
+
+def build_cluster(lst: ListenerConfig, env: str, rng: random.Random, now: float) -> Cluster:
+    """The routing core's cluster for one (listener, environment) of the config."""
+    o = lst.outlier
+    hc = lst.health_check
+    cluster = Cluster(
+        f"{lst.name}/{env}",
+        policy=lst.policy,
+        outlier=OutlierConfig(
+            consecutive_failures=o.consecutive_failures,
+            base_ejection=o.base_ejection,
+            max_ejection=o.max_ejection,
+            max_ejection_percent=float(o.max_ejection_percent),
+        ),
+        health=HealthConfig(
+            healthy_threshold=hc.healthy_threshold, unhealthy_threshold=hc.unhealthy_threshold
+        ),
+        max_connections_per_endpoint=lst.limits.max_connections_per_endpoint,
+        rng=rng,
+    )
+    cluster.set_addresses(((e.host, e.port) for e in lst.environments[env].endpoints), now)
+    return cluster
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass
+class _ClusterTasks:
+    """The cancel scope of one cluster's health-check and discovery tasks (restarted on reload)."""
+
+    scope: trio.CancelScope
+
+
+class Ambassador:
+    """The ambassador's long-lived state and its ``run`` method."""
+
+    def __init__(
+        self,
+        cfg: AmbassadorConfig,
+        sockets: Mapping[str, list[socket.socket]],
+        *,
+        overrides: Mapping[str, object] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.sockets = dict(sockets)
+        self.overrides = dict(overrides or {})
+        self.rng = rng or random.Random()
+        self.registry = Registry()
+        self.metrics = Metrics(self.registry)
+        env, self.initial_source = resolve_initial_env(cfg)
+        self.switch = EnvSwitch(cfg.environments, env)
+        self.metrics.switch = self.switch
+        self.lifecycle: Lifecycle | None = None
+        self.runtimes: dict[str, ListenerRuntime] = {}
+        now = trio.current_time() if _in_trio() else 0.0
+        for lst in cfg.listeners:
+            clusters = {env: build_cluster(lst, env, self.rng, now) for env in lst.environments}
+            self.runtimes[lst.name] = ListenerRuntime(lst, clusters, self.switch, self.metrics)
+        self._background: trio.Nursery | None = None
+        self._cluster_tasks: dict[tuple[str, str], _ClusterTasks] = {}
+        self._bridge: AsyncioBridge | None = None
+
+    # ---------------------------------------------------------------- switching
+
+    def apply_switch(self, name: str, source: str) -> SwitchResult:
+        """Switch the environment from any source: decide, log, count, drain."""
+        result = self.switch.set(name, source)
+        self.metrics.env_switches.labels(result=result.result, source=source).inc()
+        if result.refused:
+            log_event(
+                log,
+                "environment switch refused",
+                level=logging.WARNING,
+                event="env_switch",
+                result=result.result,
+                requested=result.requested,
+                source=source,
+                env=result.current,
+                reason=result.reason,
+            )
+        elif result.changed:
+            log_event(
+                log,
+                "environment switched",
+                event="env_switch",
+                result=result.result,
+                previous=result.previous,
+                env=result.current,
+                source=source,
+            )
+            missing = [rt.name for rt in self.runtimes.values() if name not in rt.clusters]
+            if missing:
+                log_event(
+                    log,
+                    "listeners without this environment refuse connections",
+                    level=logging.WARNING,
+                    env=name,
+                    listeners=missing,
+                )
+            if self.cfg.switch_drain_timeout is not None:
+                for rt in self.runtimes.values():
+                    rt.drain_env(result.current, self.cfg.switch_drain_timeout)
+        return result
+
+    def ready(self) -> tuple[bool, str]:
+        """Readiness: not draining, an environment chosen, and every listener that has it usable."""
+        if self.lifecycle is not None and self.lifecycle.draining:
+            return False, "draining"
+        env = self.switch.current
+        if env is None:
+            return False, "no environment selected"
+        serving = [rt for rt in self.runtimes.values() if env in rt.clusters]
+        if not serving:
+            return False, f"no listener has environment {env!r}"
+        for rt in serving:
+            if not rt.has_usable(env):
+                return False, f"listener {rt.name}: no healthy endpoint in {env}"
+        return True, f"env {env}"
+
+    # ---------------------------------------------------------------- running
+
+    async def run(self, lifecycle: Lifecycle) -> None:
+        """Serve until the drain; return once connections are done (or cut at the deadline)."""
+        self.lifecycle = lifecycle
+        cfg = self.cfg
+        log_event(
+            log,
+            "starting",
+            env=self.switch.current,
+            source=self.initial_source,
+            environments=list(self.switch.environments),
+            listeners=[lst.name for lst in cfg.listeners],
+        )
+        if self.switch.current is None:
+            log_event(
+                log,
+                "no environment selected; connections are refused until one is set",
+                level=logging.WARNING,
+                environments=list(self.switch.environments),
+            )
+        async with contextlib.AsyncExitStack() as stack:
+            if any(lst.health_check.type == "postgres" for lst in cfg.listeners):
+                # One asyncio thread for every asyncpg health check of the process.
+                self._bridge = await stack.enter_async_context(open_asyncio_bridge())
+            await self._serve(lifecycle, cfg)
+
+    async def _serve(self, lifecycle: Lifecycle, cfg: AmbassadorConfig) -> None:
+        async with trio.open_nursery() as background:
+            self._background = background
+            if cfg.admin is not None:
+                await self._start_admin(background)
+            for rt in self.runtimes.values():
+                for env, cluster in rt.clusters.items():
+                    self._start_cluster_tasks(rt.config, env, cluster)
+            if cfg.env_file is not None:
+                await background.start(self._watch_env_file, cfg.env_file)
+            if cfg.config_file is not None:
+                await background.start(self._watch_config, cfg.config_file)
+            async with trio.open_nursery() as connections:
+                async with trio.open_nursery() as accepting:
+                    for rt in self.runtimes.values():
+                        await accepting.start(
+                            functools.partial(
+                                rt.serve, self.sockets[rt.name], handler_nursery=connections
+                            )
+                        )
+                        sock = self.sockets[rt.name][0]
+                        log_event(
+                            log,
+                            "listening",
+                            listener=rt.name,
+                            address=_sockname(sock),
+                            protocol=rt.config.protocol,
+                        )
+                    await lifecycle.wait_drain()
+                    accepting.cancel_scope.cancel()
+                open_now = sum(len(rt.connections) for rt in self.runtimes.values())
+                log_event(
+                    log,
+                    "stopped accepting; draining connections",
+                    open_connections=open_now,
+                    drain_timeout=cfg.drain_timeout,
+                )
+                for rt in self.runtimes.values():
+                    rt.shutdown_after(cfg.drain_timeout)
+            log_event(log, "connections drained")
+            background.cancel_scope.cancel()
+
+    async def _start_admin(self, nursery: trio.Nursery) -> None:
+        assert self.cfg.admin is not None
+        app = AdminApp(self.registry, ready=self.ready)
+        install_env_routes(app, self.switch, self.apply_switch)
+        host, port = self.cfg.admin.host, self.cfg.admin.port
+        try:
+            bound = await nursery.start(serve_admin, app, host, port)
+        except AdminError as exc:
+            setting = "--admin" if self.overrides.get("admin") else "admin"
+            raise ConfigError(setting, str(self.cfg.admin), f"a free address; {exc}") from None
+        log_event(log, "admin listening", address=f"{host}:{bound}")
+
+    def _start_cluster_tasks(self, lst: ListenerConfig, env: str, cluster: Cluster) -> None:
+        """(Re)start the health checks and DNS discovery of one cluster."""
+        key = (lst.name, env)
+        old = self._cluster_tasks.pop(key, None)
+        if old is not None:
+            old.scope.cancel()
+        assert self._background is not None
+        tasks = _ClusterTasks(trio.CancelScope())
+        self._cluster_tasks[key] = tasks
+        self._background.start_soon(self._cluster_main, lst, env, cluster, tasks.scope)
+
+    async def _cluster_main(
+        self, lst: ListenerConfig, env: str, cluster: Cluster, scope: trio.CancelScope
+    ) -> None:
+        with scope:
+            async with trio.open_nursery() as nursery:
+                if lst.health_check.type != "none":
+                    nursery.start_soon(self._health_main, lst, env, cluster)
+                names = [(e.host, e.port) for e in lst.environments[env].endpoints]
+                if any(not _is_ip(host) for host, _ in names):
+                    from .discovery import run_dns_discovery
+
+                    nursery.start_soon(run_dns_discovery, cluster, names, self.cfg.dns_refresh)
+
+    async def _health_main(self, lst: ListenerConfig, env: str, cluster: Cluster) -> None:
+        def on_transition(ep: EndpointState, transition: Transition) -> None:
+            log_event(
+                log,
+                "endpoint healthy" if transition.healthy else "endpoint unhealthy",
+                level=logging.INFO if transition.healthy else logging.WARNING,
+                listener=lst.name,
+                env=env,
+                endpoint=ep.name,
+                reason=transition.reason,
+            )
+
+        await run_health_checks(
+            cluster,
+            lst.health_check,
+            on_transition=on_transition,
+            bridge=self._bridge,
+            rng=self.rng,
+        )
+
+    async def _watch_env_file(
+        self, path: Path, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        send, receive = trio.open_memory_channel[list[Change]](1)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                lambda task_status: watch_paths(
+                    [path],
+                    send_channel=send,
+                    interval=WATCH_INTERVAL,
+                    debounce=WATCH_DEBOUNCE,
+                    task_status=task_status,
+                )
+            )
+            task_status.started()
+            async for _changes in receive:
+                name = await trio.to_thread.run_sync(read_env_file, path)
+                if name is None:
+                    log_event(
+                        log,
+                        "env file missing or empty; keeping the current environment",
+                        level=logging.WARNING,
+                        path=str(path),
+                        env=self.switch.current,
+                    )
+                    continue
+                self.apply_switch(name, "env_file")
+
+    async def _watch_config(
+        self, path: Path, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        send, receive = trio.open_memory_channel[list[Change]](1)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                lambda task_status: watch_paths(
+                    [path],
+                    send_channel=send,
+                    interval=WATCH_INTERVAL,
+                    debounce=WATCH_DEBOUNCE,
+                    task_status=task_status,
+                )
+            )
+            task_status.started()
+            async for _changes in receive:
+                try:
+                    new = await trio.to_thread.run_sync(
+                        lambda: load_config(path, overrides=self.overrides)
+                    )
+                except ConfigError as exc:
+                    log_event(
+                        log,
+                        "config reload refused; keeping the running config",
+                        level=logging.ERROR,
+                        path=str(path),
+                        reason=str(exc),
+                    )
+                    continue
+                self.reload(new)
+
+    def reload(self, new: AmbassadorConfig) -> None:
+        """Apply a changed config file: endpoints and environments now, listeners on restart."""
+        old = self.cfg
+        now = trio.current_time()
+        ignored: list[str] = []
+        for lst in new.listeners:
+            rt = self.runtimes.get(lst.name)
+            if rt is None or rt.config.listen != lst.listen or rt.config.protocol != lst.protocol:
+                ignored.append(lst.name)
+                continue
+            same_core = (
+                rt.config.policy == lst.policy
+                and rt.config.outlier == lst.outlier
+                and rt.config.health_check == lst.health_check
+                and rt.config.limits.max_connections_per_endpoint
+                == lst.limits.max_connections_per_endpoint
+            )
+            clusters: dict[str, Cluster] = {}
+            for env, env_cfg in lst.environments.items():
+                cluster = rt.clusters.get(env)
+                addresses = [(e.host, e.port) for e in env_cfg.endpoints]
+                if cluster is not None and same_core:
+                    cluster.set_addresses(addresses, now)
+                else:
+                    cluster = build_cluster(lst, env, self.rng, now)
+                clusters[env] = cluster
+            for env in rt.clusters:
+                if env not in clusters:
+                    task = self._cluster_tasks.pop((lst.name, env), None)
+                    if task is not None:
+                        task.scope.cancel()
+            rt.reconfigure(lst, clusters)
+            for env, cluster in clusters.items():
+                self._start_cluster_tasks(lst, env, cluster)
+        removed = [name for name in self.runtimes if name not in {x.name for x in new.listeners}]
+        if ignored or removed:
+            log_event(
+                log,
+                "listener changes need a restart; kept the running listeners",
+                level=logging.WARNING,
+                added_or_moved=ignored,
+                removed=removed,
+            )
+        kept = [lst for lst in new.listeners if lst.name not in ignored]
+        kept += [rt.config for name, rt in self.runtimes.items() if name in removed]
+        self.cfg = AmbassadorConfig(
+            listeners=tuple(kept),
+            env=new.env,
+            env_file=old.env_file,
+            admin=old.admin,
+            drain_timeout=new.drain_timeout,
+            switch_drain_timeout=new.switch_drain_timeout,
+            log_level=old.log_level,
+            dns_refresh=new.dns_refresh,
+            config_file=old.config_file,
+        )
+        self.switch.set_environments(self.cfg.environments)
+        log_event(
+            log,
+            "config reloaded",
+            path=str(new.config_file),
+            environments=list(self.switch.environments),
+        )
+        if new.env is not None and new.env != old.env:
+            self.apply_switch(new.env, "config")
+
+
+def _sockname(sock: socket.socket) -> str:
+    try:
+        addr = sock.getsockname()
+    except OSError:
+        return "?"
+    host, port = str(addr[0]), int(addr[1])
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _in_trio() -> bool:
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:
+        return False
+    return True

@@ -1,0 +1,280 @@
+"""Active health checks: probe each endpoint, feed the results to the cluster.
+
+The probes are small trio functions that either return (healthy) or raise
+``HealthCheckFailed`` with a reason for the log; foreign errors (OS, h11,
+asyncpg) are translated here, once. None of them has a timeout of its own:
+``run_health_checks`` bounds every probe with a cancel scope, and a probe that
+runs out of time counts as a failure.
+
+- TCP: the endpoint accepts a connection.
+- HTTP: ``GET path`` answers ``expect_status`` (the body is not read).
+- PostgreSQL: asyncpg connects, asks ``SELECT pg_is_in_recovery()``, and the
+  answer must fit the role filter: ``primary`` wants False, ``replica`` wants
+  True, ``any`` takes both. A listener with ``role = "primary"`` over all the
+  members of a replicated cluster thus follows the primary after a failover.
+  asyncpg is asyncio-only; it runs on the ``pgbridge`` loop.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable
+from typing import Literal, NoReturn, Protocol
+
+import asyncpg
+import trio
+
+from sidecar_common.httpclient import HttpClientError, open_stream
+
+from .cluster import Cluster
+from .endpoint import Address, EndpointState
+from .errors import HealthCheckFailed
+from .health import Transition
+from .pgbridge import AsyncioBridge, open_asyncio_bridge
+
+Role = Literal["primary", "replica", "any"]
+Probe = Callable[[Address], Awaitable[None]]
+OnTransition = Callable[[EndpointState, Transition], object]
+
+#: asyncpg errors that mean "this server is not usable now" (connect refused,
+#: authentication, shutting down, protocol trouble). Anything else is a bug.
+_PG_ERRORS: tuple[type[Exception], ...] = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
+
+
+class HealthCheckSpec(Protocol):
+    """What the checker reads of the shell's ``config.HealthCheckConfig``."""
+
+    @property
+    def type(self) -> str: ...  # "none" | "tcp" | "http" | "postgres"
+    @property
+    def interval(self) -> float: ...
+    @property
+    def timeout(self) -> float: ...
+    @property
+    def role(self) -> str: ...
+    @property
+    def user(self) -> str: ...
+    @property
+    def password(self) -> str | None: ...
+    @property
+    def database(self) -> str: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def expect_status(self) -> int: ...
+    @property
+    def host(self) -> str | None: ...
+
+
+def _shown(address: Address) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def check_tcp(address: Address) -> None:
+    """The endpoint accepts a TCP connection (closed again at once)."""
+    host, port = address
+    try:
+        stream = await trio.open_tcp_stream(host, port)
+    except OSError as exc:
+        raise HealthCheckFailed(f"tcp connect to {_shown(address)} failed: {exc}") from exc
+    await trio.aclose_forcefully(stream)
+
+
+async def check_http(
+    address: Address, path: str = "/", expect_status: int = 200, host: str | None = None
+) -> None:
+    """``GET path`` answers ``expect_status``; ``host`` overrides the Host header."""
+    if not path.startswith("/"):
+        path = "/" + path
+    url = f"http://{_shown(address)}{path}"
+    headers = [("host", host)] if host else []
+    try:
+        async with open_stream("GET", url, headers=headers) as response:
+            status = response.status
+    except HttpClientError as exc:
+        raise HealthCheckFailed(f"http GET {url} failed: {exc}") from exc
+    if status != expect_status:
+        raise HealthCheckFailed(f"http GET {url} answered {status}, expected {expect_status}")
+
+
+async def _pg_in_recovery(
+    host: str, port: int, user: str, password: str | None, database: str
+) -> bool:
+    """Runs on the asyncio loop: connect, ask, close (terminate if cancelled)."""
+    conn = await asyncpg.connect(
+        host=host,
+        port=port,
+        user=user,
+        password=password,
+        database=database,
+        # No timeout of our own: the trio caller's cancel scope bounds the probe.
+        timeout=3600.0,
+        statement_cache_size=0,
+        server_settings={"application_name": "ambassador-healthcheck"},
+    )
+    try:
+        return bool(await conn.fetchval("SELECT pg_is_in_recovery()"))
+    finally:
+        conn.terminate()
+
+
+async def check_postgres(
+    address: Address,
+    *,
+    role: Role | str = "any",
+    user: str = "postgres",
+    password: str | None = None,
+    database: str = "postgres",
+    bridge: AsyncioBridge,
+) -> None:
+    """The server answers queries, and its recovery state fits ``role``."""
+    host, port = address
+    try:
+        in_recovery = await bridge.run(
+            lambda: _pg_in_recovery(host, port, user, password, database)
+        )
+    except _PG_ERRORS as exc:
+        raise HealthCheckFailed(f"postgres {_shown(address)}: {type(exc).__name__}: {exc}") from exc
+    if role == "primary" and in_recovery:
+        raise HealthCheckFailed(f"postgres {_shown(address)} is in recovery (a replica)")
+    if role == "replica" and not in_recovery:
+        raise HealthCheckFailed(f"postgres {_shown(address)} is not in recovery (a primary)")
+
+
+def make_probe(check: HealthCheckSpec, bridge: AsyncioBridge | None = None) -> Probe:
+    """The probe function for ``check.type`` (``postgres`` needs a bridge)."""
+    kind = check.type
+    if kind == "tcp":
+        return check_tcp
+    if kind == "http":
+        path, status, host = check.path, check.expect_status, check.host
+
+        async def http_probe(address: Address) -> None:
+            await check_http(address, path, status, host)
+
+        return http_probe
+    if kind == "postgres":
+        if bridge is None:
+            raise ValueError("a postgres health check needs an asyncio bridge")
+        pg_bridge = bridge
+        role, user, password, database = check.role, check.user, check.password, check.database
+
+        async def pg_probe(address: Address) -> None:
+            await check_postgres(
+                address,
+                role=role,
+                user=user,
+                password=password,
+                database=database,
+                bridge=pg_bridge,
+            )
+
+        return pg_probe
+    raise ValueError(f"no probe for health check type {kind!r}")
+
+
+async def probe_once(probe: Probe, address: Address, time_limit: float) -> tuple[bool, str]:
+    """Run one probe bounded by ``time_limit`` seconds: (ok, reason)."""
+    with trio.move_on_after(time_limit) as scope:
+        try:
+            await probe(address)
+        except HealthCheckFailed as exc:
+            return False, exc.reason
+    if scope.cancelled_caught:
+        return False, f"no answer from {_shown(address)} within {time_limit:g}s"
+    return True, ""
+
+
+async def _check_endpoint(
+    cluster: Cluster,
+    ep: EndpointState,
+    probe: Probe,
+    check: HealthCheckSpec,
+    on_transition: OnTransition,
+    rng: random.Random,
+    jitter: float,
+    *,
+    task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    with trio.CancelScope() as scope:
+        task_status.started(scope)
+        while True:
+            ok, reason = await probe_once(probe, ep.address, check.timeout)
+            transition = cluster.health_result(ep, ok, trio.current_time(), reason)
+            if transition is not None:
+                on_transition(ep, transition)
+            # Jitter spreads the probes of many endpoints (and many pods) apart.
+            await trio.sleep(check.interval * (1.0 + jitter * rng.random()))
+
+
+async def _supervise(
+    cluster: Cluster,
+    check: HealthCheckSpec,
+    probe: Probe,
+    on_transition: OnTransition,
+    rng: random.Random,
+    jitter: float,
+) -> NoReturn:
+    """One probe task per endpoint, following the cluster's address changes."""
+    tasks: dict[Address, tuple[EndpointState, trio.CancelScope]] = {}
+    changed = [trio.Event()]
+
+    def on_change() -> None:
+        changed[0].set()
+
+    unsubscribe = cluster.watch(on_change)
+    try:
+        async with trio.open_nursery() as nursery:
+            while True:
+                current = {ep.address: ep for ep in cluster.endpoints}
+                for address, (ep, scope) in list(tasks.items()):
+                    if current.get(address) is not ep:
+                        scope.cancel()
+                        del tasks[address]
+                for address, ep in current.items():
+                    if address not in tasks:
+                        scope = await nursery.start(
+                            _check_endpoint, cluster, ep, probe, check, on_transition, rng, jitter
+                        )
+                        tasks[address] = (ep, scope)
+                await changed[0].wait()
+                changed[0] = trio.Event()
+    finally:
+        unsubscribe()
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def run_health_checks(
+    cluster: Cluster,
+    check: HealthCheckSpec,
+    *,
+    on_transition: OnTransition,
+    bridge: AsyncioBridge | None = None,
+    rng: random.Random | None = None,
+    jitter: float = 0.1,
+    probe: Probe | None = None,
+) -> NoReturn:
+    """Probe every endpoint of ``cluster`` every ``check.interval``; never returns.
+
+    The first probe runs at once; later ones after ``interval`` plus up to
+    ``jitter`` of it. Each probe is bounded by ``check.timeout``. Health
+    transitions go to the cluster and then to ``on_transition(ep, transition)``.
+    ``type = "none"`` just sleeps. A postgres check without a ``bridge`` opens
+    its own for as long as this runs. ``probe`` replaces the probe ``check.type``
+    names (a custom check, or a scripted one in tests).
+    """
+    rng = rng if rng is not None else random.Random()
+    if probe is not None:
+        await _supervise(cluster, check, probe, on_transition, rng, jitter)
+    if check.type == "none":
+        await trio.sleep_forever()
+    if check.type == "postgres" and bridge is None:
+        async with open_asyncio_bridge() as own:
+            await _supervise(cluster, check, make_probe(check, own), on_transition, rng, jitter)
+    await _supervise(cluster, check, make_probe(check, bridge), on_transition, rng, jitter)

@@ -1,0 +1,45 @@
+# syntax=docker/dockerfile:1.7
+# The watcher sidecar image. Build from the repository root (the context is the project):
+#   docker build -f images/watcher.Dockerfile -t sidecars-watcher:0.1.0 .
+# Expected size: about 180 MB uncompressed, about 60 MB compressed (see images/README.md).
+# The three sidecar images differ only in their ENTRYPOINT and labels: each installs the
+# same toolkit wheel, so a node that pulls one shares every layer but the last with the others.
+
+# --- builder: the project's wheel and the wheels of its dependencies ----------------------
+FROM python:3.11.14-slim-bookworm AS builder
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY sidecar_common/ sidecar_common/
+COPY ambassador/ ambassador/
+COPY adapter/ adapter/
+COPY watcher/ watcher/
+# Every runtime dependency ships manylinux wheels for CPython 3.11, so no compiler is needed
+# here either; pip builds only our pure-Python wheel.
+RUN python -m pip wheel --no-cache-dir --wheel-dir /wheels .
+
+# --- final: the slim base plus the installed wheels, nothing else -------------------------
+FROM python:3.11.14-slim-bookworm
+ARG VERSION=0.1.0
+LABEL org.opencontainers.image.title="sidecars-watcher" \
+      org.opencontainers.image.description="Watcher sidecar: reloads the app on config change, probes it, registers it in etcd" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.base.name="docker.io/library/python:3.11.14-slim-bookworm"
+# No .pyc writes at run time (the root filesystem is read-only in the pod; pip compiles
+# the bytecode at install time instead) and no buffering of our JSON log lines.
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+# The wheels come in through a bind mount from the builder, so they never land in a layer;
+# --no-index: nothing is fetched here. Then the installers go: setuptools, wheel and pip are
+# not needed to run and are attack surface. One RUN, so no layer keeps a cache or a wheel.
+RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
+    python -m pip install --no-cache-dir --no-index --find-links=/wheels /wheels/sidecars-*.whl \
+    && python -m pip uninstall --yes setuptools wheel pip \
+    && groupadd --system --gid 10001 sidecar \
+    && useradd --system --no-log-init --uid 10001 --gid 10001 --no-create-home \
+       --home-dir /nonexistent --shell /usr/sbin/nologin sidecar
+# Numeric, so Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
+USER 10001:10001
+# Exec form and the console script itself: the sidecar is PID 1 and receives SIGTERM directly.
+ENTRYPOINT ["watcher"]
+CMD ["--help"]
