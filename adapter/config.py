@@ -92,6 +92,10 @@ class AdapterSettings:
     forward_ack_timeout: float = setting(
         default=10.0, metadata=_meta("resend a chunk not acked in time", duration=True, min=0.01)
     )
+    forward_retry_max: float = setting(
+        default=30.0,
+        metadata=_meta("longest wait between two delivery attempts", duration=True, min=0.01),
+    )
     forward_chunk_records: int = setting(
         default=1000, metadata=_meta("records per forward chunk at most", min=1)
     )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -119,6 +120,7 @@ class Dispatcher:
         self._retired_truncated = 0
         self._changed = trio.Event()
         self._write_lock = trio.Lock()
+        self._backlog: deque[Record] = deque()
 
     # -- sources -------------------------------------------------------------
 
@@ -155,6 +157,7 @@ class Dispatcher:
     async def close_all(self) -> None:
         for source in list(self.sources):
             await self.close(source)
+        await self._write(None, [])
 
     async def _lines(
         self, source: Source, lines: list[Line], records: list[Record], *, flush: bool = False
@@ -174,13 +177,24 @@ class Dispatcher:
         self._changed.set()
         await self._write(source, records)
 
-    async def _write(self, source: Source, records: list[Record]) -> None:
-        if not records:
+    async def _write(self, source: Source | None, records: list[Record]) -> None:
+        """Hand ``records`` to the output, after any earlier ones still waiting.
+
+        Records join the backlog before the first checkpoint, so a feed
+        cancelled while the output applies backpressure loses nothing: the
+        next write (at the latest ``close_all`` at exit) sends them first.
+        """
+        if records:
+            if self._decorate is not None and source is not None:
+                self._decorate(records, source)
+            self._backlog.extend(records)
+        if not self._backlog:
             return
-        if self._decorate is not None:
-            self._decorate(records, source)
         async with self._write_lock:
-            await self.output.write(records)
+            while self._backlog:
+                batch = list(self._backlog)
+                self._backlog.clear()
+                await self.output.write(batch)
 
     # -- timer ---------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
@@ -176,6 +177,8 @@ class ForwardOutput:
         self._space = trio.Event()
         self._delivered_event = trio.Event()
         self._first_record_at: float | None = None
+        self._sealed: deque[Chunk] = deque()
+        self._persisted = False
         self._timer_wakeup = trio.Event()
         self._scope: trio.CancelScope | None = None
         self._stopped = trio.Event()
@@ -203,53 +206,61 @@ class ForwardOutput:
         return loaded
 
     async def write(self, records: list[Record]) -> None:
+        """Take ``records``; waits only while the queue is full under policy ``block``.
+
+        Cancel-safe: every record is taken (into the open chunk or a sealed
+        one) before the first checkpoint, so a cancelled write loses nothing;
+        sealed chunks not yet queued are queued by the next write or ``drain``.
+        """
         wall = self._wall()
         for record in records:
             self._builder.add(encode_entry(record, wall))
             if self._builder.full():
-                await self._seal()
+                self._seal()
         if len(self._builder) and self._first_record_at is None:
             self._first_record_at = trio.current_time()
             self._timer_wakeup.set()
         self._sync_stats()
+        await self._push_sealed()
 
-    async def _seal(self, *, force: bool = False) -> None:
-        if not len(self._builder):
-            return
-        chunk = self._builder.seal(self._tag, self._queue.next_seq())
+    def _seal(self) -> None:
+        """Close the open chunk; it waits in ``_sealed`` until the queue takes it."""
+        if len(self._builder):
+            self._sealed.append(self._builder.seal(self._tag, self._queue.next_seq()))
         self._first_record_at = None
-        while True:
+
+    async def _push_sealed(self, *, force: bool = False) -> None:
+        """Queue the sealed chunks in order; without ``force`` wait for room (``block``)."""
+        while self._sealed:
+            chunk = self._sealed[0]
             try:
-                dropped = self._queue.push(chunk)
+                dropped = self._queue.push(chunk, force=force)
             except QueueFull:
-                if force:  # at exit: over the limit for a moment, spilled to disk right after
-                    dropped = self._queue.push(chunk, force=True)
-                    break
                 self._sync_stats()
                 if self._space.is_set():
                     self._space = trio.Event()
                 await self._space.wait()
                 continue
-            break
-        for victim in dropped:
-            self.stats.drop(self._queue.drop_policy, victim.records)
-            log_event(
-                log,
-                "buffer full: chunk dropped by the drop policy",
-                level=logging.WARNING,
-                records=victim.records,
-                policy=self._queue.drop_policy,
-                output=self.name,
-                dropped_total=sum(self.stats.dropped.values()),
-            )
-        self._chunk_ready.set()
-        self._sync_stats()
+            self._sealed.popleft()
+            for victim in dropped:
+                self.stats.drop(self._queue.drop_policy, victim.records)
+                log_event(
+                    log,
+                    "buffer full: chunk dropped by the drop policy",
+                    level=logging.WARNING,
+                    records=victim.records,
+                    policy=self._queue.drop_policy,
+                    output=self.name,
+                    dropped_total=sum(self.stats.dropped.values()),
+                )
+            self._chunk_ready.set()
+            self._sync_stats()
 
     def _sync_stats(self) -> None:
         q = self._queue
         self.stats.buffered_memory = q.memory.records
         self.stats.buffered_disk = q.disk.records
-        self.stats.queued = q.records + len(self._builder)
+        self.stats.queued = q.records + len(self._builder) + sum(c.records for c in self._sealed)
 
     async def _seal_timer(self) -> None:
         """Seal an incomplete chunk ``FLUSH_INTERVAL`` after its first record."""
@@ -263,7 +274,8 @@ class ForwardOutput:
                 self._first_record_at is not None
                 and trio.current_time() >= self._first_record_at + FLUSH_INTERVAL
             ):
-                await self._seal()
+                self._seal()
+                await self._push_sealed()
 
     # -- sender --------------------------------------------------------------
 
@@ -356,7 +368,8 @@ class ForwardOutput:
 
     async def drain(self, deadline: float) -> None:
         """Send what is queued until ``deadline``; then leave the rest on disk."""
-        await self._seal(force=True)
+        self._seal()
+        await self._push_sealed(force=True)
         with trio.move_on_at(deadline):
             while len(self._queue):
                 if self._delivered_event.is_set():
@@ -365,10 +378,21 @@ class ForwardOutput:
         if self._scope is not None:
             self._scope.cancel()
             await self._stopped.wait()
+        self.persist()
+
+    def persist(self) -> None:
+        """Leave every queued chunk on disk (or count it dropped without a directory).
+
+        Synchronous and idempotent: also called after a hard exit (second
+        signal) that cut ``drain`` short.
+        """
+        self._seal()
+        while self._sealed:
+            self._queue.push(self._sealed.popleft(), force=True)
         self._queue.release_head()
-        left = len(self._queue)
-        if not left:
+        if not len(self._queue) or self._persisted:
             return
+        self._persisted = True
         lost = self._queue.spill()
         self._sync_stats()
         if lost:

@@ -87,11 +87,14 @@ class AmbassadorProc:
         return [line for line in self.lines() if line.get("logger") == "ambassador.access"]
 
     def wait_access(self, count: int, *, timeout: float = 10.0) -> list[dict[str, Any]]:
-        return wait_until(  # type: ignore[no-any-return]
-            lambda: (lines := self.access()) if len(lines) >= count else None,
-            timeout=timeout,
-            what=f"{count} access-log lines",
+        def enough() -> list[dict[str, Any]] | None:
+            lines = self.access()
+            return lines if len(lines) >= count else None
+
+        result: list[dict[str, Any]] = wait_until(
+            enough, timeout=timeout, what=f"{count} access-log lines"
         )
+        return result
 
     def signal(self, sig: int = signal.SIGTERM) -> None:
         self.proc.send_signal(sig)

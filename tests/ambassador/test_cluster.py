@@ -225,7 +225,11 @@ ops = st.lists(
     seed=st.integers(0, 2**32),
 )
 def test_choose_never_returns_an_unusable_endpoint(
-    policy: str, limit: int | None, script: list[tuple[str, int, float]], exclude: set[int], seed: int
+    policy: str,
+    limit: int | None,
+    script: list[tuple[str, int, float]],
+    exclude: set[int],
+    seed: int,
 ) -> None:
     addresses = [(f"10.0.0.{i}", 80) for i in range(4)]
     c = Cluster(

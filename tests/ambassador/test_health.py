@@ -67,7 +67,10 @@ def test_transition_carries_the_reason() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "setting"),
-    [({"healthy_threshold": 0}, "healthy_threshold"), ({"unhealthy_threshold": 0}, "unhealthy_threshold")],
+    [
+        ({"healthy_threshold": 0}, "healthy_threshold"),
+        ({"unhealthy_threshold": 0}, "unhealthy_threshold"),
+    ],
 )
 def test_bad_thresholds(kwargs: dict[str, int], setting: str) -> None:
     with pytest.raises(ConfigError) as info:

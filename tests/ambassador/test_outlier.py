@@ -28,7 +28,9 @@ def ep(i: int = 0) -> EndpointState:
     return EndpointState((f"10.0.0.{i}", 6379), HealthConfig(), 0.0)
 
 
-def fail(config: OutlierConfig, e: EndpointState, now: float, ejected: int = 0, total: int = 1) -> bool:
+def fail(
+    config: OutlierConfig, e: EndpointState, now: float, ejected: int = 0, total: int = 1
+) -> bool:
     return record_failure(config, e, now, ejected, total)
 
 
@@ -93,7 +95,9 @@ def test_an_endpoint_failing_again_on_return_stays_out_longer() -> None:
     ("well_for", "next_duration"),
     [(0.0, 30.0), (9.9, 30.0), (10.0, 20.0), (25.0, 10.0), (1000.0, 10.0)],
 )
-def test_the_multiplier_decays_while_back_in_rotation(well_for: float, next_duration: float) -> None:
+def test_the_multiplier_decays_while_back_in_rotation(
+    well_for: float, next_duration: float
+) -> None:
     """After two ejections, each base_ejection spent back in rotation removes one step."""
     e = ep()
     now = 0.0

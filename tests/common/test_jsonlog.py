@@ -150,3 +150,14 @@ def test_exc_info_outside_an_except_block_adds_no_error_fields(stream: io.String
     get_logger("x").error("no exception here", exc_info=True)
     [line] = lines(stream)
     assert not [key for key in line if key.startswith("error.")]
+
+
+def test_log_event_with_exc_info(stream: io.StringIO) -> None:
+    try:
+        raise ConnectionRefusedError(111, "Connection refused")
+    except OSError:
+        log_event(get_logger("ambassador.pool"), "connect failed", exc_info=True, attempt=2)
+    [line] = lines(stream)
+    assert (line["error.type"], line["attempt"]) == ("ConnectionRefusedError", 2)
+    assert "Connection refused" in line["error.message"]
+    assert "ConnectionRefusedError" in line["error.stack_trace"]
