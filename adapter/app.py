@@ -32,7 +32,7 @@ from sidecar_common.retry import Backoff
 
 from .buffer import ChunkQueue
 from .config import AdapterSettings, parse_fields
-from .inputs import Dispatcher, PipelineLike, Source
+from .inputs import Dispatcher, PipelineLike
 from .inputs.stdin import run_stdin
 from .inputs.tail import Tailer
 from .inputs.wrap import run_wrapped
@@ -77,7 +77,9 @@ def build_pipeline(
     except ConfigError:
         raise
     except ValueError as exc:
-        raise ConfigError("--format", settings.format, f"a valid pipeline setting ({exc})") from None
+        raise ConfigError(
+            "--format", settings.format, f"a valid pipeline setting ({exc})"
+        ) from None
 
     def make() -> PipelineLike:
         return Pipeline(config)
@@ -116,27 +118,6 @@ def make_output(settings: AdapterSettings, encode: Callable[[Record], bytes]) ->
             "--buffer-dir", str(settings.buffer_dir), f"a writable directory ({exc.strerror})"
         ) from None
     return output
-
-
-def file_decorator(schema: str) -> Callable[[list[Record], Source], None]:
-    """Adds the tailed file's path: ECS ``log.file.path``, OTel attribute ``log.file.path``."""
-
-    def decorate(records: list[Record], source: Source) -> None:
-        if source.path is None:
-            return
-        for record in records:
-            if schema == "otel":
-                attrs = record.setdefault("attributes", {})
-                if isinstance(attrs, dict):
-                    attrs.setdefault("log.file.path", source.path)
-            else:
-                log_obj = record.setdefault("log", {})
-                if isinstance(log_obj, dict):
-                    file_obj = log_obj.setdefault("file", {})
-                    if isinstance(file_obj, dict):
-                        file_obj.setdefault("path", source.path)
-
-    return decorate
 
 
 def register_metrics(registry: Registry, dispatcher: Dispatcher, output: Output) -> None:
@@ -219,7 +200,9 @@ class _State:
 
 
 async def _stop_on_signal(
-    signals: AsyncIterator[int], input_scope: trio.CancelScope, everything: trio.CancelScope,
+    signals: AsyncIterator[int],
+    input_scope: trio.CancelScope,
+    everything: trio.CancelScope,
     state: _State,
 ) -> None:
     async for signum in signals:
@@ -241,13 +224,11 @@ async def serve(settings: AdapterSettings, command: list[str]) -> int:
     """Run the adapter until its input ends; returns the exit status."""
     make_pipeline, encode = build_pipeline(settings)
     output = make_output(settings, encode)
-    decorate = file_decorator(settings.schema) if settings.tail else None
     dispatcher = Dispatcher(
         make_pipeline,
         output,
         max_line_bytes=settings.max_line_bytes,
         fmt=settings.format,
-        decorate=decorate,
     )
     registry = Registry()
     register_metrics(registry, dispatcher, output)
@@ -347,4 +328,3 @@ def _sidecar_errors(exc: BaseException) -> list[BaseException] | None:
     if isinstance(exc, SidecarError) and not isinstance(exc, ConfigError):
         return [exc]
     return None
-

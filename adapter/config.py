@@ -51,7 +51,7 @@ class AdapterSettings:
         default=None, metadata=_meta("regex: a line matching it continues the previous record")
     )
     flush_timeout: float = setting(
-        default=0.5,
+        default=0.1,
         metadata=_meta("how long a multiline record waits for more lines", duration=True),
     )
     field: list[str] = setting(

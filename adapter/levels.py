@@ -72,7 +72,16 @@ _NUMERIC: dict[int, int] = {10: 1, 20: 5, 30: 9, 40: 13, 50: 17, 60: 21}
 
 # RFC 5424 severity code -> SeverityNumber.
 SYSLOG_SEVERITY: tuple[int, ...] = (23, 22, 21, 17, 13, 10, 9, 5)
-SYSLOG_NAMES: tuple[str, ...] = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
+SYSLOG_NAMES: tuple[str, ...] = (
+    "emerg",
+    "alert",
+    "crit",
+    "err",
+    "warning",
+    "notice",
+    "info",
+    "debug",
+)
 
 _cache: dict[object, int | None] = {}
 

@@ -223,6 +223,12 @@ class Ambassador:
             environments=list(self.switch.environments),
             listeners=[lst.name for lst in cfg.listeners],
         )
+        if cfg.env_file is not None:
+            # resolve_initial_env took the file's name if it was a valid choice;
+            # a name that is not gets the same refusal as at runtime.
+            named = read_env_file(cfg.env_file)
+            if named is not None and named != self.switch.current:
+                self.apply_switch(named, "env_file")
         if self.switch.current is None:
             log_event(
                 log,

@@ -16,18 +16,22 @@ what happened; slots freed by ``release`` go straight to the oldest waiter
         waiter = breaker.enqueue(event.set)
         if waiter is None:
             ...  # rejected: queue full (counted)
-        with trio.move_on_after(breaker.pending_timeout):
-            await event.wait()
+        waited = False
+        try:
+            with trio.move_on_after(breaker.pending_timeout):
+                await event.wait()
+            waited = True
+        finally:
+            # Timed out (counted as a pending timeout), or cancelled from outside:
+            # a slot granted in the meantime must go back, or it leaks.
+            if not (waited and waiter.granted):
+                breaker.abandon(waiter)
         if not waiter.granted:
-            breaker.abandon(waiter)  # counted as a pending timeout
-            ...  # rejected
+            ...  # rejected: pending timeout
     try:
         ...  # serve
     finally:
         breaker.release()
-
-(A cancelled waiter must call ``abandon`` too: it releases the slot if it had
-been granted meanwhile.)
 """
 
 from __future__ import annotations
@@ -116,15 +120,37 @@ class Breaker:
         self._queue.append(waiter)
         return waiter
 
+    def reconfigure(
+        self, max_connections: int | None, max_pending: int, pending_timeout: float
+    ) -> None:
+        """Apply new limits (a config reload); slots that a raise frees go to waiters at once.
+
+        A lower limit takes effect as connections end (nobody is cut off); a
+        smaller queue keeps the waiters it already has.
+        """
+        fresh = Breaker(max_connections, max_pending, pending_timeout)  # validates
+        self.max_connections = fresh.max_connections
+        self.max_pending = fresh.max_pending
+        self.pending_timeout = fresh.pending_timeout
+        while self._queue and (self.max_connections is None or self.active < self.max_connections):
+            waiter = self._queue.popleft()
+            waiter.granted = waiter.done = True
+            self.active += 1
+            waiter._wake()
+
     def release(self) -> None:
-        """Give a slot back: to the oldest waiter if any, else to the pool."""
-        if self._queue:
+        """Give a slot back: to the oldest waiter if any, else to the pool.
+
+        After a lowered limit (``reconfigure``), slots over the new limit go back
+        to the pool instead, until the count is under it.
+        """
+        if self.active <= 0:
+            raise RuntimeError("Breaker.release() without a matching acquire")
+        if self._queue and (self.max_connections is None or self.active <= self.max_connections):
             waiter = self._queue.popleft()
             waiter.granted = waiter.done = True
             waiter._wake()
             return
-        if self.active <= 0:
-            raise RuntimeError("Breaker.release() without a matching acquire")
         self.active -= 1
 
     def abandon(self, waiter: Waiter) -> None:

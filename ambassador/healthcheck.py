@@ -106,7 +106,7 @@ async def check_http(
 async def _pg_in_recovery(
     host: str, port: int, user: str, password: str | None, database: str
 ) -> bool:
-    """Runs on the asyncio loop: connect, ask, close (terminate if cancelled)."""
+    """Runs on the asyncio loop: connect, ask, close (terminate if cancelled or broken)."""
     conn = await asyncpg.connect(
         host=host,
         port=port,
@@ -118,10 +118,15 @@ async def _pg_in_recovery(
         statement_cache_size=0,
         server_settings={"application_name": "ambassador-healthcheck"},
     )
+    answered = False
     try:
-        return bool(await conn.fetchval("SELECT pg_is_in_recovery()"))
+        in_recovery = bool(await conn.fetchval("SELECT pg_is_in_recovery()"))
+        answered = True
     finally:
-        conn.terminate()
+        if not answered:
+            conn.terminate()  # cancelled or broken: drop it, do not wait on the server
+    await conn.close()  # a polite Terminate, so the server logs no "unexpected EOF"
+    return in_recovery
 
 
 async def check_postgres(

@@ -345,15 +345,43 @@ class ListenerRuntime:
                 )
                 return
             try:
+                # A client that waited in the pending queue goes where the switch
+                # points now, not where it pointed when it arrived.
+                env = self.switch.current
+                cluster = self.clusters.get(env) if env is not None else None
+                if env is None or cluster is None:
+                    self._count(env or "", "no_env")
+                    self._log(env=env or "", client=client, outcome="no_env", duration=0.0)
+                    return
                 await self._serve_admitted(stream, env, cluster, client, start)
             finally:
                 self.breaker.release()
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            # Safety net: one client's I/O trouble must never take the accept loop down.
+            log_event(
+                log,
+                "connection error",
+                level=logging.WARNING,
+                listener=self.name,
+                client=client,
+                error=f"{type(exc).__name__}: {exc}",
+            )
         finally:
             await trio.aclose_forcefully(stream)
 
+    async def open_upstream(self, address: tuple[str, int]) -> trio.abc.HalfCloseableStream:
+        """Open the stream to one endpoint; the caller bounds it with the connect timeout.
+
+        The one place a connection to a backend is made: upstream TLS (and the
+        PostgreSQL SSLRequest dance) plugs in here; any ``OSError`` it raises
+        counts as a failed connect (retried on the next endpoint, reported to
+        outlier detection).
+        """
+        return await trio.open_tcp_stream(*address)
+
     async def _connect(
         self, env: str, cluster: Cluster
-    ) -> tuple[trio.SocketStream | None, EndpointState | None, str, int, float]:
+    ) -> tuple[trio.abc.HalfCloseableStream | None, EndpointState | None, str, int, float]:
         """Connect to an endpoint with bounded retries; (stream, ep, outcome, attempts, seconds)."""
         limits = self.config.limits
         tried: set[tuple[str, int]] = set()
@@ -377,7 +405,7 @@ class ListenerRuntime:
             t0 = trio.current_time()
             try:
                 with trio.fail_after(limits.connect_timeout):
-                    upstream = await trio.open_tcp_stream(*ep.address)
+                    upstream = await self.open_upstream(ep.address)
             except (OSError, trio.TooSlowError) as exc:
                 now = trio.current_time()
                 ejected = cluster.connect_failed(ep, now)
@@ -439,7 +467,7 @@ class ListenerRuntime:
         conn = Connection(env=env, client=client, endpoint=ep.name, scope=trio.CancelScope())
         self.connections.add(conn)
         self._idle = trio.Event() if self._idle.is_set() else self._idle
-        result_outcome = "cancelled"
+        result_outcome = "error"
         try:
             with conn.scope:
                 result = await relay(
@@ -451,7 +479,7 @@ class ListenerRuntime:
                 abort_stream(stream)
                 abort_stream(upstream)
         finally:
-            if result_outcome == "cancelled" and conn.cancel_reason:
+            if result_outcome == "error" and conn.cancel_reason:
                 result_outcome = conn.cancel_reason
             await trio.aclose_forcefully(upstream)
             cluster.connection_closed(ep)

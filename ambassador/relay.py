@@ -125,16 +125,11 @@ async def relay(
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(pump, client, upstream, "client", "upstream")
                 nursery.start_soon(pump, upstream, client, "upstream", "client")
-    except _Reset as reset:
-        outcome = "client_reset" if reset.side == "client" else "upstream_reset"
-        abort_stream(upstream if reset.side == "client" else client)
-    except BaseExceptionGroup as group:
+    except* _Reset as group:
         # Both pumps may see the reset (one receives it, the other's send
-        # breaks); the first one is the cause. Anything else is a bug: re-raise.
-        resets, rest = group.split(_Reset)
-        if rest is not None or resets is None:
-            raise
-        first = resets.exceptions[0]
+        # breaks); the first one is the cause. Anything else in the group (a
+        # cancellation from outside) is re-raised by ``except*`` itself.
+        first: BaseException = group
         while isinstance(first, BaseExceptionGroup):
             first = first.exceptions[0]
         assert isinstance(first, _Reset)

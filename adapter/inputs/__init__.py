@@ -43,6 +43,7 @@ class PipelineLike(Protocol):
         now: float,
         wall: float,
         truncated: bool = False,
+        origin: str | None = None,
     ) -> list[Record]: ...
 
     def poll(self, now: float) -> list[Record]: ...
@@ -68,7 +69,9 @@ class PipelineTotals:
         self.multiline_joins += int(getattr(stats, "multiline_joins", 0))
         for name, n in dict(getattr(stats, "by_format", {}) or {}).items():
             self.by_format[name] = self.by_format.get(name, 0) + int(n)
-        failures = getattr(stats, "parse_failures", 0)
+        failures = getattr(stats, "parse_failures_by_format", None)
+        if failures is None:
+            failures = getattr(stats, "parse_failures", 0)
         if isinstance(failures, dict):
             for name, n in failures.items():
                 self.parse_failures[name] = self.parse_failures.get(name, 0) + int(n)
@@ -169,7 +172,12 @@ class Dispatcher:
             stream = source.stream
             for line in lines:
                 records += pipeline.feed(
-                    line.data, stream=stream, now=now, wall=wall, truncated=line.truncated
+                    line.data,
+                    stream=stream,
+                    now=now,
+                    wall=wall,
+                    truncated=line.truncated,
+                    origin=source.path,
                 )
             source.lines += len(lines)
         if flush:

@@ -71,7 +71,7 @@ class AckError(Exception):
 
 def _event_time(record: Record, wall: float) -> EventTime:
     """The record's own time as an EventTime; the time it was read if it has none."""
-    ts = record.get("@timestamp")
+    ts = record.get("@timestamp", record.get("timestamp"))
     seconds: float | None = None
     if isinstance(ts, str):
         try:
@@ -79,7 +79,7 @@ def _event_time(record: Record, wall: float) -> EventTime:
         except ValueError:
             seconds = None
     else:
-        for key in ("time_unix_nano", "timeUnixNano", "observed_time_unix_nano"):
+        for key in ("time_unix_nano", "timeUnixNano"):
             nano = record.get(key)
             if isinstance(nano, int | str) and str(nano).isdigit():
                 value = int(nano)

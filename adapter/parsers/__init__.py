@@ -7,7 +7,18 @@ needs the user's patterns) are handled by the pipeline.
 
 from __future__ import annotations
 
-from adapter.parsers import access, cri, docker, java, json_lines, klog, logfmt, plain, python, syslog
+from adapter.parsers import (
+    access,
+    cri,
+    docker,
+    java,
+    json_lines,
+    klog,
+    logfmt,
+    plain,
+    python,
+    syslog,
+)
 from adapter.parsers.base import ParseContext, Parser, Partial
 from adapter.parsers.custom import CustomParser
 

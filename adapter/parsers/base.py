@@ -159,7 +159,21 @@ _STR_TARGETS = frozenset(
     }
 )
 # ECS objects that an already-ECS JSON line nests (``{"log": {"level": "info"}}``): flattened one level.
-_ECS_ROOTS = frozenset({"log", "process", "host", "service", "http", "url", "error", "trace", "span", "user_agent", "source"})
+_ECS_ROOTS = frozenset(
+    {
+        "log",
+        "process",
+        "host",
+        "service",
+        "http",
+        "url",
+        "error",
+        "trace",
+        "span",
+        "user_agent",
+        "source",
+    }
+)
 
 
 def _text(value: Any) -> str:
@@ -194,7 +208,9 @@ def from_mapping(obj: Mapping[str, Any], ctx: ParseContext) -> Partial:
     return out
 
 
-def _nested(root: str, value: dict[str, Any], out: Partial, labels: dict[str, Any], ctx: ParseContext) -> None:
+def _nested(
+    root: str, value: dict[str, Any], out: Partial, labels: dict[str, Any], ctx: ParseContext
+) -> None:
     for sub, subvalue in value.items():
         dotted = f"{root}.{sub}"
         target = FIELD_MAP.get(dotted)

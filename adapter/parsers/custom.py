@@ -19,7 +19,9 @@ class CustomParser:
 
     def __init__(self, patterns: list[str], *, setting: str = "--pattern") -> None:
         if not patterns:
-            raise ConfigError(setting, "", "at least one regex with named groups for --format custom")
+            raise ConfigError(
+                setting, "", "at least one regex with named groups for --format custom"
+            )
         self.patterns: list[re.Pattern[str]] = []
         for text in patterns:
             try:
@@ -27,7 +29,9 @@ class CustomParser:
             except re.error as exc:
                 raise ConfigError(setting, text, f"a valid regular expression ({exc})") from exc
             if not pattern.groupindex:
-                raise ConfigError(setting, text, "a regex with named groups such as (?P<message>.*)")
+                raise ConfigError(
+                    setting, text, "a regex with named groups such as (?P<message>.*)"
+                )
             self.patterns.append(pattern)
 
     def __call__(self, text: str, ctx: ParseContext) -> Partial | None:

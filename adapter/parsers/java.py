@@ -16,14 +16,27 @@ from adapter.parsers.base import ParseContext, Partial, from_groups
 LEVELS = r"(?P<level>TRACE|DEBUG|INFO|WARN|WARNING|ERROR|FATAL|SEVERE|FINEST|FINER|FINE|CONFIG)"
 _LOGGER = r"(?P<logger>[A-Za-z_$][\w$.:-]*)"
 REST = (
-    re.compile(r" \[(?P<thread>[^\]]*)\] +" + LEVELS + r" +" + _LOGGER + r" *- (?P<msg>.*)", re.DOTALL),
-    re.compile(r" +" + LEVELS + r" +\[(?P<thread>[^\]]*)\] +" + _LOGGER + r" *- (?P<msg>.*)", re.DOTALL),
     re.compile(
-        r" +" + LEVELS + r" +(?P<pid>\d+) +--- +(?:\[[^\]]*\] +)?\[(?P<thread>[^\]]*)\] +" + _LOGGER + r" +: (?P<msg>.*)",
+        r" \[(?P<thread>[^\]]*)\] +" + LEVELS + r" +" + _LOGGER + r" *- (?P<msg>.*)", re.DOTALL
+    ),
+    re.compile(
+        r" +" + LEVELS + r" +\[(?P<thread>[^\]]*)\] +" + _LOGGER + r" *- (?P<msg>.*)", re.DOTALL
+    ),
+    re.compile(
+        r" +"
+        + LEVELS
+        + r" +(?P<pid>\d+) +--- +(?:\[[^\]]*\] +)?\[(?P<thread>[^\]]*)\] +"
+        + _LOGGER
+        + r" +: (?P<msg>.*)",
         re.DOTALL,
     ),
-    re.compile(r" +" + LEVELS + r" +\[" + _LOGGER + r"\] +\((?P<thread>[^)]*)\) (?P<msg>.*)", re.DOTALL),
-    re.compile(r" +" + LEVELS + r" +" + _LOGGER + r" +\[(?P<thread>[^\]]*)\] +(?:- )?(?P<msg>.*)", re.DOTALL),
+    re.compile(
+        r" +" + LEVELS + r" +\[" + _LOGGER + r"\] +\((?P<thread>[^)]*)\) (?P<msg>.*)", re.DOTALL
+    ),
+    re.compile(
+        r" +" + LEVELS + r" +" + _LOGGER + r" +\[(?P<thread>[^\]]*)\] +(?:- )?(?P<msg>.*)",
+        re.DOTALL,
+    ),
     re.compile(r" +" + LEVELS + r" +" + _LOGGER + r" - (?P<msg>.*)", re.DOTALL),
 )
 

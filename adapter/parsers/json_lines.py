@@ -21,7 +21,11 @@ def loads_object(text: str) -> dict[str, Any] | None:
         return None
     if not isinstance(obj, dict):
         return None
-    if len(text) > 2 * _MAX_DEPTH and text.count("{") + text.count("[") > _MAX_DEPTH and _too_deep(obj):
+    if (
+        len(text) > 2 * _MAX_DEPTH
+        and text.count("{") + text.count("[") > _MAX_DEPTH
+        and _too_deep(obj)
+    ):
         return None
     return obj
 

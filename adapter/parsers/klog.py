@@ -12,7 +12,10 @@ import re
 from adapter.parsers.base import ParseContext, Partial
 from adapter.parsers.logfmt import pairs, unquote
 
-KLOG = re.compile(r"([IWEFD])(\d\d)(\d\d) (\d\d):(\d\d):(\d\d)\.(\d{6}) +(\d+) ([^:\]\s]+):(\d+)\] ?(.*)", re.DOTALL)
+KLOG = re.compile(
+    r"([IWEFD])(\d\d)(\d\d) (\d\d):(\d\d):(\d\d)\.(\d{6}) +(\d+) ([^:\]\s]+):(\d+)\] ?(.*)",
+    re.DOTALL,
+)
 _QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
 _LEVEL = {"I": "info", "W": "warn", "E": "error", "F": "fatal", "D": "debug"}
 

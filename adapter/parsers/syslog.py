@@ -21,7 +21,9 @@ _RFC5424 = re.compile(
 _SD_ELEMENT = re.compile(r"\[([^\s\]=]+)((?:\s+[^\s=\]]+=\"(?:[^\"\\]|\\.)*\")*)\s*\]")
 _SD_PARAM = re.compile(r"([^\s=\]]+)=\"((?:[^\"\\]|\\.)*)\"")
 # After the timestamp: optional hostname, then the tag with optional [pid], then ": ".
-_TAGGED = re.compile(r" (?:([^\s:\[\]]+|\[[0-9a-fA-F:.]+\]) )?([^\s:\[\]]+)(?:\[([^\]]*)\])?: ?(.*)", re.DOTALL)
+_TAGGED = re.compile(
+    r" (?:([^\s:\[\]]+|\[[0-9a-fA-F:.]+\]) )?([^\s:\[\]]+)(?:\[([^\]]*)\])?: ?(.*)", re.DOTALL
+)
 _UNTAGGED = re.compile(r" (\S+) (.*)", re.DOTALL)
 
 
@@ -46,7 +48,12 @@ def parse(text: str, ctx: ParseContext) -> Partial | None:
             return None
         pos = m.end()
     c = text[pos : pos + 1]
-    if c.isdigit() and text[pos + 1 : pos + 2] == " " or text[pos + 2 : pos + 3] == " " and c.isdigit():
+    if (
+        c.isdigit()
+        and text[pos + 1 : pos + 2] == " "
+        or text[pos + 2 : pos + 3] == " "
+        and c.isdigit()
+    ):
         out = _rfc5424(text, pos, ctx)
     else:
         out = _rfc3164(text, pos, ctx)
@@ -81,7 +88,10 @@ def _rfc5424(text: str, pos: int, ctx: ParseContext) -> Partial | None:
     if sd != "-":
         data: dict[str, dict[str, str]] = {}
         for element in _SD_ELEMENT.finditer(sd):
-            params = {k: v.replace('\\"', '"').replace("\\]", "]").replace("\\\\", "\\") for k, v in _SD_PARAM.findall(element.group(2))}
+            params = {
+                k: v.replace('\\"', '"').replace("\\]", "]").replace("\\\\", "\\")
+                for k, v in _SD_PARAM.findall(element.group(2))
+            }
             data[element.group(1)] = params
         out["log.syslog.structured_data"] = data
     msg = msg or ""

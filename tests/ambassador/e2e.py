@@ -9,6 +9,7 @@ a half-close crossed the proxy in both directions.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -31,7 +32,7 @@ TRAILER = b"<eof seen>"
 
 
 def wait_until(predicate: Callable[[], object], *, timeout: float = 10.0, what: str = "") -> Any:
-    """Poll ``predicate`` until it returns something truthy (returned), or fail after ``timeout``."""
+    """Poll ``predicate`` until it returns something truthy (returned); fail after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -186,10 +187,8 @@ class EchoServer:
         self._stop = True
         self.sock.close()
         for conn in self._conns:
-            try:
+            with contextlib.suppress(OSError):
                 conn.close()
-            except OSError:
-                pass
 
 
 def recv_all(sock: socket.socket, timeout: float = 10.0) -> bytes:

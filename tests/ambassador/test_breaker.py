@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import trio
 from hypothesis import strategies as st
@@ -82,6 +84,32 @@ def test_enqueue_when_a_slot_is_free_grants_at_once() -> None:
     assert breaker.active == 1
 
 
+def test_reconfigure_grants_waiters_when_the_limit_rises() -> None:
+    breaker = Breaker(1, max_pending=3)
+    woken: list[int] = []
+    assert breaker.try_acquire()
+
+    def waker(i: int) -> Callable[[], None]:
+        return lambda: woken.append(i)
+
+    waiters = [breaker.enqueue(waker(i)) for i in range(3)]
+    breaker.reconfigure(3, 3, 1.0)
+    assert woken == [0, 1] and breaker.active == 3 and breaker.pending == 1
+    assert [w.granted for w in waiters if w is not None] == [True, True, False]
+    # lowering the limit cuts nobody off; it applies as slots come back
+    breaker.reconfigure(1, 0, 1.0)
+    assert breaker.active == 3
+    breaker.release()
+    breaker.release()
+    assert woken == [0, 1] and breaker.active == 1  # over the new limit: back to the pool
+    breaker.release()
+    assert woken == [0, 1, 2] and breaker.active == 1  # under it: the waiter gets the slot
+    breaker.release()
+    assert breaker.active == 0 and breaker.try_acquire() and not breaker.try_acquire()
+    with pytest.raises(ConfigError):
+        breaker.reconfigure(0, 0, 1.0)
+
+
 def test_release_without_acquire_is_a_bug() -> None:
     with pytest.raises(RuntimeError):
         Breaker(1).release()
@@ -156,12 +184,15 @@ async def admit(breaker: Breaker) -> bool:
     waiter = breaker.enqueue(event.set)
     if waiter is None:
         return False
-    with trio.move_on_after(breaker.pending_timeout):
-        await event.wait()
-    if not waiter.granted:
-        breaker.abandon(waiter)
-        return False
-    return True
+    waited = False
+    try:
+        with trio.move_on_after(breaker.pending_timeout):
+            await event.wait()
+        waited = True
+    finally:
+        if not (waited and waiter.granted):
+            breaker.abandon(waiter)
+    return waiter.granted
 
 
 async def test_pending_queue_on_virtual_time(autojump_clock: trio.testing.MockClock) -> None:
@@ -191,3 +222,24 @@ async def test_pending_queue_on_virtual_time(autojump_clock: trio.testing.MockCl
     }
     assert (breaker.rejected_overflow, breaker.rejected_timeout) == (1, 1)
     assert breaker.active == 0
+
+
+async def test_a_waiter_cancelled_after_its_grant_gives_the_slot_back(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    breaker = Breaker(1, max_pending=1, pending_timeout=10.0)
+    assert breaker.try_acquire()
+    with trio.CancelScope() as outer:
+
+        async def cancel_when_granted() -> None:
+            outer.cancel()  # the shutdown cancels the waiting task...
+            breaker.release()  # ...and in the same tick the slot is handed to it
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(admit, breaker)
+            await trio.sleep(1.0)
+            assert breaker.pending == 1
+            nursery.start_soon(cancel_when_granted)
+    assert outer.cancelled_caught
+    assert breaker.active == 0 and breaker.pending == 0
+    assert breaker.rejections_total == 0

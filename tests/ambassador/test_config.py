@@ -150,7 +150,7 @@ def test_policies_match_the_core() -> None:
 def _with(extra_top: str = "", listener: str = "", env_block: str | None = None) -> str:
     envs = env_block if env_block is not None else 'dev = ["127.0.0.1:6001"]\n'
     return (
-        f"{extra_top}\n[[listeners]]\nname = \"pg\"\nlisten = \"127.0.0.1:5432\"\n{listener}\n"
+        f'{extra_top}\n[[listeners]]\nname = "pg"\nlisten = "127.0.0.1:5432"\n{listener}\n'
         f"[listeners.environments]\n{envs}"
     )
 
@@ -180,12 +180,14 @@ BAD = [
     ),
     pytest.param(
         _with(env_block='prod = ["db:5432", "db:5432"]\n'),
-        "invalid value for listeners[0].environments.prod[1]: 'db:5432' (expected each endpoint once)",
+        "invalid value for listeners[0].environments.prod[1]: 'db:5432' "
+        "(expected each endpoint once)",
         id="duplicate-endpoint",
     ),
     pytest.param(
         _with(env_block="prod = []\n"),
-        "invalid value for listeners[0].environments.prod: [] (expected a non-empty list of host:port)",
+        "invalid value for listeners[0].environments.prod: [] "
+        "(expected a non-empty list of host:port)",
         id="empty-env",
     ),
     pytest.param(
@@ -347,14 +349,18 @@ def test_parse_backend(text: str, envs: tuple[str, list[HostPort]]) -> None:
             {"backends": ["dev=a:1", "dev=b:2"]},
             "invalid value for --backend: 'dev=b:2' (expected each environment once)",
         ),
-        ({"backends": []}, "invalid value for --backend: None (expected at least one ENV=HOST:PORT)"),
+        (
+            {"backends": []},
+            "invalid value for --backend: None (expected at least one ENV=HOST:PORT)",
+        ),
         (
             {"backends": ["dev=a:1"], "env": "prod"},
             "invalid value for --env: 'prod' (expected one of dev)",
         ),
         (
             {"backends": ["dev=a:1"], "listen": "10.0.0.1:5432"},
-            "invalid value for --listen: '10.0.0.1:5432' (expected a loopback address, or --bind-public)",
+            "invalid value for --listen: '10.0.0.1:5432' "
+            "(expected a loopback address, or --bind-public)",
         ),
         (
             {"backends": ["dev=a:1"], "admin": "nope"},
@@ -402,8 +408,7 @@ def test_initial_env_order(tmp_path: Path) -> None:
 def test_check_output_marks_current_and_warns_about_gaps() -> None:
     cfg = parse_config(
         tomllib.loads(
-            BASE
-            + '\n[[listeners]]\nname = "cache"\nlisten = "127.0.0.1:6379"\n'
+            BASE + '\n[[listeners]]\nname = "cache"\nlisten = "127.0.0.1:6379"\n'
             '[listeners.environments]\ndev = ["127.0.0.1:7001"]\n'
         ),
         overrides={"env": "dev"},

@@ -50,7 +50,9 @@ def procs() -> Iterator[list[AmbassadorProc]]:
         proc.stop()
 
 
-def start(procs: list[AmbassadorProc], tmp_path: Path, *args: str, listeners: int = 1) -> AmbassadorProc:
+def start(
+    procs: list[AmbassadorProc], tmp_path: Path, *args: str, listeners: int = 1
+) -> AmbassadorProc:
     proc = AmbassadorProc(args, tmp_path)
     procs.append(proc)
     proc.wait_listening(listeners)
@@ -177,9 +179,16 @@ type = "none"
     queued.close()
     held[1].close()
     values = metrics(admin)
-    assert sample(
-        values, "ambassador_connections_total", listener="limited", env="dev", outcome="rejected"
-    ) == 1
+    assert (
+        sample(
+            values,
+            "ambassador_connections_total",
+            listener="limited",
+            env="dev",
+            outcome="rejected",
+        )
+        == 1
+    )
     rejected_lines = [line for line in amb.access() if line["outcome"] == "rejected"]
     assert len(rejected_lines) == 1
 
@@ -201,15 +210,19 @@ def test_no_usable_endpoint_fails_fast(procs: list[AmbassadorProc], tmp_path: Pa
     (line,) = amb.wait_access(1)
     # Both endpoints were tried (bounded retry over distinct endpoints), then the client closed.
     assert (line["outcome"], line["attempts"]) == ("connect_failed", 2)
-    status, body = http("GET", f"http://127.0.0.1:{admin}/readyz")
-    assert status == 200  # no active check, no ejection yet (5 failures needed)
-    assert sample(
-        metrics(admin),
-        "ambassador_connections_total",
-        listener="default",
-        env="dev",
-        outcome="connect_failed",
-    ) == 1
+    assert (
+        http("GET", f"http://127.0.0.1:{admin}/readyz")[0] == 200
+    )  # no active check, no ejection yet (5 failures needed)
+    assert (
+        sample(
+            metrics(admin),
+            "ambassador_connections_total",
+            listener="default",
+            env="dev",
+            outcome="connect_failed",
+        )
+        == 1
+    )
 
 
 def test_allow_list_denies_other_clients(
@@ -285,8 +298,12 @@ def test_admin_env_get_and_put_with_curl(
             assert recv_all(client) == TRAILER
         assert echo.connections == 1 and other.connections == 0
         values = metrics(admin)
-        assert sample(values, "ambassador_env_switches_total", result="switched", source="admin") == 2
-        assert sample(values, "ambassador_env_switches_total", result="refused", source="admin") == 1
+        assert (
+            sample(values, "ambassador_env_switches_total", result="switched", source="admin") == 2
+        )
+        assert (
+            sample(values, "ambassador_env_switches_total", result="refused", source="admin") == 1
+        )
         refused = amb.events("environment switch refused")
         assert refused[0]["requested"] == "staging" and refused[0]["env"] == "dev"
         assert [line["outcome"] for line in amb.wait_access(2)] == ["no_env", "closed"]
@@ -415,3 +432,60 @@ prod = ["db-0:5432", "db-1:5432"]
         "ambassador: error: invalid value for listeners[0].environments.prod[1]: 'db-1' "
         "(expected host:port, [ipv6]:port or :port with a port 0-65535)"
     ]
+
+
+def test_switch_drain_deadline_closes_old_connections_and_idle_timeout_closes_silent_ones(
+    echo: EchoServer, procs: list[AmbassadorProc], tmp_path: Path
+) -> None:
+    other = EchoServer()
+    try:
+        port, idle_port, admin = free_port(), free_port(), free_port()
+        config = write_config(
+            tmp_path,
+            f"""
+env = "dev"
+admin = "127.0.0.1:{admin}"
+switch_drain_timeout = "300ms"
+[[listeners]]
+name = "main"
+listen = "127.0.0.1:{port}"
+[listeners.environments]
+dev = ["127.0.0.1:{echo.port}"]
+prod = ["127.0.0.1:{other.port}"]
+[[listeners]]
+name = "idle"
+listen = "127.0.0.1:{idle_port}"
+[listeners.environments]
+dev = ["127.0.0.1:{echo.port}"]
+prod = ["127.0.0.1:{other.port}"]
+[listeners.limits]
+idle_timeout = "400ms"
+""",
+        )
+        amb = start(procs, tmp_path, "--config", str(config), listeners=2)
+        old = socket.create_connection(("127.0.0.1", port))
+        old.sendall(b"old")
+        assert old.recv(10) == b"old"
+        assert http("PUT", f"http://127.0.0.1:{admin}/env", b"prod")[0] == 200
+        # The connection made before the switch keeps its backend until the drain deadline...
+        old.sendall(b"still dev")
+        assert old.recv(100) == b"still dev"
+        # ...then it is closed (reset: it did not end on its own).
+        with pytest.raises(ConnectionResetError):
+            recv_all(old)
+        old.close()
+        with socket.create_connection(("127.0.0.1", idle_port)) as idle:
+            idle.sendall(b"zzz")
+            assert idle.recv(10) == b"zzz"
+            # Silent for longer than idle_timeout: the ambassador closes both sides.
+            assert recv_all(idle) == b""
+        lines = amb.wait_access(2)
+        by_listener = {line["listener"]: line for line in lines}
+        assert by_listener["main"]["outcome"] == "drained"
+        assert by_listener["main"]["env"] == "dev"
+        assert by_listener["main"]["bytes_in"] == len(b"oldstill dev")
+        assert by_listener["idle"]["outcome"] == "idle_timeout"
+        assert by_listener["idle"]["env"] == "prod"
+        assert (by_listener["idle"]["bytes_in"], by_listener["idle"]["bytes_out"]) == (3, 3)
+    finally:
+        other.close()

@@ -37,7 +37,7 @@ class Resettable(HalfCloseableStream):
             result: list[bytes] = []
 
             async def receive() -> None:
-                result.append(await self.inner.receive_some(max_bytes))
+                result.append(bytes(await self.inner.receive_some(max_bytes)))
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(receive)

@@ -81,6 +81,7 @@ class PostgresCluster:
     host: str = "127.0.0.1"
     netns: str | None = None  # run inside this network namespace (tests/support/netns.py)
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    replicas: list[PostgresCluster] = field(default_factory=list, repr=False)
 
     def _in_netns(self, argv: list[str], *, as_server_user: bool) -> tuple[list[str], dict[str, object]]:
         """argv and Popen kwargs, run as the server user and inside ``netns`` when set."""
@@ -189,6 +190,7 @@ class PostgresCluster:
         with open(datadir / "postgresql.auto.conf", "a") as conf:
             conf.write(f"port = {port}\ncluster_name = '{name}'\n")
         replica = PostgresCluster(name=name, datadir=datadir, port=port, bindir=self.bindir, run_as=self.run_as)
+        self.replicas.append(replica)  # so the fixture that made this cluster stops them too
         replica.start()
         return replica
 
@@ -275,6 +277,8 @@ def pg_factory() -> Iterator[Callable[[str], PostgresCluster]]:
 
     yield make
     for cluster in started:
+        for replica in cluster.replicas:
+            replica.stop(mode="immediate")
         cluster.stop(mode="immediate")
     shutil.rmtree(root, ignore_errors=True)
 

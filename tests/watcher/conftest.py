@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 from tests.support.etcd import free_port
 
@@ -221,3 +222,14 @@ def run_watcher(tmp_path: Path) -> Iterator[Callable[..., WatcherProc]]:
     yield start
     for w in started:
         stop_pid(w.proc, signal.SIGKILL)
+
+
+async def eventually(predicate: Callable[[], object], limit: float = 15.0) -> None:
+    """Poll external state (a file, etcd, another process) until ``predicate`` holds.
+
+    Polling is right here: the state lives outside this trio run, so there is
+    no event to wait on.
+    """
+    with trio.fail_after(limit):
+        while not predicate():  # noqa: ASYNC110 - external state, nothing to wait on
+            await trio.sleep(0.02)

@@ -1,0 +1,399 @@
+"""The adapter's pure pipeline: raw lines in, finished records out.
+
+decode -> redact -> unwrap CRI/docker (joining partial lines) -> multiline join
+-> parse (auto-detected or fixed format) -> enrich -> ECS or OTel document.
+
+No I/O and no clock of its own: the shell passes each line with ``now``
+(monotonic, for multiline flush deadlines) and ``wall`` (epoch seconds, the
+time a line was read), calls :meth:`Pipeline.poll` at :meth:`Pipeline.next_deadline`,
+and :meth:`Pipeline.flush` at end of input. Guarantees, tested with hypothesis:
+every input line ends up in exactly one record (a joined record counts its
+lines), invalid UTF-8 and unparseable lines become records with the raw text as
+their message, nothing raises, and :func:`encode_json` always gives valid JSON.
+
+Multiline state is kept per (origin, stream), so stdout and stderr of a wrapped
+app, or several tailed files fed to one pipeline, never join each other's lines.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from adapter import multiline
+from adapter.detect import detect_parse
+from adapter.enrich import lift_trace, static_fields
+from adapter.multiline import Pending
+from adapter.parsers import FORMATS, CustomParser, ParseContext, Partial, cri, docker, plain
+from adapter.parsers.base import Parser
+from adapter.redact import Redactor
+from adapter.schema import Record, to_ecs, to_otel
+from adapter.timestamps import TimestampParser, wall_ns
+from sidecar_common.errors import ConfigError
+
+__all__ = ["Pipeline", "PipelineConfig", "PipelineStats", "Record", "encode_json"]
+
+# Formats whose records may be followed by continuation lines, so are held until the next line
+# (or the flush timeout). JSON, logfmt and access-log records are complete as they are: they go
+# out at once, with no added latency.
+_HOLDABLE = frozenset({"plain", "python", "java", "syslog", "klog", "custom"})
+# Joined CRI/docker partial lines are capped (the runtime splits at 16 KiB; a line of many
+# megabytes would otherwise be held whole): past this the joined part goes out marked truncated.
+MAX_JOINED_CHARS = 1 << 20
+
+
+@dataclass
+class PipelineConfig:
+    """What the pipeline does; built by adapter.config from flags, environment and file."""
+
+    format: str = "auto"  # "auto", a name from adapter.parsers.FORMATS, or "custom"
+    custom_patterns: list[str] = field(default_factory=list)
+    schema: Literal["ecs", "otel"] = "ecs"
+    timezone: str = "UTC"
+    keep_original: bool = False
+    multiline: bool = True
+    continuation: str | None = None
+    flush_timeout: float = 0.1
+    static_fields: dict[str, str] = field(default_factory=dict)
+    redact_defaults: bool = True
+    redact_patterns: list[str] = field(default_factory=list)
+    environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
+
+
+@dataclass
+class PipelineStats:
+    """Counters the shell publishes as metrics (count in the loop, publish on scrape)."""
+
+    lines_in: int = 0
+    records_out: int = 0
+    by_format: dict[str, int] = field(default_factory=dict)
+    parse_failures: int = 0
+    parse_failures_by_format: dict[str, int] = field(default_factory=dict)
+    multiline_joins: int = 0  # lines joined onto a record started by an earlier line
+    truncated_lines: int = 0
+    invalid_utf8_lines: int = 0
+    internal_errors: int = 0  # a parser bug caught by the last-resort guard (should stay 0)
+
+
+@dataclass(slots=True)
+class _Joining:
+    """CRI ``P`` / docker partial lines waiting for their final piece."""
+
+    parts: list[str]
+    originals: list[str]
+    chars: int
+    wall: float
+
+
+class Pipeline:
+    """One pipeline per adapter; see the module docstring for the contract."""
+
+    def __init__(self, config: PipelineConfig) -> None:
+        self.config = config
+        self.stats = PipelineStats()
+        self._ctx = ParseContext(timestamps=TimestampParser(config.timezone))
+        self._redact = Redactor(defaults=config.redact_defaults, patterns=config.redact_patterns)
+        if self._redact.active:
+            self._ctx.secret_keys = self._redact.secret_keys
+        self._static = static_fields(config.environ, config.static_fields)
+        self._format = config.format
+        self._parser: Parser | None = None
+        if config.format == "custom":
+            self._parser = CustomParser(config.custom_patterns)
+        elif config.format != "auto":
+            if config.format not in FORMATS:
+                raise ConfigError("--format", config.format, "auto, custom or one of " + ", ".join(FORMATS))
+            self._parser = FORMATS[config.format]
+        if config.schema not in ("ecs", "otel"):
+            raise ConfigError("--schema", config.schema, "ecs or otel")
+        self._otel = config.schema == "otel"
+        self._continuation: re.Pattern[str] | None = None
+        if config.continuation:
+            try:
+                self._continuation = re.compile(config.continuation)
+            except re.error as exc:
+                raise ConfigError("--continuation", config.continuation, f"a valid regular expression ({exc})") from exc
+        if not (config.flush_timeout >= 0 and math.isfinite(config.flush_timeout)):
+            raise ConfigError("--flush-timeout", config.flush_timeout, "a duration >= 0")
+        self._pending: dict[tuple[str | None, str], Pending] = {}
+        self._joining: dict[tuple[str | None, str], _Joining] = {}
+        self._unwrap = config.format in ("auto", "cri", "docker")
+
+    # -- the contract -----------------------------------------------------------------------
+    def feed(
+        self,
+        line: bytes,
+        *,
+        stream: str = "stdout",
+        now: float,
+        wall: float,
+        truncated: bool = False,
+        origin: str | None = None,
+    ) -> list[Record]:
+        """One raw line without its newline; returns the records it completed (maybe none).
+
+        ``origin`` names the source (a tailed file's path) for ``log.file.path`` and keeps
+        multiline state of different sources apart.
+        """
+        self.stats.lines_in += 1
+        out: list[Record] = []
+        try:
+            self._feed(line, stream, now, wall, truncated, origin, out)
+        except Exception:  # noqa: BLE001 - the one-record-per-line guarantee outranks a parser bug
+            self.stats.internal_errors += 1
+            out.append(self._fallback(line, stream, wall, origin))
+        return out
+
+    def poll(self, now: float) -> list[Record]:
+        """Records whose multiline flush timeout has passed."""
+        if not self._pending:
+            return []
+        due = [key for key, p in self._pending.items() if p.deadline <= now]
+        return [self._finish_pending(self._pending.pop(key)) for key in due]
+
+    def flush(self) -> list[Record]:
+        """End of input: every pending record and partial line, in arrival order per source."""
+        out: list[Record] = []
+        for key in list(self._joining):
+            joining = self._joining.pop(key)
+            self._line(
+                "".join(joining.parts),
+                key[1],
+                None,
+                joining.originals,
+                len(joining.originals),
+                ["partial"],
+                key[0],
+                joining.wall,
+                joining.wall,
+                out,
+                hold=False,
+            )
+        for key in list(self._pending):
+            out.append(self._finish_pending(self._pending.pop(key)))
+        return out
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`poll` should next be called (None: nothing is pending)."""
+        if not self._pending:
+            return None
+        return min(p.deadline for p in self._pending.values())
+
+    # -- per line ---------------------------------------------------------------------------
+    def _feed(
+        self, line: bytes, stream: str, now: float, wall: float, truncated: bool, origin: str | None, out: list[Record]
+    ) -> None:
+        tags: list[str] = []
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            # Invalid bytes become visible \xNN escapes: valid text that shows exactly what was read.
+            text = line.decode("utf-8", "backslashreplace")
+            tags.append("invalid_utf8")
+            self.stats.invalid_utf8_lines += 1
+        if truncated:
+            tags.append("truncated")
+            self.stats.truncated_lines += 1
+        if self._redact.active:
+            text = self._redact(text)
+        ctx = self._ctx
+        ctx.wall = wall
+        if self._unwrap and text:
+            c = text[0]
+            wrapped: tuple[int | None, str, bool, str] | None = None
+            if c == "{" and self._format != "cri" and text.startswith('{"log":'):
+                wrapped = docker.split(text, ctx)
+            elif c.isdigit() and self._format != "docker":
+                wrapped = cri.split(text, ctx)
+            if wrapped is not None:
+                self._wrapped(wrapped, text, tags, origin, now, wall, out)
+                return
+            if self._format != "auto":
+                self._failed(self._format)
+        self._line(text, stream, None, [text], 1, tags, origin, now, wall, out, hold=not truncated)
+
+    def _wrapped(
+        self,
+        wrapped: tuple[int | None, str, bool, str],
+        text: str,
+        tags: list[str],
+        origin: str | None,
+        now: float,
+        wall: float,
+        out: list[Record],
+    ) -> None:
+        ns, stream, partial, inner = wrapped
+        key = (origin, stream)
+        joining = self._joining.get(key)
+        if partial:
+            if joining is None:
+                joining = self._joining[key] = _Joining([], [], 0, wall)
+            joining.parts.append(inner)
+            joining.originals.append(text)
+            joining.chars += len(inner)
+            if joining.chars <= MAX_JOINED_CHARS:
+                return
+            del self._joining[key]
+            tags.append("truncated")
+            self._line("".join(joining.parts), stream, ns, joining.originals, len(joining.originals), tags, origin, now, wall, out, hold=False)
+            return
+        if joining is not None:
+            del self._joining[key]
+            joining.parts.append(inner)
+            joining.originals.append(text)
+            self._line("".join(joining.parts), stream, ns, joining.originals, len(joining.originals), tags, origin, now, wall, out, hold=True)
+            return
+        self._line(inner, stream, ns, [text], 1, tags, origin, now, wall, out, hold="truncated" not in tags)
+
+    def _line(
+        self,
+        text: str,
+        stream: str,
+        wrapper_ns: int | None,
+        originals: list[str],
+        count: int,
+        tags: list[str],
+        origin: str | None,
+        now: float,
+        wall: float,
+        out: list[Record],
+        *,
+        hold: bool,
+    ) -> None:
+        """One logical line (CRI partials already joined): multiline, parse, emit or hold."""
+        key = (origin, stream)
+        pending = self._pending.get(key)
+        if pending is not None:
+            if hold and multiline.continues(pending, text, self._continuation):
+                multiline.append(pending, text, "\n".join(originals), count, now + self.config.flush_timeout)
+                pending.tags.extend(t for t in tags if t not in pending.tags)
+                self.stats.multiline_joins += count
+                return
+            del self._pending[key]
+            out.append(self._finish_pending(pending))
+        self._ctx.wall = wall
+        fmt, partial = self._parse(text)
+        if hold and self.config.multiline and fmt in _HOLDABLE:
+            state, own = multiline.start_state(text)
+            self._pending[key] = Pending(
+                key=key,
+                partial=partial,
+                fmt=fmt,
+                first=text,
+                state=state,
+                deadline=now + self.config.flush_timeout,
+                wrapper_ns=wrapper_ns,
+                originals=list(originals),
+                tags=list(tags),
+                count=count,
+                chars=len(text),
+                own_error=own,
+                read_ns=wall_ns(wall),
+            )
+            return
+        out.append(self._record(partial, fmt, stream, wrapper_ns, originals, count, tags, origin, wall))
+
+    def _parse(self, text: str) -> tuple[str, Partial]:
+        ctx = self._ctx
+        parser = self._parser
+        if parser is None:
+            fmt, partial, failed = detect_parse(text, ctx)
+            if failed:
+                self._failed("json" if text[:1] == "{" else "syslog" if text[:1] == "<" else fmt)
+            return fmt, partial
+        found = parser(text, ctx)
+        if found is not None:
+            return self._format, found
+        if self._format != "plain":
+            self._failed(self._format)
+        # Not in the configured format: still a record, with whatever plain text parsing finds.
+        return "plain", plain.parse(text, ctx)
+
+    def _failed(self, fmt: str) -> None:
+        self.stats.parse_failures += 1
+        self.stats.parse_failures_by_format[fmt] = self.stats.parse_failures_by_format.get(fmt, 0) + 1
+
+    def _finish_pending(self, p: Pending) -> Record:
+        partial = multiline.finish(p)
+        if p.state != "log" and p.count > 1 and "multiline" not in p.tags:
+            p.tags.append("multiline")
+        return self._record(
+            partial, p.fmt, p.key[1], p.wrapper_ns, p.originals, p.count, p.tags, p.key[0], self._ctx.wall, read_ns=p.read_ns
+        )
+
+    def _record(
+        self,
+        partial: Partial,
+        fmt: str,
+        stream: str,
+        wrapper_ns: int | None,
+        originals: list[str],
+        count: int,
+        tags: list[str],
+        origin: str | None,
+        wall: float,
+        *,
+        read_ns: int | None = None,
+    ) -> Record:
+        observed = read_ns if read_ns is not None else wall_ns(wall)
+        if "@timestamp" not in partial:
+            partial["@timestamp"] = wrapper_ns if wrapper_ns is not None else observed
+        if "traceparent" in partial or "trace.id" in partial or "span.id" in partial:
+            lift_trace(partial)
+        for name, value in self._static.items():
+            if name not in partial:
+                partial[name] = value
+        partial.setdefault("stream", stream)
+        if origin is not None:
+            partial["log.file.path"] = origin
+        if self.config.keep_original:
+            partial["event.original"] = originals[0] if len(originals) == 1 else "\n".join(originals)
+        if tags:
+            partial["tags"] = list(tags)
+        stats = self.stats
+        stats.records_out += 1
+        stats.by_format[fmt] = stats.by_format.get(fmt, 0) + 1
+        if self._otel:
+            return to_otel(partial, observed)
+        return to_ecs(partial)
+
+    def _fallback(self, line: bytes, stream: str, wall: float, origin: str | None) -> Record:
+        """The record of a line some stage failed on: raw text as the message, nothing else."""
+        partial: Partial = {"message": line.decode("utf-8", "backslashreplace"), "tags": ["internal_error"]}
+        if self._redact.active:
+            partial["message"] = self._redact(partial["message"])
+        return self._record(partial, "plain", stream, None, [partial["message"]], 1, ["internal_error"], origin, wall)
+
+
+def _finite(value: Any) -> Any:
+    """A JSON-safe copy: non-finite floats become strings, containers are walked."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+_dumps = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+_dumps_ascii = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode
+
+
+def encode_json(record: Record) -> bytes:
+    """One record as one line of JSON (no newline), UTF-8; valid JSON whatever the record holds.
+
+    Lone surrogates (from ``\\udXXX`` escapes in JSON input) cannot be UTF-8: such a record is
+    written with ASCII escapes instead. NaN/Infinity become strings.
+    """
+    try:
+        return _dumps(record).encode("utf-8")
+    except UnicodeEncodeError:
+        return _dumps_ascii(record).encode("ascii")
+    except ValueError:
+        return encode_json(_finite(record))

@@ -1,0 +1,162 @@
+"""Output schemas: the flat partial record becomes an ECS or OpenTelemetry document.
+
+ECS (default): ``@timestamp`` (RFC 3339 UTC), ``log.level`` (normalised),
+``message``, ``ecs.version``, then every other field nested by its dotted name
+(``http.response.status_code`` -> ``{"http": {"response": {"status_code": ...}}}``);
+fields with no ECS home are under ``labels``.
+
+OpenTelemetry (``--schema otel``): the log data model's fields in snake case,
+``timestamp``, ``observed_timestamp``, ``severity_text``, ``severity_number``,
+``body``, ``trace_id``, ``span_id``, ``attributes`` and ``resource`` (flat
+semantic-convention keys such as ``http.request.method``, ``exception.type``,
+``k8s.pod.name``), and ``instrumentation_scope.name`` for the logger.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from adapter.levels import level_of, normalise, severity_number, severity_text
+from adapter.timestamps import format_rfc3339
+
+ECS_VERSION = "8.11.0"
+Record = dict[str, Any]
+
+_PATHS: dict[str, tuple[str, ...]] = {}
+
+
+def _path(key: str) -> tuple[str, ...]:
+    path = _PATHS.get(key)
+    if path is None:
+        path = tuple(key.split("."))
+        if len(_PATHS) < 4096:
+            _PATHS[key] = path
+    return path
+
+
+def nest_into(doc: Record, key: str, value: Any) -> None:
+    """Set ``value`` at the dotted ``key`` inside ``doc``, creating objects on the way.
+
+    If something that is not an object is already on the way (a static field ``log`` and a
+    parsed ``log.level``), the value goes under ``labels`` with its dotted name instead.
+    """
+    path = _path(key)
+    if len(path) == 1:
+        if key in doc and isinstance(doc[key], dict) and isinstance(value, dict):
+            doc[key].update(value)
+        else:
+            doc[key] = value
+        return
+    node = doc
+    for part in path[:-1]:
+        nxt = node.get(part)
+        if nxt is None:
+            nxt = node[part] = {}
+        elif not isinstance(nxt, dict):
+            labels = doc.setdefault("labels", {})
+            if isinstance(labels, dict):
+                labels[key] = value
+            return
+        node = nxt
+    node[path[-1]] = value
+
+
+def to_ecs(partial: dict[str, Any]) -> Record:
+    """An ECS document from a partial record (consumed: do not reuse ``partial``)."""
+    doc: Record = {"@timestamp": format_rfc3339(partial.pop("@timestamp"))}
+    raw_level = partial.pop("log.level", None)
+    if raw_level is not None:
+        level = normalise(raw_level)
+        if level is not None:
+            doc["log"] = {"level": level}
+        else:
+            labels = partial.setdefault("labels", {})
+            if isinstance(labels, dict):
+                labels.setdefault("level", raw_level)
+    message = partial.pop("message", None)
+    if message is not None:
+        doc["message"] = message
+    doc["ecs"] = {"version": ECS_VERSION}
+    for key, value in partial.items():
+        nest_into(doc, key, value)
+    return doc
+
+
+# ECS flat name -> (section, OpenTelemetry name). Section "resource", "attributes" or "top".
+_OTEL: dict[str, tuple[str, str]] = {
+    "trace.id": ("top", "trace_id"),
+    "span.id": ("top", "span_id"),
+    "log.logger": ("scope", "name"),
+    "process.pid": ("resource", "process.pid"),
+    "host.name": ("resource", "host.name"),
+    "host.hostname": ("resource", "host.name"),
+    "service.name": ("resource", "service.name"),
+    "service.version": ("resource", "service.version"),
+    "service.environment": ("resource", "deployment.environment.name"),
+    "service.namespace": ("resource", "service.namespace"),
+    "kubernetes.pod.name": ("resource", "k8s.pod.name"),
+    "kubernetes.pod.uid": ("resource", "k8s.pod.uid"),
+    "kubernetes.pod.ip": ("resource", "k8s.pod.ip"),
+    "kubernetes.namespace": ("resource", "k8s.namespace.name"),
+    "kubernetes.node.name": ("resource", "k8s.node.name"),
+    "kubernetes.container.name": ("resource", "k8s.container.name"),
+    "process.thread.name": ("attributes", "thread.name"),
+    "process.thread.id": ("attributes", "thread.id"),
+    "source.ip": ("attributes", "client.address"),
+    "source.address": ("attributes", "client.address"),
+    "http.version": ("attributes", "network.protocol.version"),
+    "http.response.body.bytes": ("attributes", "http.response.body.size"),
+    "http.request.referrer": ("attributes", "http.request.header.referer"),
+    "error.type": ("attributes", "exception.type"),
+    "error.message": ("attributes", "exception.message"),
+    "error.stack_trace": ("attributes", "exception.stacktrace"),
+    "log.origin.file.name": ("attributes", "code.file.path"),
+    "log.origin.file.line": ("attributes", "code.line.number"),
+    "log.origin.function": ("attributes", "code.function.name"),
+    "stream": ("attributes", "log.iostream"),
+    "event.original": ("attributes", "log.record.original"),
+}
+
+
+def to_otel(partial: dict[str, Any], observed_ns: int) -> Record:
+    """An OpenTelemetry log record (data model fields, snake case) from a partial record."""
+    doc: Record = {
+        "timestamp": format_rfc3339(partial.pop("@timestamp")),
+        "observed_timestamp": format_rfc3339(observed_ns),
+    }
+    raw_level = partial.pop("log.level", None)
+    if raw_level is not None:
+        number = severity_number(raw_level)
+        doc["severity_text"] = severity_text(raw_level)
+        if number is not None:
+            doc["severity_number"] = number
+    message = partial.pop("message", None)
+    if message is not None:
+        doc["body"] = message
+    attributes: dict[str, Any] = {}
+    resource: dict[str, Any] = {}
+    for key, value in partial.items():
+        if key == "labels" and isinstance(value, dict):
+            for label, label_value in value.items():
+                attributes.setdefault(label, label_value)
+            continue
+        section, name = _OTEL.get(key, ("attributes", key))
+        if section == "attributes":
+            attributes[name] = value
+        elif section == "resource":
+            resource.setdefault(name, value)
+        elif section == "top":
+            doc[name] = value
+        else:
+            doc["instrumentation_scope"] = {"name": value}
+    if attributes:
+        doc["attributes"] = attributes
+    if resource:
+        doc["resource"] = resource
+    return doc
+
+
+def level_name(raw: object) -> str | None:
+    """The normalised level of a raw level, for callers that only need the name."""
+    number = severity_number(raw)
+    return None if number is None else level_of(number)

@@ -1,0 +1,267 @@
+"""The Fluentd forward output: chunk/ack, retry, memory and disk buffer, order, exit.
+
+First a scripted collector on an in-memory stream (virtual time: exact
+resend times), then the real thing on loopback: our forward receiver
+stopped and restarted mid-stream, and made to swallow acks.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+import trio
+import trio.testing
+
+from adapter.buffer import ChunkQueue
+from adapter.outputs.forward import ForwardOutput, connect_tcp, connect_unix, encode_entry
+from sidecar_common.retry import Backoff
+from tests.support.fluentd import ForwardReceiver, _ext_hook
+
+
+def records(start: int, n: int) -> list[dict[str, Any]]:
+    return [
+        {"@timestamp": "2024-05-01T12:00:00.250Z", "message": f"line {i}", "seq": i}
+        for i in range(start, start + n)
+    ]
+
+
+def chunk_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.chunk"))
+
+
+async def eventually(predicate: Any, seconds: float) -> None:
+    """Wait (real time, polling) until ``predicate()``; fail after ``seconds``."""
+    for _ in range(int(seconds / 0.02)):
+        if predicate():
+            return
+        await trio.sleep(0.02)
+    raise AssertionError(f"not true after {seconds} s")
+
+
+def make_output(connect: Any, tmp_path: Path | None, **kw: Any) -> ForwardOutput:
+    queue = ChunkQueue(
+        memory_max_bytes=kw.pop("memory", 1 << 20),
+        disk_max_bytes=kw.pop("disk", 1 << 24),
+        directory=tmp_path,
+        drop_policy=kw.pop("policy", "block"),
+    )
+    return ForwardOutput(
+        connect,
+        queue,
+        tag="app.test",
+        chunk_records=kw.pop("chunk_records", 10),
+        ack_timeout=kw.pop("ack_timeout", 0.5),
+        backoff=Backoff(0.01, 0.1, 2.0),
+        rng=random.Random(1),
+        **kw,
+    )
+
+
+def test_entry_carries_event_time_from_the_record() -> None:
+    entry = msgpack.unpackb(
+        encode_entry({"@timestamp": "2024-05-01T12:00:00.250Z", "message": "x"}, 0.0),
+        ext_hook=_ext_hook,
+    )
+    assert entry[0] == pytest.approx(1714564800.25)
+    assert entry[1] == {"@timestamp": "2024-05-01T12:00:00.250Z", "message": "x"}
+    # No timestamp: the time it was read; invalid Unicode is escaped, never an error.
+    entry = msgpack.unpackb(
+        encode_entry({"message": "bad \udcff"}, 1700000000.5), ext_hook=_ext_hook
+    )
+    assert entry[0] == pytest.approx(1700000000.5)
+    assert entry[1] == {"message": "bad \\udcff"}
+
+
+class ScriptedCollector:
+    """Accepts connections over memory streams; the test reads and answers by hand."""
+
+    def __init__(self) -> None:
+        self.send, self.receive = trio.open_memory_channel[trio.abc.Stream](10)
+        self.connects = 0
+
+    async def connect(self) -> trio.abc.Stream:
+        self.connects += 1
+        client, server = trio.testing.memory_stream_pair()
+        await self.send.send(server)
+        return client
+
+
+async def read_message(stream: trio.abc.Stream) -> list[Any]:
+    unpacker = msgpack.Unpacker(raw=False, ext_hook=_ext_hook)
+    while True:
+        for message in unpacker:
+            return list(message)
+        unpacker.feed(await stream.receive_some(65536))
+
+
+async def test_chunk_is_resent_until_acked(autojump_clock: trio.testing.MockClock) -> None:
+    collector = ScriptedCollector()
+    out = make_output(collector.connect, None, ack_timeout=2.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(out.run)
+        await out.write(records(0, 10))  # a full chunk: sealed and sent at once
+        first = await collector.receive.receive()
+        t0 = trio.current_time()
+        tag, entries, option = await read_message(first)
+        assert tag == "app.test" and option["size"] == 10
+        chunk_id = option["chunk"]
+        # No ack: after the ack timeout the chunk comes again on a new connection.
+        second = await collector.receive.receive()
+        assert trio.current_time() - t0 >= 2.0
+        _tag2, entries2, option2 = await read_message(second)
+        assert (entries2, option2["chunk"]) == (entries, chunk_id)
+        assert out.stats.retried == 10 and out.stats.delivered == 0
+        # A stale ack for something else is skipped; ours completes the chunk.
+        await second.send_all(msgpack.packb({"ack": "other"}) + msgpack.packb({"ack": chunk_id}))
+        await out.drain(trio.current_time() + 5)
+        assert out.stats.delivered == 10 and out.stats.queued == 0
+        nursery.cancel_scope.cancel()
+    assert collector.connects == 2
+
+
+async def test_partial_chunk_leaves_after_flush_interval(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    collector = ScriptedCollector()
+    out = make_output(collector.connect, None, chunk_records=100)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(out.run)
+        t0 = trio.current_time()
+        await out.write(records(0, 3))
+        stream = await collector.receive.receive()
+        _, _, option = await read_message(stream)
+        assert option["size"] == 3
+        assert trio.current_time() - t0 == pytest.approx(0.2)  # FLUSH_INTERVAL, not a full chunk
+        await stream.send_all(msgpack.packb({"ack": option["chunk"]}))
+        await out.drain(trio.current_time() + 1)
+        assert out.stats.delivered == 3
+        nursery.cancel_scope.cancel()
+
+
+async def test_collector_down_buffers_to_disk_and_delivers_in_order(tmp_path: Path) -> None:
+    receiver = ForwardReceiver().start()
+    out = make_output(connect_tcp("127.0.0.1", receiver.port), tmp_path, memory=2000)
+    sent: list[dict[str, Any]] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(out.run)
+            sent += records(0, 50)
+            await out.write(records(0, 50))
+            await eventually(lambda: out.stats.delivered >= 50, 20)
+            receiver.stop()  # the collector goes away mid-stream
+            for start in range(50, 250, 25):
+                sent += records(start, 25)
+                await out.write(records(start, 25))
+                await trio.sleep(0.01)
+            await eventually(lambda: out.stats.buffered_disk > 0, 20)
+            assert any(chunk_files(tmp_path))
+            assert out.reachable is False
+            receiver.start()  # back on the same port
+            await eventually(lambda: out.stats.delivered >= 250, 30)
+            await out.drain(trio.current_time() + 5)
+            nursery.cancel_scope.cancel()
+    finally:
+        receiver.stop()
+    assert receiver.unique_records() == sent  # every record, once, in order
+    assert not list(chunk_files(tmp_path))
+    assert out.stats.buffered_disk == 0 and out.stats.dropped == {}
+
+
+async def test_dropped_acks_mean_resends_never_loss(tmp_path: Path) -> None:
+    receiver = ForwardReceiver(drop_acks=True).start()
+    out = make_output(connect_tcp("127.0.0.1", receiver.port), tmp_path, ack_timeout=0.3)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(out.run)
+            await out.write(records(0, 30))
+            # The first chunk, sent again and again, never acked.
+            assert await trio.to_thread.run_sync(
+                lambda: receiver.wait_for(lambda r: len(r.chunks) >= 3, timeout=10)
+            )
+            assert len({cid for cid, _ in receiver.chunks}) == 1
+            assert out.stats.delivered == 0
+            receiver.drop_acks = False
+            await eventually(lambda: out.stats.delivered >= 30, 30)
+            await out.drain(trio.current_time() + 5)
+            nursery.cancel_scope.cancel()
+    finally:
+        receiver.stop()
+    assert out.stats.retried >= 10
+    assert receiver.unique_records() == records(0, 30)
+    # Duplicates are whole resent chunks of the head: the same chunk id again.
+    ids = [cid for cid, _ in receiver.chunks]
+    assert len(set(ids)) == 3 and len(ids) > 3
+
+
+async def test_exit_leaves_chunks_on_disk_and_next_start_delivers_first(tmp_path: Path) -> None:
+    receiver = ForwardReceiver()
+    receiver.start()
+    port = receiver.port
+    receiver.stop()  # nobody listening
+    out = make_output(connect_tcp("127.0.0.1", port), tmp_path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(out.run)
+        await out.write(records(0, 25))
+        await out.drain(trio.current_time() + 0.5)
+        nursery.cancel_scope.cancel()
+    assert out.stats.delivered == 0 and out.stats.buffered_disk == 25
+    assert len(list(chunk_files(tmp_path))) == 3
+
+    receiver = ForwardReceiver(port=port).start()
+    try:
+        again = make_output(connect_tcp("127.0.0.1", port), tmp_path)
+        assert again.load() == 25
+        async with trio.open_nursery() as nursery:
+            await nursery.start(again.run)
+            await again.write(records(25, 5))
+            await again.drain(trio.current_time() + 20)
+            nursery.cancel_scope.cancel()
+    finally:
+        receiver.stop()
+    assert receiver.unique_records() == records(0, 30)
+    assert again.stats.delivered == 30
+    assert not list(chunk_files(tmp_path))
+
+
+async def test_exit_without_buffer_dir_counts_drops() -> None:
+    receiver = ForwardReceiver().start()
+    port = receiver.port
+    receiver.stop()
+    out = make_output(connect_tcp("127.0.0.1", port), None)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(out.run)
+        await out.write(records(0, 12))
+        await out.drain(trio.current_time() + 0.3)
+        nursery.cancel_scope.cancel()
+    assert out.stats.dropped == {"shutdown": 12}
+
+
+async def test_drop_newest_policy_counts_what_it_drops() -> None:
+    receiver = ForwardReceiver().start()
+    port = receiver.port
+    receiver.stop()
+    out = make_output(connect_tcp("127.0.0.1", port), None, memory=1, policy="drop-newest")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(out.run)
+        await out.write(records(0, 40))  # four chunks; only the first fits
+        assert out.stats.dropped == {"drop-newest": 30}
+        assert out.stats.queued == 10
+        nursery.cancel_scope.cancel()
+
+
+async def test_unix_socket(tmp_path: Path) -> None:
+    path = tmp_path / "fluent.sock"
+    with ForwardReceiver(path=path) as receiver:
+        out = make_output(connect_unix(path), None)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(out.run)
+            await out.write(records(0, 15))
+            await out.drain(trio.current_time() + 10)
+            nursery.cancel_scope.cancel()
+    assert receiver.records() == records(0, 15)
+    assert receiver.events[0].tag == "app.test"
+    assert receiver.events[0].time == pytest.approx(1714564800.25)
