@@ -315,7 +315,9 @@ class ListenerRuntime:
         env_label = env or ""
         try:
             if not self.accepting:
+                # Accepted just before the listening socket closed: refuse, do not start.
                 self._count(env_label, "shutdown")
+                self._log(env=env_label, client=client, outcome="shutdown", duration=0.0)
                 return
             if self.config.allow and not address_allowed(client_ip, self.config.allow):
                 self._count(env_label, "denied")

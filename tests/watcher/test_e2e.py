@@ -64,8 +64,10 @@ def test_configmap_update_reloads_exactly_once(
     assert b"password=other" not in w.log_path.read_bytes()
 
     status, text = w.admin_get("/metrics")
+    assert status == 200
     samples = parse_text(text)
-    assert samples[("watcher_reloads_total", frozenset({("action", "signal"), ("outcome", "success")}))] == 2
+    signal_ok = frozenset({("action", "signal"), ("outcome", "success")})
+    assert samples[("watcher_reloads_total", signal_ok)] == 2
     assert samples[("watcher_last_change_timestamp_seconds", frozenset())] > 1.7e9
 
 

@@ -1,0 +1,435 @@
+"""The fast byte relay: zero-copy ``os.splice`` driven by one epoll hub per process.
+
+A drop-in for :func:`ambassador.relay.relay` (same signature, same results):
+half-close forwarded, resets propagated (the other side gets RST) and reported,
+byte counts exact, idle timeout. The listener keeps doing everything once per
+connection (accept, admission, balancing, connect, logging); only the per-chunk
+work moves here.
+
+Why a hub and not a task per direction: with one trio task per direction every
+chunk costs a trip through trio's scheduler (register the fd, wake the task,
+switch), which is what makes a naive trio proxy reach only half of HAProxy on
+small request/response traffic. Here every relayed socket sits in one private
+epoll set; a single trio task waits until that set is readable (one
+``wait_readable`` for any number of connections), then handles every ready
+socket in a tight loop with non-blocking syscalls and no allocation per chunk:
+
+    socket --splice--> pipe --splice--> socket
+
+Bytes never enter Python (zero copy). Pipes come from a small pool: a pipe only
+holds data while a destination is slower than its source, so a thousand idle
+connections hold no pipe at all (two file descriptors each, nothing else).
+
+Interest is level-triggered: a source is watched for reading while its pipe is
+empty, a destination for writing while its pipe holds data, so a slow reader
+throttles its writer (back-pressure) and nothing is buffered beyond one pipe.
+
+Streams that are not plain sockets (TLS, in-memory streams in tests) and
+platforms without ``os.splice`` use the stream relay of :mod:`ambassador.relay`
+(``receive_some``/``send_all``), whose semantics this module copies.
+``AMBASSADOR_RELAY=stream`` forces that path (an escape hatch, and the
+baseline the benchmark compares against).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import select
+import socket
+from typing import Final, Literal
+
+import trio
+
+from sidecar_common.jsonlog import get_logger, log_event
+
+from .relay import RelayCounters, RelayOutcome, RelayResult, abort_stream
+from .relay import relay as stream_relay
+
+__all__ = [
+    "RELAY_MODES",
+    "RelayCounters",
+    "RelayResult",
+    "SpliceHub",
+    "can_splice",
+    "relay",
+    "relay_mode",
+]
+
+log = get_logger("ambassador.fastrelay")
+
+RELAY_MODES: Final = ("splice", "stream")
+
+#: Bytes moved per splice call and the size asked for each pooled pipe. Pipes
+#: hold data only while a destination lags, so a large pipe costs nothing idle.
+PIPE_SIZE: Final = 1 << 18
+#: Idle pipes kept for reuse; beyond this a freed pipe is closed.
+POOL_MAX: Final = 32
+#: Extra reads of one source in a row while it fills whole chunks (bulk
+#: transfers): fewer trips through the event loop, bounded for fairness.
+BURST: Final = 4
+
+_HAS_SPLICE: Final = hasattr(os, "splice") and hasattr(select, "epoll")
+_F_SETPIPE_SZ: Final = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+_SPLICE_FLAGS: Final = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
+_EPOLLIN: Final = select.EPOLLIN if _HAS_SPLICE else 1
+_EPOLLOUT: Final = select.EPOLLOUT if _HAS_SPLICE else 4
+_EPOLLERRHUP: Final = (select.EPOLLERR | select.EPOLLHUP) if _HAS_SPLICE else 24
+
+
+def relay_mode(environ: dict[str, str] | None = None) -> str:
+    """The relay in use: ``splice`` (default where available) or ``stream``."""
+    env = os.environ if environ is None else environ
+    wanted = env.get("AMBASSADOR_RELAY", "splice").strip().lower() or "splice"
+    if wanted not in RELAY_MODES:
+        from sidecar_common.errors import ConfigError
+
+        raise ConfigError("AMBASSADOR_RELAY", wanted, "splice or stream")
+    return wanted if _HAS_SPLICE else "stream"
+
+
+def can_splice(stream: trio.abc.Stream) -> bool:
+    """True for a plain trio socket stream over a connected stream socket."""
+    if not _HAS_SPLICE or type(stream) is not trio.SocketStream:
+        return False
+    sock = stream.socket
+    return sock.type == socket.SOCK_STREAM and sock.family in (
+        socket.AF_INET,
+        socket.AF_INET6,
+        socket.AF_UNIX,
+    )
+
+
+# --------------------------------------------------------------------------- the hub
+
+_Side = Literal["client", "upstream"]
+
+
+class _Conn:
+    """One relayed connection as the hub sees it: two sockets, two directions.
+
+    Direction 0 is client -> upstream (``bytes_in``), 1 is upstream -> client.
+    Per direction: the pooled pipe (or -1), the bytes waiting in it, whether the
+    source reached EOF, and whether the direction is finished (EOF forwarded).
+    """
+
+    __slots__ = (
+        "counters",
+        "done",
+        "eof",
+        "fds",
+        "finished",
+        "last",
+        "masks",
+        "outcome",
+        "pending",
+        "pipe_r",
+        "pipe_w",
+        "socks",
+        "streams",
+    )
+
+    def __init__(
+        self,
+        client: trio.SocketStream,
+        upstream: trio.SocketStream,
+        counters: RelayCounters,
+        now: float,
+    ) -> None:
+        self.streams = (client, upstream)
+        self.socks = (client.socket, upstream.socket)
+        self.fds = (client.socket.fileno(), upstream.socket.fileno())
+        self.counters = counters
+        self.pipe_r = [-1, -1]
+        self.pipe_w = [-1, -1]
+        self.pending = [0, 0]
+        self.eof = [False, False]
+        self.finished = [False, False]
+        self.masks = [_EPOLLIN, _EPOLLIN]
+        self.outcome: RelayOutcome | None = None
+        self.done = trio.Event()
+        self.last = now
+
+
+class SpliceHub:
+    """All spliced connections of one trio run, driven by one task.
+
+    ``add`` registers a connection, ``discard`` takes it out (idempotent);
+    ``run`` is the task (started once per trio run by :func:`_hub`).
+    """
+
+    def __init__(self) -> None:
+        self.epoll = select.epoll()
+        #: fd -> (connection, index of that fd in ``conn.fds``).
+        self.by_fd: dict[int, tuple[_Conn, int]] = {}
+        self.pool: list[tuple[int, int]] = []
+        self.pipes_open = 0
+        self.closed = False
+
+    # -- bookkeeping ---------------------------------------------------------
+
+    def add(
+        self,
+        client: trio.SocketStream,
+        upstream: trio.SocketStream,
+        counters: RelayCounters,
+    ) -> _Conn:
+        conn = _Conn(client, upstream, counters, trio.current_time())
+        cfd, ufd = conn.fds
+        self.epoll.register(cfd, _EPOLLIN)
+        try:
+            self.epoll.register(ufd, _EPOLLIN)
+        except BaseException:
+            self.epoll.unregister(cfd)
+            raise
+        self.by_fd[cfd] = (conn, 0)
+        self.by_fd[ufd] = (conn, 1)
+        return conn
+
+    def discard(self, conn: _Conn) -> None:
+        """Stop watching ``conn``'s sockets and give back its pipes (idempotent)."""
+        for fd in conn.fds:
+            entry = self.by_fd.get(fd)
+            if entry is not None and entry[0] is conn:
+                del self.by_fd[fd]
+                with contextlib.suppress(OSError, ValueError):
+                    self.epoll.unregister(fd)
+        for d in (0, 1):
+            if conn.pipe_r[d] >= 0:
+                # Data still in it (cut short): the pipe cannot be reused.
+                self._release_pipe(conn, d, reusable=conn.pending[d] == 0)
+
+    def _acquire_pipe(self, conn: _Conn, d: int) -> None:
+        if self.pool:
+            conn.pipe_r[d], conn.pipe_w[d] = self.pool.pop()
+            return
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        with contextlib.suppress(OSError):
+            # Bigger pipes mean fewer syscalls in bulk; refused (per-user pipe
+            # limit) is fine, the default 64 KiB works.
+            fcntl.fcntl(w, _F_SETPIPE_SZ, PIPE_SIZE)
+        self.pipes_open += 1
+        conn.pipe_r[d], conn.pipe_w[d] = r, w
+
+    def _release_pipe(self, conn: _Conn, d: int, *, reusable: bool) -> None:
+        r, w = conn.pipe_r[d], conn.pipe_w[d]
+        conn.pipe_r[d] = conn.pipe_w[d] = -1
+        if reusable and len(self.pool) < POOL_MAX and not self.closed:
+            self.pool.append((r, w))
+            return
+        os.close(r)
+        os.close(w)
+        self.pipes_open -= 1
+
+    def close(self) -> None:
+        self.closed = True
+        for r, w in self.pool:
+            os.close(r)
+            os.close(w)
+            self.pipes_open -= 1
+        self.pool.clear()
+        self.epoll.close()
+
+    # -- the loop --------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            while True:
+                await trio.lowlevel.wait_readable(self.epoll)
+                self.step(trio.current_time())
+        finally:
+            self.close()
+
+    def step(self, now: float) -> None:
+        """Handle every ready socket once (never raises: a bug ends one connection)."""
+        try:
+            events = self.epoll.poll(0)
+        except InterruptedError:
+            return
+        by_fd = self.by_fd
+        for fd, ev in events:
+            entry = by_fd.get(fd)
+            if entry is None:
+                continue  # finished earlier in this batch
+            conn, idx = entry
+            conn.last = now
+            try:
+                # The socket at ``idx`` is the source of direction ``idx`` and
+                # the destination of the other one: move both along.
+                acted = False
+                if not conn.finished[idx]:
+                    self._pump(conn, idx)
+                    acted = True
+                other = 1 - idx
+                if conn.outcome is None and not conn.finished[other] and conn.pending[other]:
+                    self._pump(conn, other)
+                    acted = True
+                if conn.outcome is None and not acted and ev & _EPOLLERRHUP:
+                    # An error on a socket we neither read nor write at the
+                    # moment (its direction already half-closed): a reset.
+                    self._reset(conn, idx)
+            except Exception as exc:  # pragma: no cover - a bug, not an I/O error
+                log_event(log, "relay bug; connection reset", level=40, error=repr(exc))
+                self._finish(conn, "upstream_reset")
+                abort_stream(conn.streams[0])
+                abort_stream(conn.streams[1])
+                continue
+            if conn.outcome is None:
+                self._update_interest(conn)
+
+    def _pump(self, conn: _Conn, d: int) -> None:
+        """Move direction ``d`` forward as far as it goes without blocking."""
+        src_fd = conn.fds[d]
+        dst_fd = conn.fds[1 - d]
+        for _ in range(BURST):
+            if conn.pending[d]:
+                # Flush the pipe to the destination first.
+                try:
+                    sent = os.splice(conn.pipe_r[d], dst_fd, conn.pending[d], flags=_SPLICE_FLAGS)
+                except BlockingIOError:
+                    return
+                except OSError:
+                    self._reset(conn, 1 - d)
+                    return
+                conn.pending[d] -= sent
+                if d == 0:
+                    conn.counters.bytes_in += sent
+                else:
+                    conn.counters.bytes_out += sent
+                if conn.pending[d]:
+                    return  # destination full: wait until writable
+                self._release_pipe(conn, d, reusable=True)
+            if conn.eof[d]:
+                self._forward_eof(conn, d)
+                return
+            if conn.pipe_r[d] < 0:
+                self._acquire_pipe(conn, d)
+            try:
+                got = os.splice(src_fd, conn.pipe_w[d], PIPE_SIZE, flags=_SPLICE_FLAGS)
+            except BlockingIOError:
+                if not conn.pending[d]:
+                    self._release_pipe(conn, d, reusable=True)
+                return
+            except OSError:
+                self._reset(conn, d)
+                return
+            if got == 0:
+                conn.eof[d] = True
+                self._release_pipe(conn, d, reusable=True)
+                self._forward_eof(conn, d)
+                return
+            conn.pending[d] = got
+            try:
+                sent = os.splice(conn.pipe_r[d], dst_fd, got, flags=_SPLICE_FLAGS)
+            except BlockingIOError:
+                return
+            except OSError:
+                self._reset(conn, 1 - d)
+                return
+            conn.pending[d] = got - sent
+            if d == 0:
+                conn.counters.bytes_in += sent
+            else:
+                conn.counters.bytes_out += sent
+            if got != sent:
+                return
+            if got < PIPE_SIZE:
+                break  # a short read drained the socket: no point asking again now
+        if not conn.pending[d] and conn.pipe_r[d] >= 0:
+            self._release_pipe(conn, d, reusable=True)
+
+    def _forward_eof(self, conn: _Conn, d: int) -> None:
+        """Source ``d`` ended and its pipe is flushed: half-close the destination."""
+        dst = 1 - d
+        try:
+            conn.socks[dst].shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            if exc.errno != errno.EBADF:
+                self._reset(conn, dst)
+                return
+        conn.finished[d] = True
+        if conn.finished[1 - d]:
+            self._finish(conn, "closed")
+
+    def _reset(self, conn: _Conn, side: int) -> None:
+        """Socket ``side`` reset (or failed): RST the other one, end the relay."""
+        self._finish(conn, "client_reset" if side == 0 else "upstream_reset")
+        abort_stream(conn.streams[1 - side])
+
+    def _finish(self, conn: _Conn, outcome: RelayOutcome) -> None:
+        if conn.outcome is None:
+            conn.outcome = outcome
+        self.discard(conn)
+        conn.done.set()
+
+    def _update_interest(self, conn: _Conn) -> None:
+        """Level-triggered interest: read a source while its pipe is empty, write while not."""
+        for i in (0, 1):
+            other = 1 - i
+            mask = 0
+            if not conn.finished[i] and not conn.eof[i] and not conn.pending[i]:
+                mask |= _EPOLLIN
+            if not conn.finished[other] and conn.pending[other]:
+                mask |= _EPOLLOUT
+            if mask != conn.masks[i]:
+                conn.masks[i] = mask
+                self.epoll.modify(conn.fds[i], mask)
+
+
+_HUB: trio.lowlevel.RunVar[SpliceHub] = trio.lowlevel.RunVar("ambassador_splice_hub")
+
+
+def _hub() -> SpliceHub:
+    """The hub of the current trio run, started on first use as a system task."""
+    try:
+        return _HUB.get()
+    except LookupError:
+        pass
+    hub = SpliceHub()
+    _HUB.set(hub)
+    trio.lowlevel.spawn_system_task(hub.run, name="ambassador.fastrelay.hub")
+    return hub
+
+
+# --------------------------------------------------------------------------- relay
+
+
+async def relay(
+    client: trio.abc.HalfCloseableStream,
+    upstream: trio.abc.HalfCloseableStream,
+    counters: RelayCounters,
+    *,
+    idle_timeout: float | None = None,
+) -> RelayResult:
+    """Forward bytes both ways until both directions ended; return how it ended.
+
+    Same contract as :func:`ambassador.relay.relay`: the caller owns and closes
+    both streams; on a reset the other side is armed to send RST on close.
+    """
+    if (
+        relay_mode() != "splice"
+        or not isinstance(client, trio.SocketStream)
+        or not isinstance(upstream, trio.SocketStream)
+        or not can_splice(client)
+        or not can_splice(upstream)
+    ):
+        return await stream_relay(client, upstream, counters, idle_timeout=idle_timeout)
+    hub = _hub()
+    conn = hub.add(client, upstream, counters)
+    outcome: RelayOutcome
+    try:
+        if idle_timeout is None:
+            await conn.done.wait()
+        else:
+            while not conn.done.is_set():
+                with trio.move_on_at(conn.last + idle_timeout):
+                    await conn.done.wait()
+                if not conn.done.is_set() and trio.current_time() >= conn.last + idle_timeout:
+                    conn.outcome = "idle_timeout"
+                    break
+        outcome = conn.outcome or "closed"
+    finally:
+        hub.discard(conn)
+    return RelayResult(outcome, counters.bytes_in, counters.bytes_out)
