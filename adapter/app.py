@@ -205,11 +205,15 @@ async def _stop_on_signal(
     everything: trio.CancelScope,
     state: _State,
 ) -> None:
+    seen = 0
     async for signum in signals:
         if signum == signal.SIGHUP:
             log_event(log, "SIGHUP ignored", signal=signum)
             continue
-        if not state.stopping:
+        seen += 1
+        if seen == 1:
+            # Also when the input already ended (EOF racing the signal): the
+            # shutdown under way is the one asked for.
             state.stopping = True
             log_event(log, "signal received; flushing and stopping", signal=signum)
             input_scope.cancel()
@@ -266,6 +270,7 @@ async def serve(settings: AdapterSettings, command: list[str]) -> int:
                         else:
                             await run_stdin(dispatcher)
                 state.stopping = True
+                log_event(log, "input ended; flushing", mode=mode)
                 deadline = trio.current_time() + settings.drain_timeout
                 with trio.move_on_at(deadline):
                     if tailer is not None:

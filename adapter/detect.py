@@ -39,6 +39,10 @@ def detect_parse(text: str, ctx: ParseContext) -> Detected:
         ts = ctx.timestamps.parse_leading(text, ctx.wall)
         if ts is not None:
             return timestamped(text, ts[0], ts[1], ctx)
+    elif c == ":":
+        found = access.parse(text, ctx)  # "::1 - - [..." (IPv6 loopback client)
+        if found is not None:
+            return "access", found, False
     return "plain", plain.parse_untimed(text), False
 
 

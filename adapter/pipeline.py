@@ -25,6 +25,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import orjson
+
 from adapter import multiline
 from adapter.detect import detect_parse
 from adapter.enrich import lift_trace, static_fields
@@ -371,9 +373,9 @@ class Pipeline:
 
 
 def _finite(value: Any) -> Any:
-    """A JSON-safe copy: non-finite floats become strings, containers are walked."""
+    """A JSON-safe copy: non-finite floats become null (as orjson writes them), containers walked."""
     if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
+        return None
     if isinstance(value, dict):
         return {str(k): _finite(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -388,12 +390,17 @@ _dumps_ascii = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(
 def encode_json(record: Record) -> bytes:
     """One record as one line of JSON (no newline), UTF-8; valid JSON whatever the record holds.
 
-    Lone surrogates (from ``\\udXXX`` escapes in JSON input) cannot be UTF-8: such a record is
-    written with ASCII escapes instead. NaN/Infinity become strings.
+    orjson does the common case. What it refuses goes through the stdlib: lone surrogates
+    (from ``\\udXXX`` escapes in JSON input) cannot be UTF-8, so such a record is written with
+    ASCII escapes; integers beyond 64 bits are written as they are; non-finite floats become null.
     """
+    try:
+        return orjson.dumps(record)
+    except (orjson.JSONEncodeError, TypeError):
+        pass
     try:
         return _dumps(record).encode("utf-8")
     except UnicodeEncodeError:
-        return _dumps_ascii(record).encode("ascii")
-    except ValueError:
-        return encode_json(_finite(record))
+        return _dumps_ascii(_finite(record)).encode("ascii")
+    except (ValueError, RecursionError):
+        return _dumps_ascii(_finite(record)).encode("ascii")

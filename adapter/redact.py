@@ -14,6 +14,8 @@ order and timestamp numbers of that length almost never do).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 
 from sidecar_common.errors import ConfigError
@@ -39,8 +41,8 @@ SECRET_KEYS = frozenset(
     }
 )
 _KEYS = r"(?:password|passwd|pwd|secret|client[_-]?secret|api[_-]?key|access[_-]?token|refresh[_-]?token|auth[_-]?token|token|private[_-]?key)"
-_KEYWORD = re.compile(r"(?i:\b(" + _KEYS + r")(\"|')?(\s*[:=]\s*)(\"(?:[^\"\\]|\\.)*\"|'[^']*'|[^\s&,;\"'}\]\\]+))")
-_BEARER = re.compile(r"(?i:\b(bearer|basic(?=\s+[A-Za-z0-9+/]*[0-9+/=]))(\s+)([A-Za-z0-9\-._~+/]{8,}=*))")
+_KEYWORD = re.compile(r"(?i:\b(" + _KEYS + r")(\"|')?(\s*[:=]\s*)(\"[^\"\\]*(?:\\.[^\"\\]*)*\"|'[^']*'|[^\s&,;\"'}\]\\]+))")
+_BEARER = re.compile(r"(?i:\b(bearer|basic)(\s+)([A-Za-z0-9\-._~+/]{8,}=*))")
 _URL_PASSWORD = re.compile(r"(?i:([a-z][a-z0-9+.-]*://[^\s:/@]+:)([^\s/@]+)(@))")
 _CARD = re.compile(r"\d(?:[ -]?\d){12,18}")
 
@@ -48,8 +50,6 @@ _CARD = re.compile(r"\d(?:[ -]?\d){12,18}")
 # scanning every line with them would cost more than parsing it. ``_DIGITS`` maps digits to "0",
 # the group separators to "-" and everything else to ".": a card number then shows up as 13
 # zeros once the separators are dropped.
-_KEY_HINTS = (b"pass", b"pwd", b"secret", b"token", b"key")
-_BEARER_HINTS = (b"bearer", b"basic")
 _DIGITS = bytes(48 if 48 <= b <= 57 else 45 if b in (32, 45) else 46 for b in range(256))
 _THIRTEEN = b"0" * 13
 
@@ -77,6 +77,14 @@ def _keyword(m: re.Match[str]) -> str:
 
 
 def _bearer(m: re.Match[str]) -> str:
+    if m.group(1).lower() == "basic":
+        # "basic settings" is prose; Basic credentials are base64 of "user:password".
+        try:
+            decoded = base64.b64decode(m.group(3), validate=True)
+        except (binascii.Error, ValueError):
+            return m.group(0)
+        if b":" not in decoded:
+            return m.group(0)
     return f"{m.group(1)}{m.group(2)}{MASK}"
 
 
@@ -98,14 +106,14 @@ def _card(m: re.Match[str]) -> str:
 
 def redact_defaults(text: str) -> str:
     """The default rules, each behind its prefilter."""
-    raw = text.encode("utf-8", "replace").lower()
-    if any(hint in raw for hint in _KEY_HINTS):
+    low = text.lower()
+    if "pass" in low or "pwd" in low or "secret" in low or "token" in low or "key" in low:
         text = _KEYWORD.sub(_keyword, text)
-    if b"://" in raw and b"@" in raw:
+    if "://" in low and "@" in low:
         text = _URL_PASSWORD.sub(_url_password, text)
-    if any(hint in raw for hint in _BEARER_HINTS):
+    if "bearer" in low or "basic" in low:
         text = _BEARER.sub(_bearer, text)
-    if _THIRTEEN in raw.translate(_DIGITS).replace(b"-", b""):
+    if _THIRTEEN in text.encode("utf-8", "replace").translate(_DIGITS).replace(b"-", b""):
         text = _CARD.sub(_card, text)
     return text
 

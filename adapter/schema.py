@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from adapter.levels import level_of, normalise, severity_number, severity_text
+from adapter.levels import normalise, severity_number, severity_text
 from adapter.timestamps import format_rfc3339
 
 ECS_VERSION = "8.11.0"
@@ -77,7 +77,34 @@ def to_ecs(partial: dict[str, Any]) -> Record:
     if message is not None:
         doc["message"] = message
     doc["ecs"] = {"version": ECS_VERSION}
+    paths = _PATHS
+    # nest_into inlined for the one- and two-part names that make up most fields (hot path).
     for key, value in partial.items():
+        path = paths.get(key) or _path(key)
+        if len(path) == 2:
+            head = doc.get(path[0])
+            if head is None:
+                doc[path[0]] = {path[1]: value}
+                continue
+            if type(head) is dict:
+                head[path[1]] = value
+                continue
+        elif len(path) == 3:
+            head = doc.get(path[0])
+            if head is None:
+                doc[path[0]] = {path[1]: {path[2]: value}}
+                continue
+            if type(head) is dict:
+                mid = head.get(path[1])
+                if mid is None:
+                    head[path[1]] = {path[2]: value}
+                    continue
+                if type(mid) is dict:
+                    mid[path[2]] = value
+                    continue
+        elif len(path) == 1 and key not in doc:
+            doc[key] = value
+            continue
         nest_into(doc, key, value)
     return doc
 
@@ -154,9 +181,3 @@ def to_otel(partial: dict[str, Any], observed_ns: int) -> Record:
     if resource:
         doc["resource"] = resource
     return doc
-
-
-def level_name(raw: object) -> str | None:
-    """The normalised level of a raw level, for callers that only need the name."""
-    number = severity_number(raw)
-    return None if number is None else level_of(number)

@@ -46,10 +46,7 @@ _YEAR_SLACK = 2 * 86400
 
 _FRACTION = re.compile(r"[.,](\d{1,9})")
 _ZONE = re.compile(r"(Z|z|[+-]\d\d(?::?\d\d)?|\ ?(?:UTC|GMT)(?![A-Za-z]))")
-_ISO = re.compile(
-    r"(\d{4})-(\d\d)-(\d\d)[T ](\d\d):(\d\d):(\d\d)(?:[.,](\d{1,9}))?"
-    r"(Z|z|[+-]\d\d(?::?\d\d)?|\ (?:UTC|GMT)(?![A-Za-z]))?"
-)
+_ISO_HEAD = re.compile(r"(\d{4})-(\d\d)-(\d\d)[T ](\d\d):(\d\d):(\d\d)")
 _SLASHED = re.compile(r"(\d{4}|\d\d)/(\d\d)/(\d\d)[ T](\d\d):(\d\d):(\d\d)(?:[.,](\d{1,9}))?")
 _COMPACT = re.compile(r"(\d\d)(\d\d)(\d\d) {1,2}(\d\d):?(\d\d):?(\d\d)(?:[.,](\d{1,9}))?(?![\d:])")
 _SYSLOG = re.compile(
@@ -98,6 +95,7 @@ class TimestampParser:
         self._utc = getattr(self.zone, "key", None) in ("UTC", "Etc/UTC", "Etc/UCT", "UCT")
         self._local: dict[tuple[int, int, int, int, int, int], int] = {}
         self._apache: dict[str, int] = {}
+        self._heads: dict[str, tuple[int, int]] = {}  # ISO head -> (seconds if UTC, if in the zone)
 
     # -- calendar ---------------------------------------------------------------------------
     def civil(
@@ -162,13 +160,59 @@ class TimestampParser:
 
     # -- layouts ----------------------------------------------------------------------------
     def parse_iso(self, text: str, pos: int = 0) -> tuple[int, int] | None:
-        """ISO 8601 / RFC 3339 at ``pos``: (nanoseconds, end index) or None."""
-        m = _ISO.match(text, pos)
-        if m is None:
+        """ISO 8601 / RFC 3339 at ``pos``: (nanoseconds, end index) or None.
+
+        The date-and-seconds head (19 characters) is looked up in a cache; the fraction and
+        zone are read by hand. Lines written in the same second share the head.
+        """
+        head = text[pos : pos + 19]
+        base = self._heads.get(head)
+        if base is None:
+            m = _ISO_HEAD.fullmatch(head)
+            if m is None:
+                return None
+            y, mo, d, h, mi, s = map(int, m.groups())
+            utc = self.civil(y, mo, d, h, mi, s, 0)
+            local = self.civil(y, mo, d, h, mi, s, None)
+            if utc is None or local is None:
+                return None
+            base = (utc, local)
+            if len(self._heads) >= _CACHE_MAX:
+                self._heads.clear()
+            self._heads[head] = base
+        end = pos + 19
+        frac = 0
+        c = text[end : end + 1]
+        if c == "." or c == ",":
+            fm = _FRACTION.match(text, end)
+            if fm is None:
+                return None
+            frac = _fraction_ns(fm.group(1))
+            end = fm.end()
+            c = text[end : end + 1]
+        if c == "Z" or c == "z":
+            secs = base[0]
+            end += 1
+        elif c == "+" or c == "-":
+            zm = _ZONE.match(text, end)
+            if zm is None:
+                return None
+            offset = _offset_seconds(zm.group(1))
+            secs = base[0] - (offset or 0)
+            end = zm.end()
+        elif c == " " and text[end + 1 : end + 4] in ("UTC", "GMT") and not text[end + 4 : end + 5].isalpha():
+            secs = base[0]
+            end += 4
+        elif c == " " and text[end + 1 : end + 2] in ("+", "-") and text[end + 2 : end + 6].isdigit():
+            offset = _offset_seconds(text[end + 1 : end + 6])  # gunicorn's "%Y-%m-%d %H:%M:%S %z"
+            secs = base[0] - (offset or 0)
+            end += 6
+        else:
+            secs = base[1]
+        ns = secs * NS + frac
+        if ns < 0 or ns > MAX_NS:
             return None
-        y, mo, d, h, mi, s, frac, zone = m.groups()
-        ns = self._ns(int(y), int(mo), int(d), int(h), int(mi), int(s), frac, _offset_seconds(zone))
-        return None if ns is None else (ns, m.end())
+        return ns, end
 
     def parse_apache(self, text: str) -> int | None:
         """``10/Oct/2000:13:55:36 -0700`` (the access-log layout), cached whole."""
@@ -341,29 +385,24 @@ class TimestampParser:
         return None
 
 
-class TimestampFormatter:
+_HEADS: dict[int, str] = {}
+
+
+def format_rfc3339(ns: int) -> str:
     """RFC 3339 in UTC with as many fraction digits as needed (ms, µs or ns)."""
-
-    def __init__(self) -> None:
-        self._cache: dict[int, str] = {}
-
-    def __call__(self, ns: int) -> str:
-        secs, frac = divmod(ns, NS)
-        head = self._cache.get(secs)
-        if head is None:
-            if len(self._cache) >= _CACHE_MAX:
-                self._cache.clear()
-            tm = time.gmtime(secs)
-            head = f"{tm.tm_year:04d}-{tm.tm_mon:02d}-{tm.tm_mday:02d}T{tm.tm_hour:02d}:{tm.tm_min:02d}:{tm.tm_sec:02d}"
-            self._cache[secs] = head
-        if frac % 1_000_000 == 0:
-            return f"{head}.{frac // 1_000_000:03d}Z"
-        if frac % 1000 == 0:
-            return f"{head}.{frac // 1000:06d}Z"
-        return f"{head}.{frac:09d}Z"
-
-
-format_rfc3339 = TimestampFormatter()
+    secs, frac = divmod(ns, NS)
+    head = _HEADS.get(secs)
+    if head is None:
+        if len(_HEADS) >= _CACHE_MAX:
+            _HEADS.clear()
+        tm = time.gmtime(secs)
+        head = f"{tm.tm_year:04d}-{tm.tm_mon:02d}-{tm.tm_mday:02d}T{tm.tm_hour:02d}:{tm.tm_min:02d}:{tm.tm_sec:02d}"
+        _HEADS[secs] = head
+    if frac % 1_000_000 == 0:
+        return f"{head}.{frac // 1_000_000:03d}Z"
+    if frac % 1000 == 0:
+        return f"{head}.{frac // 1000:06d}Z"
+    return f"{head}.{frac:09d}Z"
 
 
 def wall_ns(wall: float) -> int:

@@ -39,6 +39,8 @@ import fcntl
 import os
 import select
 import socket
+import threading
+import time
 from typing import Final, Literal
 
 import trio
@@ -60,7 +62,9 @@ __all__ = [
 
 log = get_logger("ambassador.fastrelay")
 
-RELAY_MODES: Final = ("splice", "stream")
+#: ``splice``: the hub runs in its own thread (blocking epoll; the default);
+#: ``splice-loop``: the hub is a task of the trio loop; ``stream``: no splice.
+RELAY_MODES: Final = ("splice", "splice-loop", "stream")
 
 #: Bytes moved per splice call and the size asked for each pooled pipe. Pipes
 #: hold data only while a destination lags, so a large pipe costs nothing idle.
@@ -86,7 +90,7 @@ def relay_mode(environ: dict[str, str] | None = None) -> str:
     if wanted not in RELAY_MODES:
         from sidecar_common.errors import ConfigError
 
-        raise ConfigError("AMBASSADOR_RELAY", wanted, "splice or stream")
+        raise ConfigError("AMBASSADOR_RELAY", wanted, "splice, splice-loop or stream")
     return wanted if _HAS_SPLICE else "stream"
 
 
@@ -160,8 +164,16 @@ class SpliceHub:
     ``run`` is the task (started once per trio run by :func:`_hub`).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, threaded: bool = False) -> None:
+        self.threaded = threaded
+        #: Held while the hub thread handles a batch and while the trio side
+        #: adds or removes a connection (uncontended in the loop mode).
+        self.lock = threading.Lock()
+        self.token: trio.lowlevel.TrioToken | None = None
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.stopping = False
         self.epoll = select.epoll()
+        self.epoll.register(self.wake_r, _EPOLLIN)
         #: fd -> (connection, index of that fd in ``conn.fds``).
         self.by_fd: dict[int, tuple[_Conn, int]] = {}
         self.pool: list[tuple[int, int]] = []
@@ -176,20 +188,25 @@ class SpliceHub:
         upstream: trio.SocketStream,
         counters: RelayCounters,
     ) -> _Conn:
-        conn = _Conn(client, upstream, counters, trio.current_time())
+        conn = _Conn(client, upstream, counters, time.perf_counter())
         cfd, ufd = conn.fds
-        self.epoll.register(cfd, _EPOLLIN)
-        try:
-            self.epoll.register(ufd, _EPOLLIN)
-        except BaseException:
-            self.epoll.unregister(cfd)
-            raise
-        self.by_fd[cfd] = (conn, 0)
-        self.by_fd[ufd] = (conn, 1)
+        with self.lock:
+            self.by_fd[cfd] = (conn, 0)
+            self.by_fd[ufd] = (conn, 1)
+            try:
+                self.epoll.register(cfd, _EPOLLIN)
+                self.epoll.register(ufd, _EPOLLIN)
+            except BaseException:
+                self._discard(conn)
+                raise
         return conn
 
     def discard(self, conn: _Conn) -> None:
         """Stop watching ``conn``'s sockets and give back its pipes (idempotent)."""
+        with self.lock:
+            self._discard(conn)
+
+    def _discard(self, conn: _Conn) -> None:
         for fd in conn.fds:
             entry = self.by_fd.get(fd)
             if entry is not None and entry[0] is conn:
@@ -224,30 +241,56 @@ class SpliceHub:
         self.pipes_open -= 1
 
     def close(self) -> None:
-        self.closed = True
-        for r, w in self.pool:
-            os.close(r)
-            os.close(w)
-            self.pipes_open -= 1
-        self.pool.clear()
-        self.epoll.close()
+        with self.lock:
+            self.closed = True
+            for r, w in self.pool:
+                os.close(r)
+                os.close(w)
+                self.pipes_open -= 1
+            self.pool.clear()
+            self.epoll.close()
+            os.close(self.wake_r)
+            os.close(self.wake_w)
 
     # -- the loop --------------------------------------------------------------
 
     async def run(self) -> None:
+        """The hub's task: drive the epoll set from trio, or own the thread that does."""
+        self.token = trio.lowlevel.current_trio_token()
         try:
-            while True:
-                await trio.lowlevel.wait_readable(self.epoll)
-                self.step(trio.current_time())
+            if not self.threaded:
+                while True:
+                    await trio.lowlevel.wait_readable(self.epoll)
+                    with self.lock:
+                        self.step(self.epoll.poll(0))
+            thread = threading.Thread(
+                target=self._thread_main, name="ambassador-splice-hub", daemon=True
+            )
+            thread.start()
+            try:
+                await trio.sleep_forever()
+            finally:
+                self.stopping = True
+                os.write(self.wake_w, b"x")
+                thread.join(5.0)
         finally:
             self.close()
 
-    def step(self, now: float) -> None:
-        """Handle every ready socket once (never raises: a bug ends one connection)."""
-        try:
-            events = self.epoll.poll(0)
-        except InterruptedError:
-            return
+    def _thread_main(self) -> None:
+        """Blocking epoll in a thread of its own: the GIL is free while it waits."""
+        poll = self.epoll.poll
+        lock = self.lock
+        while not self.stopping:
+            try:
+                events = poll(-1)
+            except InterruptedError:
+                continue
+            with lock:
+                self.step(events)
+
+    def step(self, events: list[tuple[int, int]]) -> None:
+        """Handle a batch of ready sockets (never raises: a bug ends one connection)."""
+        now = time.perf_counter()
         by_fd = self.by_fd
         for fd, ev in events:
             entry = by_fd.get(fd)
@@ -361,8 +404,14 @@ class SpliceHub:
     def _finish(self, conn: _Conn, outcome: RelayOutcome) -> None:
         if conn.outcome is None:
             conn.outcome = outcome
-        self.discard(conn)
-        conn.done.set()
+        self._discard(conn)
+        if not self.threaded:
+            conn.done.set()
+            return
+        assert self.token is not None
+        # RunFinishedError: trio is gone, nobody waits any more.
+        with contextlib.suppress(trio.RunFinishedError):
+            self.token.run_sync_soon(conn.done.set)
 
     def _update_interest(self, conn: _Conn) -> None:
         """Level-triggered interest: read a source while its pipe is empty, write while not."""
@@ -387,7 +436,7 @@ def _hub() -> SpliceHub:
         return _HUB.get()
     except LookupError:
         pass
-    hub = SpliceHub()
+    hub = SpliceHub(threaded=relay_mode() == "splice")
     _HUB.set(hub)
     trio.lowlevel.spawn_system_task(hub.run, name="ambassador.fastrelay.hub")
     return hub
@@ -409,7 +458,7 @@ async def relay(
     both streams; on a reset the other side is armed to send RST on close.
     """
     if (
-        relay_mode() != "splice"
+        relay_mode() == "stream"
         or not isinstance(client, trio.SocketStream)
         or not isinstance(upstream, trio.SocketStream)
         or not can_splice(client)
@@ -423,12 +472,14 @@ async def relay(
         if idle_timeout is None:
             await conn.done.wait()
         else:
+            # ``conn.last`` is the hub's time of the last event (perf_counter).
             while not conn.done.is_set():
-                with trio.move_on_at(conn.last + idle_timeout):
-                    await conn.done.wait()
-                if not conn.done.is_set() and trio.current_time() >= conn.last + idle_timeout:
+                remaining = conn.last + idle_timeout - time.perf_counter()
+                if remaining <= 0:
                     conn.outcome = "idle_timeout"
                     break
+                with trio.move_on_after(remaining):
+                    await conn.done.wait()
         outcome = conn.outcome or "closed"
     finally:
         hub.discard(conn)

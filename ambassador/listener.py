@@ -88,6 +88,11 @@ class Metrics:
             "Client connections being relayed now.",
             self._active,
         )
+        registry.gauge_callback(
+            "ambassador_pending_connections",
+            "Clients waiting in the listener's pending queue for a connection slot.",
+            lambda: (({"listener": rt.name}, float(rt.breaker.pending)) for rt in self.runtimes),
+        )
         registry.counter_callback(
             "ambassador_received_bytes_total",
             "Bytes received from clients and forwarded upstream.",

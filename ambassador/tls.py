@@ -32,8 +32,8 @@ from .errors import AmbassadorError
 __all__ = [
     "SSLMODES",
     "SslMode",
-    "UpstreamTLS",
     "TLSStream",
+    "UpstreamTLS",
     "UpstreamTLSError",
     "open_tls_stream",
     "open_upstream",
@@ -160,7 +160,9 @@ def parse_upstream_tls(value: object, path: str, *, protocol: str) -> UpstreamTL
         kwargs["min_version"] = version
     if "sslmode" in table:
         if protocol != "postgres":
-            raise ConfigError(f"{path}.sslmode", table["sslmode"], 'sslmode only with protocol = "postgres"')
+            raise ConfigError(
+                f"{path}.sslmode", table["sslmode"], 'sslmode only with protocol = "postgres"'
+            )
         if table["sslmode"] not in SSLMODES:
             raise ConfigError(f"{path}.sslmode", table["sslmode"], f"one of {', '.join(SSLMODES)}")
         kwargs["sslmode"] = table["sslmode"]
@@ -178,7 +180,9 @@ def parse_upstream_tls(value: object, path: str, *, protocol: str) -> UpstreamTL
         try:
             _build_context(tls)
         except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"{path}.cert_file", str(tls.cert_file), f"a certificate and key that load ({exc})") from None
+            raise ConfigError(
+                f"{path}.cert_file", str(tls.cert_file), f"a certificate and key that load ({exc})"
+            ) from None
     return tls
 
 
@@ -299,7 +303,7 @@ async def wrap_tls(stream: trio.abc.Stream, tls: UpstreamTLS, host: str) -> TLSS
 
 
 async def open_tls_stream(address: tuple[str, int], tls: UpstreamTLS) -> TLSStream:
-    """TCP connect to ``address`` and complete the TLS handshake (bound time with a cancel scope)."""
+    """TCP connect to ``address`` and complete the TLS handshake (the caller bounds time)."""
     host, port = address
     tcp = await trio.open_tcp_stream(host, port)
     return await wrap_tls(tcp, tls, host)

@@ -163,6 +163,7 @@ class Proxy:
     name: str
     ports: dict[str, int]
     pid: int | None = None
+    admin: int | None = None
 
 
 KINDS = ("pg", "iperf", "http")
@@ -172,12 +173,17 @@ def start_direct(backends: Backends, workdir: Path) -> tuple[Proxy, list[subproc
     return Proxy("direct", {k: backends.target(k) for k in KINDS}), []
 
 
-def start_ambassador(backends: Backends, workdir: Path, workers: int = 1) -> tuple[Proxy, list[subprocess.Popen[bytes]]]:
+def start_ambassador(
+    backends: Backends, workdir: Path, workers: int = 1, relay: str = "splice"
+) -> tuple[Proxy, list[subprocess.Popen[bytes]]]:
+    """The ambassador from a TOML config (the shell's keys), through bench/ambassador_launch.py.
+
+    The launcher makes ``AMBASSADOR_RELAY`` pick the relay under test (``splice``:
+    ambassador.fastrelay; ``stream``: the plain trio relay) and takes ``--workers``.
+    """
     ports = {k: free_port() for k in KINDS}
     admin = free_port()
     lines = [f'env = "bench"\nadmin = "127.0.0.1:{admin}"\nlog_level = "warning"\n']
-    if workers > 1:
-        lines.append(f"workers = {workers}\n")
     for kind in KINDS:
         lines.append(
             f"""
@@ -188,14 +194,22 @@ listen = "127.0.0.1:{ports[kind]}"
 endpoints = ["127.0.0.1:{backends.target(kind)}"]
 """
         )
-    config = workdir / f"ambassador-{workers}.toml"
+    tag = f"{relay}-{workers}"
+    config = workdir / f"ambassador-{tag}.toml"
     config.write_text("".join(lines))
-    out = open(workdir / f"ambassador-{workers}.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([str(VENV_BIN / "ambassador"), "run", "--config", str(config)], stdout=out, stderr=out)
+    out = open(workdir / f"ambassador-{tag}.log", "wb")  # noqa: SIM115
+    argv = [sys.executable, str(ROOT / "bench" / "ambassador_launch.py")]
+    if workers > 1:
+        argv += ["--workers", str(workers)]
+    argv += ["run", "--config", str(config)]
+    env = {**os.environ, "AMBASSADOR_RELAY": relay}
+    proc = subprocess.Popen(argv, stdout=out, stderr=out, env=env)
     for port in ports.values():
         wait_for_port("127.0.0.1", port, proc=proc)
-    name = "ambassador" if workers == 1 else f"ambassador-w{workers}"
-    return Proxy(name, ports, proc.pid), [proc]
+    name = "ambassador" if relay == "splice" else f"ambassador-{relay}"
+    if workers > 1:
+        name += f"-w{workers}"
+    return Proxy(name, ports, proc.pid, admin=admin), [proc]
 
 
 def start_haproxy(backends: Backends, workdir: Path) -> tuple[Proxy, list[subprocess.Popen[bytes]]]:
@@ -282,6 +296,8 @@ def start_envoy(backends: Backends, workdir: Path) -> tuple[Proxy, list[subproce
 STARTERS: dict[str, Callable[[Backends, Path], tuple[Proxy, list[subprocess.Popen[bytes]]]]] = {
     "direct": start_direct,
     "ambassador": start_ambassador,
+    "ambassador-stream": lambda b, w: start_ambassador(b, w, relay="stream"),
+    "ambassador-splice-loop": lambda b, w: start_ambassador(b, w, relay="splice-loop"),
     "ambassador-w2": lambda b, w: start_ambassador(b, w, workers=2),
     "haproxy": start_haproxy,
     "envoy": start_envoy,

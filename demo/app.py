@@ -11,6 +11,7 @@ Environment:
   APP_CONFIG=path         a config file (`greeting = ...`), re-read on SIGHUP
   APP_PID_FILE=path       where it writes its pid (for the watcher's --pid-file)
   APP_INTERVAL=0.3        seconds between queries
+  APP_HTTP=127.0.0.1:8080 optional: serve GET /healthz there (what the watcher probes)
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
 
 log = logging.getLogger("demo.app")
@@ -52,12 +55,48 @@ def read_config(path: str) -> str:
     return "hello"
 
 
+class _Health(BaseHTTPRequestHandler):
+    """GET /healthz answers 200 while the app runs: a liveness endpoint to probe."""
+
+    def do_GET(self) -> None:
+        status, body = (200, b"ok\n") if self.path == "/healthz" else (404, b"not found\n")
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # probes every second would drown the app's own lines
+
+
+def serve_health(address: str) -> None:
+    host, _, port = address.rpartition(":")
+    server = ThreadingHTTPServer((host, int(port)), _Health)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="health", daemon=True).start()
+
+
 def ask_backend(db: str, kind: str) -> str:
     host, _, port = db.rpartition(":")
     if kind == "postgres":
         res = subprocess.run(
-            ["psql", "-X", "-Atc", "SHOW cluster_name", "-h", host, "-p", port, "-U", "postgres", "postgres"],
-            capture_output=True, text=True, timeout=10,
+            [
+                "psql",
+                "-X",
+                "-Atc",
+                "SHOW cluster_name",
+                "-h",
+                host,
+                "-p",
+                port,
+                "-U",
+                "postgres",
+                "postgres",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=10,
         )
         if res.returncode != 0:
             raise ConnectionError(res.stderr.strip() or "psql failed")
@@ -78,8 +117,11 @@ def ask_backend(db: str, kind: str) -> str:
 
 def main() -> int:
     global reload_requested
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
-                        format="%(asctime)s - %(name)s - %(levelname)s - %(message)s")
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.INFO,
+        format="%(asctime)s - %(name)s - %(levelname)s - %(message)s",
+    )
     db = os.environ.get("APP_DB", "127.0.0.1:5432")
     kind = os.environ.get("APP_DB_KIND", "line")
     config = os.environ.get("APP_CONFIG", "")
@@ -87,6 +129,8 @@ def main() -> int:
     if pid_file := os.environ.get("APP_PID_FILE"):
         with open(pid_file, "w") as fh:
             fh.write(f"{os.getpid()}\n")
+    if http := os.environ.get("APP_HTTP"):
+        serve_health(http)
     signal.signal(signal.SIGHUP, on_hup)
     signal.signal(signal.SIGTERM, on_term)
     greeting = read_config(config)
@@ -100,8 +144,18 @@ def main() -> int:
         n += 1
         try:
             backend = ask_backend(db, kind)
-            print(json.dumps({"level": "info", "msg": "query ok", "backend": backend, "greeting": greeting, "n": n}),
-                  flush=True)
+            print(
+                json.dumps(
+                    {
+                        "level": "info",
+                        "msg": "query ok",
+                        "backend": backend,
+                        "greeting": greeting,
+                        "n": n,
+                    }
+                ),
+                flush=True,
+            )
         except (OSError, subprocess.SubprocessError) as exc:
             print(f'level=error msg="query failed" error="{exc}" n={n}', flush=True)
         if n % 10 == 0:

@@ -14,15 +14,21 @@ etcd" (refused, reset, timed out, 5xx), worth retrying with backoff;
 registration cares about: the lease expired while we were cut off).
 
 The registration record shared by the watcher (which writes it) and the
-ambassador (which discovers from it) lives here too: :class:`ServiceInstance`.
+ambassador (which discovers from it) lives here too: :class:`ServiceInstance`;
+so does the discovery side: :func:`follow_prefix` keeps a live copy of a
+prefix (list, then watch from the next revision, re-list after any failure)
+built on the pure :class:`PrefixView`, and :func:`healthy_instances` turns a
+copy into the healthy instances.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import logging
+import random
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager, suppress
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -31,6 +37,8 @@ import trio
 
 from . import httpclient
 from .errors import SidecarError
+from .jsonlog import log_event
+from .retry import Backoff
 
 __all__ = [
     "EtcdClient",
@@ -40,10 +48,16 @@ __all__ = [
     "KeyValue",
     "Lease",
     "LeaseNotFound",
+    "PrefixView",
     "ServiceInstance",
     "WatchEvent",
+    "follow_prefix",
+    "healthy_instances",
     "prefix_range_end",
+    "rfc3339",
 ]
+
+_log = logging.getLogger("sidecar.etcd")
 
 # gRPC status codes the gateway reports in its error body.
 _GRPC_NOT_FOUND = 5
@@ -334,6 +348,112 @@ def _decode(status: int, body: bytes, path: str) -> dict[str, Any]:
         if status >= 500 or code in (4, 14):  # DeadlineExceeded, Unavailable
             raise EtcdUnavailable(f"etcd {path}: {message or status}")
         raise EtcdRequestError(status, code, message)
+    return out
+
+
+class PrefixView:
+    """The current keys and values under a prefix, rebuilt from a range and watch events.
+
+    Pure: ``reset`` with a range answer, ``apply`` each watch batch; both say
+    whether the content changed, so a follower only publishes real changes.
+    Events at or below the view's revision are ignored (a watch started at
+    ``revision + 1`` never sends them; a reconnect might).
+    """
+
+    def __init__(self) -> None:
+        self.items: dict[str, bytes] = {}
+        self.revision = 0
+
+    def reset(self, kvs: Iterable[KeyValue], revision: int) -> bool:
+        new = {kv.key: kv.value for kv in kvs}
+        changed = new != self.items
+        self.items = new
+        self.revision = revision
+        return changed
+
+    def apply(self, events: Iterable[WatchEvent]) -> bool:
+        changed = False
+        # Several events of one transaction share a revision: compare with
+        # the revision before this batch, not the one just reached.
+        base = self.revision
+        for ev in events:
+            if ev.revision and ev.revision <= base:
+                continue
+            if ev.type == "put":
+                if self.items.get(ev.key) != ev.value:
+                    self.items[ev.key] = ev.value
+                    changed = True
+            elif ev.key in self.items:
+                del self.items[ev.key]
+                changed = True
+            self.revision = max(self.revision, ev.revision)
+        return changed
+
+
+async def follow_prefix(
+    client: EtcdClient,
+    prefix: str,
+    *,
+    send_channel: trio.MemorySendChannel[dict[str, bytes]],
+    backoff: Backoff | None = None,
+    rng: random.Random | None = None,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Keep a live copy of ``prefix``: send ``{key: value}`` after each change; never returns.
+
+    Lists the prefix, sends the snapshot, then watches from the next revision
+    and sends a new snapshot whenever the content changes. Any failure (etcd
+    down, connection broken, watch canceled after a compaction) is retried
+    with backoff and jitter, re-listing so nothing is missed. Starts at once
+    (``task_status.started()`` before the first list), so an etcd that is
+    down does not hold up the caller; the first snapshot arrives when etcd
+    answers.
+    """
+    backoff = backoff or Backoff(initial=0.1, maximum=5.0)
+    rng = rng or random.Random()
+    view = PrefixView()
+    first = True
+    attempt = 0
+    task_status.started()
+    while True:
+        try:
+            kvs, revision = await client.range_prefix(prefix)
+            if view.reset(kvs, revision) or first:
+                first = False
+                await send_channel.send(dict(view.items))
+            attempt = 0
+            async with client.watch_prefix(prefix, start_revision=revision + 1) as batches:
+                async for events in batches:
+                    if view.apply(events):
+                        await send_channel.send(dict(view.items))
+        except EtcdError as exc:
+            delay = backoff.delay(attempt, rng)
+            attempt += 1
+            log_event(
+                _log,
+                "etcd prefix follow interrupted; re-listing",
+                level=logging.WARNING if attempt > 1 else logging.INFO,
+                prefix=prefix,
+                error=str(exc),
+                retry_in_seconds=round(delay, 3),
+            )
+            await trio.sleep(delay)
+
+
+def healthy_instances(snapshot: Mapping[str, bytes]) -> list[ServiceInstance]:
+    """The healthy, well-formed instance records of a ``follow_prefix`` snapshot, by key.
+
+    Records that do not decode are skipped (another writer may share the
+    prefix); it is the registrar's job to keep its own record valid.
+    """
+    out = []
+    for key in sorted(snapshot):
+        try:
+            inst = ServiceInstance.from_json(snapshot[key])
+        except EtcdError:
+            continue
+        if inst.healthy:
+            out.append(inst)
     return out
 
 

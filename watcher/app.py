@@ -19,7 +19,8 @@ from functools import partial
 
 import trio
 
-from sidecar_common.admin import AdminApp, serve_admin
+from sidecar_common.admin import AdminApp, AdminError, serve_admin
+from sidecar_common.errors import ConfigError
 from sidecar_common.etcd import EtcdClient, ServiceInstance, rfc3339
 from sidecar_common.filewatch import Change, watch_paths
 from sidecar_common.jsonlog import log_event, setup_logging
@@ -184,7 +185,13 @@ async def main(v: Validated, lifecycle: Lifecycle) -> None:
 
     admin = AdminApp(registry, ready=ready)
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(serve_admin, admin, s.admin.host, s.admin.port)
+        try:
+            port = await nursery.start(serve_admin, admin, s.admin.host, s.admin.port)
+        except AdminError as exc:
+            # A port in use is the operator's to fix: one line, exit 2.
+            raise ConfigError(
+                "--admin", str(s.admin), f"an address we can listen on; {exc}"
+            ) from None
         if s.watch:
             actions = build_actions(v)
             policy = ActionPolicy(attempts=s.retries, deadline_seconds=s.retry_deadline)

@@ -12,7 +12,7 @@ import re
 
 from adapter.parsers.base import ParseContext, Partial
 
-_Q = r'"((?:[^"\\]|\\.)*)"'
+_Q = r'"([^"\\]*(?:\\.[^"\\]*)*)"'
 ACCESS = re.compile(
     r"(\S+) (\S+) (\S+) \[([^\]]{20,40})\] "
     + _Q

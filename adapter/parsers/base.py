@@ -31,6 +31,7 @@ class ParseContext:
     timestamps: TimestampParser = field(default_factory=TimestampParser)
     wall: float = 0.0
     secret_keys: frozenset[str] = frozenset()
+    routes: dict[str, str] = field(default_factory=dict)  # structured key -> target, see from_mapping
 
 
 Parser = Callable[[str, ParseContext], "Partial | None"]
@@ -185,23 +186,50 @@ def _text(value: Any) -> str:
         return str(value)
 
 
+_SECRET = "\x00secret"
+_LABEL = "\x00label"
+_NESTED = "\x00nested"
+_ROUTES_MAX = 8192
+
+
+def _route(key: str, ctx: ParseContext) -> str:
+    """Where a structured key goes; cached per context (keys repeat on every line)."""
+    if ctx.secret_keys and key.lower() in ctx.secret_keys:
+        route = _SECRET
+    elif key in _ECS_ROOTS:
+        route = _NESTED
+    else:
+        route = FIELD_MAP.get(key, _LABEL)
+    if len(ctx.routes) < _ROUTES_MAX:
+        ctx.routes[key] = route
+    return route
+
+
 def from_mapping(obj: Mapping[str, Any], ctx: ParseContext) -> Partial:
     """A partial record from a structured object's fields (JSON lines, logfmt, regex groups)."""
     out: Partial = {}
     labels: dict[str, Any] = {}
-    secret = ctx.secret_keys
+    routes = ctx.routes
     for key, value in obj.items():
-        if secret and key.lower() in secret:
-            labels[key] = REDACTED
-            continue
-        if key in _ECS_ROOTS and isinstance(value, dict):
-            _nested(key, value, out, labels, ctx)
-            continue
-        target = FIELD_MAP.get(key)
+        target = routes.get(key)
         if target is None:
+            target = _route(key, ctx)
+        if target is _LABEL:
             labels[key] = value
-            continue
-        if target in out or not _assign(out, target, value, ctx):
+        elif target is _SECRET:
+            labels[key] = REDACTED
+        elif target is _NESTED:
+            if isinstance(value, dict):
+                _nested(key, value, out, labels, ctx)
+            else:
+                target = FIELD_MAP.get(key, _LABEL)
+                if target is _LABEL or target in out or not _assign(out, target, value, ctx):
+                    labels[key] = value
+        elif target in out:
+            labels[key] = value
+        elif type(value) is str and target in _STR_TARGETS:
+            out[target] = value  # the common case, without a call
+        elif not _assign(out, target, value, ctx):
             labels[key] = value
     if labels:
         out["labels"] = labels

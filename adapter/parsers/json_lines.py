@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
+
 from adapter.parsers.base import ParseContext, Partial, from_mapping
 
 # NaN and Infinity are not JSON: keep them as the strings they were, so the output stays JSON.
@@ -16,9 +18,12 @@ _MAX_DEPTH = 200
 def loads_object(text: str) -> dict[str, Any] | None:
     """The JSON object on this line, or None when the line is not exactly one object."""
     try:
-        obj = _decode(text)
-    except (ValueError, RecursionError):
-        return None
+        obj = orjson.loads(text)  # ~5x the stdlib's speed; strict, so anything it rejects...
+    except orjson.JSONDecodeError:
+        try:
+            obj = _decode(text)  # ...gets a second chance here (NaN, lone surrogate escapes, huge ints)
+        except (ValueError, RecursionError):
+            return None
     if not isinstance(obj, dict):
         return None
     if (

@@ -8,7 +8,7 @@ import re
 from adapter.parsers.base import ParseContext, Partial, from_mapping
 
 # One pair: a key, then optionally = and a quoted or bare value. Bare keys are flags (value true).
-_PAIR = re.compile(r'[ \t]*([^\s="]+)(?:=(?:"((?:[^"\\]|\\.)*)"|([^\s"]*)))?[ \t]*')
+_PAIR = re.compile(r'[ \t]*([^\s="]+)(?:=(?:"([^"\\]*(?:\\.[^"\\]*)*)"|([^\s"]*)))?[ \t]*')
 _FIRST = re.compile(r'[^\s="]+=')
 
 

@@ -104,9 +104,7 @@ def _duration(value: object, path: str) -> float:
     if isinstance(value, bool):
         raise ConfigError(path, value, expected)
     try:
-        seconds = (
-            float(value) if isinstance(value, int | float) else parse_duration(str(value))
-        )
+        seconds = float(value) if isinstance(value, int | float) else parse_duration(str(value))
     except (ConfigError, ValueError):
         raise ConfigError(path, value, expected) from None
     if not seconds > 0 or seconds == float("inf"):
@@ -151,7 +149,9 @@ def _retry(value: object, path: str) -> RetrySettings:
         kw["replay_buffer"] = _int(table["replay_buffer"], f"{path}.replay_buffer", 0, 1 << 24)
     retry = RetrySettings(**kw)
     if retry.backoff_max < retry.backoff_initial:
-        raise ConfigError(f"{path}.backoff_max", table.get("backoff_max"), "at least backoff_initial")
+        raise ConfigError(
+            f"{path}.backoff_max", table.get("backoff_max"), "at least backoff_initial"
+        )
     return retry
 
 

@@ -198,7 +198,7 @@ def test_sigterm_flushes_and_exits_0() -> None:
     time.sleep(0.3)
     proc.terminate()
     out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err
+    assert proc.returncode == 0, err.decode()
     assert b"signal received" in err
     assert [json.loads(line)["message"] for line in out.splitlines()] == [
         "held back by the long flush timeout"

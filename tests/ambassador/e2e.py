@@ -29,6 +29,7 @@ from tests.support.procs import free_port, stop_pid
 
 AMBASSADOR = str(Path(sys.executable).parent / "ambassador")
 TRAILER = b"<eof seen>"
+RESET = b"RESET"
 
 
 def wait_until(predicate: Callable[[], object], *, timeout: float = 10.0, what: str = "") -> Any:
@@ -137,8 +138,9 @@ def sample(
 class EchoServer:
     """A threaded TCP backend: echoes chunks; on EOF sends ``TRAILER`` and half-closes.
 
-    ``reset_next`` makes the next connection be reset (SO_LINGER 0) as soon as
-    it has received ``reset_after`` bytes.
+    A chunk containing ``RESET`` makes it reset that connection (SO_LINGER 0)
+    instead of answering. (Triggered by content, not by "the next connection":
+    the ambassador's TCP health checks connect too.)
     """
 
     def __init__(self) -> None:
@@ -147,7 +149,6 @@ class EchoServer:
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(64)
         self.port = int(self.sock.getsockname()[1])
-        self.reset_after: int | None = None
         self.connections = 0
         self._stop = False
         self._conns: list[socket.socket] = []
@@ -165,8 +166,6 @@ class EchoServer:
             threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
 
     def _handle(self, conn: socket.socket) -> None:
-        reset_after, self.reset_after = self.reset_after, None
-        received = 0
         try:
             while True:
                 data = conn.recv(65536)
@@ -174,8 +173,7 @@ class EchoServer:
                     conn.sendall(TRAILER)
                     conn.shutdown(socket.SHUT_WR)
                     return
-                received += len(data)
-                if reset_after is not None and received >= reset_after:
+                if RESET in data:
                     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                     conn.close()
                     return

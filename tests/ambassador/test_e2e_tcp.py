@@ -12,7 +12,6 @@ import signal
 import socket
 import struct
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from tests.support.procs import free_port, require_binary
 
 from .e2e import (
     AMBASSADOR,
+    RESET,
     TRAILER,
     AmbassadorProc,
     EchoServer,
@@ -113,9 +113,8 @@ def test_resets_are_propagated_both_ways(
         procs, tmp_path, "--listen", f"127.0.0.1:{port}", "--backend", f"dev=127.0.0.1:{echo.port}"
     )
     # Backend resets: the client must see a reset, not a clean EOF.
-    echo.reset_after = 4
     with socket.create_connection(("127.0.0.1", port)) as client:
-        client.sendall(b"boom")
+        client.sendall(RESET)
         client.settimeout(10)
         with pytest.raises(ConnectionResetError):
             while client.recv(100):
@@ -159,9 +158,10 @@ type = "none"
     # The third waits in the pending queue (accepted by the kernel, not relayed yet).
     queued = socket.create_connection(("127.0.0.1", port))
     queued.sendall(b"queued")
-    # Give the ambassador time to accept it into the queue before the next one
-    # arrives (ordering only; nothing here is asserted about speed).
-    time.sleep(0.5)
+    wait_until(
+        lambda: sample(metrics(admin), "ambassador_pending_connections", listener="limited") == 1,
+        what="the third client queued",
+    )
     assert echo.connections == 2
     # The fourth finds the queue full: closed at once, counted.
     with socket.create_connection(("127.0.0.1", port)) as rejected:

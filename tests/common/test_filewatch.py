@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sidecar_common import filewatch
 from sidecar_common.filewatch import Change, ChangeTracker, DigestCache, snapshot_paths, watch_paths
@@ -345,3 +347,52 @@ async def test_deleted_file_fires_once(tmp_path: Path) -> None:
     f.write_bytes(b"bye")
     batches = await collect_batches([f], f.unlink)
     assert batches == [[Change(str(f), sha(b"bye"), None)]]
+
+
+# --------------------------------------------------------------------------
+# Property: whatever the sequence, the fired changes chain correctly and end
+# at the final state once things are quiet; nothing fires inside the window.
+
+_digest = st.sampled_from([None, A, B, C])
+_steps = st.lists(
+    st.tuples(
+        st.floats(min_value=0.0, max_value=1.0, allow_nan=False),
+        st.fixed_dictionaries({"/x": _digest, "/y": _digest}),
+    ),
+    max_size=30,
+)
+
+
+@given(first=st.fixed_dictionaries({"/x": _digest, "/y": _digest}), steps=_steps)
+def test_tracker_property(
+    first: dict[str, str | None], steps: list[tuple[float, dict[str, str | None]]]
+) -> None:
+    debounce = 0.5
+    tracker = ChangeTracker(debounce)
+    tracker.observe(0.0, first)
+    state = {k: v for k, v in first.items() if v is not None}
+    now = 0.0
+    last_difference = 0.0
+    previous = state.copy()
+    for dt, snap in steps:
+        now += dt
+        current = {k: v for k, v in snap.items() if v is not None}
+        if current != previous:
+            last_difference = now
+            previous = current
+        fired = tracker.observe(now, snap)
+        if fired:
+            assert now - last_difference >= debounce
+        for change in fired:
+            assert change.old_digest == state.get(change.path) != change.new_digest
+            if change.new_digest is None:
+                del state[change.path]
+            else:
+                state[change.path] = change.new_digest
+    final = steps[-1][1] if steps else first
+    for change in tracker.observe(now + debounce, final):
+        if change.new_digest is None:
+            state.pop(change.path)
+        else:
+            state[change.path] = change.new_digest
+    assert state == {k: v for k, v in final.items() if v is not None}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 from pathlib import Path
 
@@ -174,3 +175,14 @@ def test_help_lists_the_flags() -> None:
         "--admin",
     ):
         assert flag in result.stdout
+
+
+def test_admin_address_in_use_is_one_line() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_cli("run", "--probe", "exec:true", "--admin", f"127.0.0.1:{port}")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--admin" in lines[0] and "in use" in lines[0]

@@ -11,8 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import trio
 
-from sidecar_common.etcd import ServiceInstance
+from sidecar_common.etcd import EtcdClient, ServiceInstance, follow_prefix, healthy_instances
 from sidecar_common.metrics import parse_text
 from tests.common.test_filewatch import AtomicWriter
 from tests.support.etcd import EtcdServer
@@ -183,3 +184,37 @@ def test_etcd_down_at_start_registers_when_it_comes_up(
     assert w.proc.poll() is None
     etcd.start()
     wait_until(lambda: etcd.get("/services/orders/pod-d") is not None)
+
+
+async def test_a_follower_sees_watchers_register_and_leave(
+    run_watcher: RunWatcher, etcd: EtcdServer
+) -> None:
+    """Watchers register, a follower (what the ambassador's etcd discovery uses) sees them."""
+    client = EtcdClient(etcd.url)
+    send, receive = trio.open_memory_channel[dict[str, bytes]](1000)
+
+    async def instances_become(expected: set[str]) -> None:
+        with trio.fail_after(20):
+            async for snapshot in receive:
+                if {i.instance for i in healthy_instances(snapshot)} == expected:
+                    return
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            lambda task_status: follow_prefix(
+                client, "/services/orders/", send_channel=send, task_status=task_status
+            )
+        )
+        await instances_become(set())
+        watchers = {}
+        for n, name in enumerate(("pod-a", "pod-b"), start=1):
+            watchers[name] = run_watcher(
+                "--etcd", etcd.url, "--service", "orders", "--instance", name,
+                "--address", f"10.0.0.{n}:8080", "--ttl", "2",
+            )  # fmt: skip
+        await instances_become({"pod-a", "pod-b"})
+        os.kill(watchers["pod-a"].proc.pid, signal.SIGTERM)
+        await instances_become({"pod-b"})
+        os.kill(watchers["pod-b"].proc.pid, signal.SIGKILL)
+        await instances_become(set())
+        nursery.cancel_scope.cancel()

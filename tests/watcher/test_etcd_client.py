@@ -9,11 +9,16 @@ from sidecar_common.etcd import (
     EtcdClient,
     EtcdError,
     EtcdUnavailable,
+    KeyValue,
     LeaseNotFound,
+    PrefixView,
     ServiceInstance,
     WatchEvent,
+    follow_prefix,
+    healthy_instances,
     prefix_range_end,
 )
+from sidecar_common.retry import Backoff
 from tests.support.etcd import EtcdServer, free_port
 
 
@@ -124,3 +129,75 @@ async def test_unreachable_etcd_is_unavailable() -> None:
     with pytest.raises(EtcdUnavailable):
         async with client.watch_prefix("/x/"):
             pass
+
+
+def kv(key: str, value: bytes, rev: int = 1) -> KeyValue:
+    return KeyValue(key, value, rev, rev, 0)
+
+
+def test_prefix_view_applies_events_in_revision_order() -> None:
+    view = PrefixView()
+    assert view.reset([kv("/s/a", b"1"), kv("/s/b", b"2")], revision=10)
+    assert not view.reset([kv("/s/a", b"1"), kv("/s/b", b"2")], revision=10)
+    assert view.apply([WatchEvent("put", "/s/c", b"3", 11)])
+    assert not view.apply([WatchEvent("put", "/s/c", b"3", 11)])  # replayed: ignored
+    assert not view.apply([WatchEvent("put", "/s/c", b"3", 12)])  # same value: no change
+    assert view.apply([WatchEvent("delete", "/s/a", b"", 13), WatchEvent("put", "/s/b", b"9", 13)])
+    assert not view.apply([WatchEvent("delete", "/s/zzz", b"", 14)])
+    assert view.items == {"/s/b": b"9", "/s/c": b"3"}
+    assert view.revision == 14
+
+
+def test_healthy_instances_skips_unhealthy_and_garbage() -> None:
+    up = ServiceInstance("s", "a", "10.0.0.1", 80, healthy=True)
+    down = ServiceInstance("s", "b", "10.0.0.2", 80, healthy=False)
+    snapshot = {
+        "/s/a": up.to_json().encode(),
+        "/s/b": down.to_json().encode(),
+        "/s/c": b"not json",
+    }
+    assert healthy_instances(snapshot) == [up]
+
+
+async def test_follow_prefix_tracks_puts_deletes_and_survives_an_etcd_restart(
+    etcd: EtcdServer,
+) -> None:
+    client = EtcdClient(etcd.url, request_timeout=2)
+    await client.put("/svc/a", "1")
+    send, receive = trio.open_memory_channel[dict[str, bytes]](100)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            lambda task_status: follow_prefix(
+                client,
+                "/svc/",
+                send_channel=send,
+                backoff=Backoff(initial=0.05, maximum=0.3),
+                task_status=task_status,
+            )
+        )
+
+        async def next_snapshot_where(pred: object) -> dict[str, bytes]:
+            assert callable(pred)
+            with trio.fail_after(20):
+                async for snap in receive:
+                    if pred(snap):
+                        return snap
+            raise AssertionError("channel closed")
+
+        assert await next_snapshot_where(lambda s: True) == {"/svc/a": b"1"}
+        await client.put("/svc/b", "2")
+        await client.put("/elsewhere", "x")
+        assert await next_snapshot_where(lambda s: "/svc/b" in s) == {
+            "/svc/a": b"1",
+            "/svc/b": b"2",
+        }
+        await client.delete("/svc/a")
+        assert await next_snapshot_where(lambda s: "/svc/a" not in s) == {"/svc/b": b"2"}
+        etcd.stop()
+        etcd.start()
+        await client.put("/svc/c", "3")
+        assert await next_snapshot_where(lambda s: "/svc/c" in s) == {
+            "/svc/b": b"2",
+            "/svc/c": b"3",
+        }
+        nursery.cancel_scope.cancel()

@@ -1,0 +1,333 @@
+"""Header policy of the HTTP listener: pure functions over h11 header lists.
+
+What the ambassador does to every request so the app does not have to:
+- strips hop-by-hop headers (RFC 9110 7.6.1: ``Connection`` and every header it
+  names, ``Keep-Alive``, ``Proxy-Connection``, ``TE``, ``Trailer``,
+  ``Transfer-Encoding``, ``Upgrade``); framing is re-done by h11 on the other
+  side, and ``Upgrade``/``Connection: upgrade`` are kept for a protocol switch;
+- adds ``X-Request-Id`` when absent (a present, sane one is kept);
+- continues a W3C ``traceparent`` with a new span id for this hop, or starts one;
+- sets headers from files (``HeaderFiles``: Authorization from a mounted
+  Secret), replacing whatever the app sent;
+- sets the upstream ``Host`` when configured.
+
+Header names are lower-case bytes, as h11 hands them over.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "HOP_BY_HOP",
+    "HeaderFiles",
+    "IdSource",
+    "PreparedRequest",
+    "TraceContext",
+    "connection_tokens",
+    "is_upgrade_request",
+    "parse_traceparent",
+    "prepare_request_headers",
+    "prepare_response_headers",
+    "strip_hop_by_hop",
+]
+
+Headers = list[tuple[bytes, bytes]]
+
+HOP_BY_HOP: frozenset[bytes] = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+
+#: A request id we accept from the app: visible ASCII, bounded (it ends up in logs).
+_MAX_REQUEST_ID = 200
+
+
+def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
+    """The lower-cased tokens of every ``Connection`` header."""
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
+    return tokens
+
+
+def is_upgrade_request(headers: Sequence[tuple[bytes, bytes]]) -> bool:
+    """A protocol switch was asked for: ``Upgrade`` present and named by ``Connection``."""
+    return b"upgrade" in connection_tokens(headers) and any(n == b"upgrade" for n, _ in headers)
+
+
+def strip_hop_by_hop(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
+    """Drop hop-by-hop headers and those the ``Connection`` header names."""
+    headers = list(headers)
+    drop = HOP_BY_HOP | connection_tokens(headers)
+    return [(n, v) for n, v in headers if n not in drop]
+
+
+def _chunked(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    return any(n == b"transfer-encoding" and b"chunked" in v.lower() for n, v in headers)
+
+
+# --------------------------------------------------------------------------- trace context
+
+
+@dataclass(frozen=True)
+class TraceContext:
+    """W3C trace context for one hop: the trace continued (or started), our new span."""
+
+    trace_id: str  # 32 lower-case hex
+    span_id: str  # 16 lower-case hex: the parent-id we send upstream
+    flags: str  # 2 hex
+    started: bool  # True when no valid traceparent came in
+
+    @property
+    def traceparent(self) -> bytes:
+        return f"00-{self.trace_id}-{self.span_id}-{self.flags}".encode()
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def _hex(text: str, length: int) -> bool:
+    return len(text) == length and set(text) <= _HEX
+
+
+def parse_traceparent(value: bytes) -> tuple[str, str, str] | None:
+    """(trace_id, parent_id, flags) of a valid ``traceparent``, else None.
+
+    Follows the W3C spec: version ``ff`` is invalid, all-zero ids are invalid,
+    a future version may carry more fields after the four we read.
+    """
+    try:
+        text = value.decode("ascii").strip()
+    except UnicodeDecodeError:
+        return None
+    parts = text.split("-")
+    if len(parts) < 4:
+        return None
+    version, trace_id, parent_id, flags = parts[:4]
+    if not _hex(version, 2) or version == "ff":
+        return None
+    if version == "00" and len(parts) != 4:
+        return None
+    if not _hex(trace_id, 32) or trace_id == "0" * 32:
+        return None
+    if not _hex(parent_id, 16) or parent_id == "0" * 16:
+        return None
+    if not _hex(flags, 2):
+        return None
+    return trace_id, parent_id, flags
+
+
+class IdSource:
+    """Random ids (request ids, trace and span ids); seeded in tests, OS randomness otherwise."""
+
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self._rng = rng if rng is not None else random.SystemRandom()
+
+    def bits(self, n: int) -> int:
+        value = 0
+        while value == 0:  # all-zero trace/span ids are invalid
+            value = self._rng.getrandbits(n)
+        return value
+
+    def request_id(self) -> str:
+        return str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
+
+    def trace_id(self) -> str:
+        return f"{self.bits(128):032x}"
+
+    def span_id(self) -> str:
+        return f"{self.bits(64):016x}"
+
+
+# --------------------------------------------------------------------------- the policy
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    """Headers to send upstream, and the ids for the access log."""
+
+    headers: Headers
+    request_id: str
+    trace: TraceContext
+    upgrade: bool
+
+
+def _valid_request_id(value: bytes) -> bool:
+    return 0 < len(value) <= _MAX_REQUEST_ID and all(0x21 <= b <= 0x7E for b in value)
+
+
+def prepare_request_headers(
+    headers: Sequence[tuple[bytes, bytes]],
+    *,
+    ids: IdSource,
+    injected: Sequence[tuple[bytes, bytes]] = (),
+    upstream_host: bytes | None = None,
+    default_host: bytes = b"",
+    request_id_header: bytes = b"x-request-id",
+) -> PreparedRequest:
+    """The upstream request's headers from the client's (pure, given ``ids``).
+
+    ``default_host`` is used when the client sent no Host (HTTP/1.0) and none
+    is configured: an HTTP/1.1 request upstream must carry one.
+    """
+    upgrade = is_upgrade_request(headers)
+    upgrade_values = [v for n, v in headers if n == b"upgrade"] if upgrade else []
+    chunked = _chunked(headers)
+    out = strip_hop_by_hop(headers)
+    injected_names = {n for n, _ in injected}
+    request_id = ""
+    traceparent: tuple[str, str, str] | None = None
+    tracestate: list[bytes] = []
+    kept: Headers = []
+    host_seen = False
+    for name, value in out:
+        if name in injected_names:
+            continue
+        if name == request_id_header:
+            if not request_id and _valid_request_id(value):
+                request_id = value.decode("ascii")
+            continue
+        if name == b"traceparent":
+            if traceparent is None:
+                traceparent = parse_traceparent(value)
+            continue
+        if name == b"tracestate":
+            tracestate.append(value)
+            continue
+        if name == b"host":
+            if host_seen:
+                continue
+            host_seen = True
+            if upstream_host is not None:
+                value = upstream_host
+        kept.append((name, value))
+    if not host_seen:
+        host = upstream_host if upstream_host is not None else default_host
+        if host:
+            kept.insert(0, (b"host", host))
+    if not request_id:
+        request_id = ids.request_id()
+    kept.append((request_id_header, request_id.encode("ascii")))
+    if traceparent is not None:
+        trace_id, _, flags = traceparent
+        trace = TraceContext(trace_id, ids.span_id(), flags, started=False)
+        kept.append((b"traceparent", trace.traceparent))
+        # tracestate travels with a valid traceparent only (W3C 3.3).
+        kept.extend((b"tracestate", v) for v in tracestate)
+    else:
+        trace = TraceContext(ids.trace_id(), ids.span_id(), "01", started=True)
+        kept.append((b"traceparent", trace.traceparent))
+    kept.extend(injected)
+    if chunked and not any(n == b"content-length" for n, _ in kept):
+        kept.append((b"transfer-encoding", b"chunked"))
+    if upgrade:
+        kept.append((b"connection", b"upgrade"))
+        kept.extend((b"upgrade", v) for v in upgrade_values)
+    return PreparedRequest(kept, request_id, trace, upgrade)
+
+
+def prepare_response_headers(
+    headers: Sequence[tuple[bytes, bytes]],
+    *,
+    request_id: str,
+    request_id_header: bytes = b"x-request-id",
+    switching: bool = False,
+    close: bool = False,
+) -> Headers:
+    """The client's response headers from the upstream's.
+
+    Hop-by-hop headers go (h11 frames the body again); the request id is
+    echoed when the upstream did not set it; ``switching`` (a 101) keeps
+    ``Upgrade`` and says ``Connection: upgrade``; ``close`` ends keep-alive.
+    """
+    upgrade_values = [v for n, v in headers if n == b"upgrade"] if switching else []
+    out = strip_hop_by_hop(headers)
+    if not any(n == request_id_header for n, _ in out):
+        out.append((request_id_header, request_id.encode("ascii")))
+    if switching:
+        out.append((b"connection", b"upgrade"))
+        out.extend((b"upgrade", v) for v in upgrade_values)
+    elif close:
+        out.append((b"connection", b"close"))
+    return out
+
+
+# --------------------------------------------------------------------------- header files
+
+
+def _safe_value(raw: bytes) -> bytes | None:
+    value = raw.strip()
+    if not value or any(b in (0, 0x0A, 0x0D) for b in value):
+        return None
+    return value
+
+
+class HeaderFiles:
+    """Header values read from files, re-read when a file changes (stat, throttled).
+
+    ``current(now)`` stats each file at most once per ``check_interval``
+    seconds and reads it only when (inode, size, mtime) changed: a Kubernetes
+    Secret update (an atomic symlink swap) is picked up within a second without
+    a restart, and the app never holds the credential. A missing or unusable
+    file drops that header (the upstream then answers 401, which is safer than
+    a stale credential); ``problems`` names them for a log line.
+    """
+
+    def __init__(self, items: Sequence[tuple[str, Path]], *, check_interval: float = 1.0) -> None:
+        self.items = [(name.lower().encode("ascii"), path) for name, path in items]
+        self.check_interval = check_interval
+        self._stamps: dict[Path, tuple[int, int, int] | None] = {}
+        self._values: dict[bytes, bytes] = {}
+        self._checked_at = -float("inf")
+        self.problems: dict[str, str] = {}
+        self.reloads = 0
+
+    def current(self, now: float) -> list[tuple[bytes, bytes]]:
+        if self.items and now - self._checked_at >= self.check_interval:
+            self._checked_at = now
+            self._refresh()
+        return [(n, self._values[n]) for n, _ in self.items if n in self._values]
+
+    def _refresh(self) -> None:
+        for name, path in self.items:
+            try:
+                st = os.stat(path)
+                stamp: tuple[int, int, int] | None = (st.st_ino, st.st_size, st.st_mtime_ns)
+            except OSError:
+                stamp = None
+            if path in self._stamps and self._stamps[path] == stamp:
+                continue
+            self._stamps[path] = stamp
+            self.reloads += 1
+            key = name.decode("ascii")
+            if stamp is None:
+                self._values.pop(name, None)
+                self.problems[key] = f"{path}: missing"
+                continue
+            try:
+                raw = path.read_bytes()
+            except OSError as exc:
+                self._values.pop(name, None)
+                self.problems[key] = f"{path}: {exc.strerror or exc}"
+                continue
+            value = _safe_value(raw)
+            if value is None:
+                self._values.pop(name, None)
+                self.problems[key] = f"{path}: empty or not a single line"
+                continue
+            self._values[name] = value
+            self.problems.pop(key, None)
