@@ -110,6 +110,8 @@ class ChunkQueue:
     disk: _Totals = field(default_factory=_Totals)
 
     def __post_init__(self) -> None:
+        self.disk_error: str | None = None  # the last disk failure, for the log
+        self.disk_failures = 0
         self._chunks: deque[Chunk] = deque()
         self._next_seq = 0
         self._head_in_flight = False
@@ -171,8 +173,7 @@ class ChunkQueue:
         if force or self.memory.bytes + chunk.size <= self.memory_max_bytes or not self._chunks:
             self._append_memory(chunk)
             return []
-        if self._disk_has_room(chunk.size):
-            self._append_disk(chunk)
+        if self._try_disk(chunk):
             return []
         if self.drop_policy == "drop-newest":
             self._count_drop("drop-newest", chunk.records)
@@ -186,11 +187,10 @@ class ChunkQueue:
                 self._remove(victim)
                 self._count_drop("drop-oldest", victim.records)
                 dropped.append(victim)
-            if self._fits(chunk.size) or not self._chunks:
-                if self.memory.bytes + chunk.size <= self.memory_max_bytes or not self._chunks:
-                    self._append_memory(chunk)
-                else:
-                    self._append_disk(chunk)
+            if self.memory.bytes + chunk.size <= self.memory_max_bytes or not self._chunks:
+                self._append_memory(chunk)
+                return dropped
+            if self._try_disk(chunk):
                 return dropped
             self._count_drop("drop-oldest", chunk.records)
             return [*dropped, chunk]
@@ -214,6 +214,23 @@ class ChunkQueue:
         self.memory.records += chunk.records
         self.memory.bytes += chunk.size
 
+    def _try_disk(self, chunk: Chunk) -> bool:
+        """Queue ``chunk`` on disk if there is room and the write works.
+
+        A failing disk (full, read-only, gone) counts as no room: the policy
+        then decides, as when the limit is reached; ``disk_error`` says why.
+        """
+        if not self._disk_has_room(chunk.size):
+            return False
+        try:
+            self._append_disk(chunk)
+        except OSError as exc:
+            self.disk_error = f"{chunk.path or self.directory}: {exc.strerror or exc}"
+            self.disk_failures += 1
+            chunk.path = None
+            return False
+        return True
+
     def _append_disk(self, chunk: Chunk) -> None:
         self._store(chunk)
         chunk.payload = None
@@ -230,15 +247,25 @@ class ChunkQueue:
     # -- consumer side -------------------------------------------------------
 
     def peek(self) -> Chunk | None:
-        """The head chunk, with its payload (read back from disk if need be), now in flight."""
-        if not self._chunks:
-            return None
-        chunk = self._chunks[0]
-        if chunk.payload is None:
-            assert chunk.path is not None
-            chunk.payload = read_chunk_file(chunk.path)
-        self._head_in_flight = True
-        return chunk
+        """The head chunk, with its payload (read back from disk if need be), now in flight.
+
+        A chunk file that cannot be read back (deleted or damaged behind our
+        back) is dropped and counted under ``unreadable``, never retried forever.
+        """
+        while self._chunks:
+            chunk = self._chunks[0]
+            if chunk.payload is None:
+                assert chunk.path is not None
+                try:
+                    chunk.payload = read_chunk_file(chunk.path)
+                except OSError as exc:
+                    self.disk_error = f"{chunk.path}: {exc.strerror or exc}"
+                    self._remove(chunk)
+                    self._count_drop("unreadable", chunk.records)
+                    continue
+            self._head_in_flight = True
+            return chunk
+        return None
 
     def done(self, chunk: Chunk) -> None:
         """``chunk`` (the head) was acked: forget it and delete its file."""
@@ -275,10 +302,16 @@ class ChunkQueue:
         for chunk in list(self._chunks):
             if chunk.path is not None:
                 continue
+            # At exit the disk limit yields: losing records is worse than a full buffer dir.
+            try:
+                self._store(chunk)
+            except OSError as exc:
+                self.disk_error = f"{self.directory}: {exc.strerror or exc}"
+                self.disk_failures += 1
+                left += chunk.records
+                continue
             self.memory.records -= chunk.records
             self.memory.bytes -= chunk.size
-            # At exit the disk limit yields: losing records is worse than a full buffer dir.
-            self._store(chunk)
             chunk.payload = None
             self.disk.records += chunk.records
             self.disk.bytes += chunk.size

@@ -157,7 +157,11 @@ def parse_fields(items: list[str]) -> dict[str, str]:
 
 
 def validate(s: AdapterSettings) -> None:
-    """Checks that need more than a type; raises ``ConfigError``."""
+    """Checks that need more than a type; raises ``ConfigError``.
+
+    Also normalises: ``--pattern`` with the default ``--format auto`` selects
+    ``custom`` (the patterns would otherwise be ignored).
+    """
     for regex in s.pattern:
         _compile("--pattern", regex)
         if "?P<" not in regex:
@@ -176,6 +180,10 @@ def validate(s: AdapterSettings) -> None:
     known = _known_formats()
     if known is not None and s.format not in known:
         raise ConfigError("--format", s.format, "one of: " + ", ".join(sorted(known)))
+    if s.pattern and s.format == "auto":
+        s.format = "custom"  # --pattern alone means: parse with these patterns
+    if s.pattern and s.format != "custom":
+        raise ConfigError("--pattern", s.pattern[0], "--format custom (or auto), not " + s.format)
     if s.format == "custom" and not s.pattern:
         raise ConfigError("--format", s.format, "custom together with at least one --pattern")
     if s.checkpoint is not None and not s.tail:

@@ -47,7 +47,7 @@ def detect_parse(text: str, ctx: ParseContext) -> Detected:
 
 
 def _digit(text: str, ctx: ParseContext) -> Detected:
-    if text[1:2] == " " or text[2:3] == " " and text[1:2].isdigit():
+    if text[1:2] == " " or (text[2:3] == " " and text[1:2].isdigit()):
         found = syslog.parse(text, ctx)  # RFC 5424 without PRI: "1 2024-01-02T..."
         if found is not None:
             return "syslog", found, False

@@ -40,7 +40,9 @@ def validate_static(fields: Mapping[str, str], *, setting: str = "--field") -> d
     out: dict[str, str] = {}
     for name, value in fields.items():
         if not _FIELD_NAME.fullmatch(name) or name in _RESERVED:
-            raise ConfigError(setting, f"{name}={value}", "a dotted field name such as service.name=VALUE")
+            raise ConfigError(
+                setting, f"{name}={value}", "a dotted field name such as service.name=VALUE"
+            )
         out[name] = value
     return out
 
@@ -64,7 +66,7 @@ def parse_traceparent(value: str) -> tuple[str, str] | None:
 
 
 def lift_trace(partial: dict[str, Any]) -> None:
-    """trace.id/span.id from a traceparent field; ids normalised to lower-case hex when they are hex."""
+    """trace.id/span.id from a traceparent field; hex ids normalised to lower case."""
     tp = partial.pop("traceparent", None)
     if isinstance(tp, str):
         ids = parse_traceparent(tp)

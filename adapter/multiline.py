@@ -47,7 +47,20 @@ _GO_LINE = re.compile(
     re.DOTALL,
 )
 _ERROR_LEVELS = frozenset(
-    {"error", "err", "e", "critical", "crit", "fatal", "f", "severe", "alert", "emerg", "panic", "exception"}
+    {
+        "error",
+        "err",
+        "e",
+        "critical",
+        "crit",
+        "fatal",
+        "f",
+        "severe",
+        "alert",
+        "emerg",
+        "panic",
+        "exception",
+    }
 )
 
 
@@ -62,7 +75,9 @@ class Pending:
     state: str  # "log", "py_tb", "py_exc", "py_gap", "py_chain", "java", "go"
     deadline: float
     wrapper_ns: int | None = None
-    originals: list[str] = field(default_factory=list)  # raw texts of every input line, for event.original
+    originals: list[str] = field(
+        default_factory=list
+    )  # raw texts of every input line, for event.original
     tags: list[str] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)  # continuation texts
     count: int = 1  # input lines in this record (CRI partials count one each)
@@ -112,7 +127,12 @@ def continues(p: Pending, text: str, continuation: re.Pattern[str] | None) -> bo
         if c == "T" and text.startswith(PY_TRACEBACK) and _error_level(p.partial):
             p.state = "py_tb"
             return True
-        if p.count == 1 and c.isalpha() and _JAVA_HEADER.fullmatch(text) and not text.startswith("Exception in"):
+        if (
+            p.count == 1
+            and c.isalpha()
+            and _JAVA_HEADER.fullmatch(text)
+            and not text.startswith("Exception in")
+        ):
             p.state = "java"
             p.exc_line = text
             return True
@@ -177,7 +197,9 @@ def finish(p: Pending) -> Partial:
         lines = lines[:-1]
     body = "\n".join(lines)
     if p.state == "log":
-        out["message"] = f"{out.get('message', p.first)}\n{body}" if body else out.get("message", p.first)
+        out["message"] = (
+            f"{out.get('message', p.first)}\n{body}" if body else out.get("message", p.first)
+        )
         return out
     trace = f"{p.first}\n{body}" if p.own_error else body
     out["error.stack_trace"] = trace

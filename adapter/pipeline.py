@@ -109,7 +109,9 @@ class Pipeline:
             self._parser = CustomParser(config.custom_patterns)
         elif config.format != "auto":
             if config.format not in FORMATS:
-                raise ConfigError("--format", config.format, "auto, custom or one of " + ", ".join(FORMATS))
+                raise ConfigError(
+                    "--format", config.format, "auto, custom or one of " + ", ".join(FORMATS)
+                )
             self._parser = FORMATS[config.format]
         if config.schema not in ("ecs", "otel"):
             raise ConfigError("--schema", config.schema, "ecs or otel")
@@ -119,7 +121,9 @@ class Pipeline:
             try:
                 self._continuation = re.compile(config.continuation)
             except re.error as exc:
-                raise ConfigError("--continuation", config.continuation, f"a valid regular expression ({exc})") from exc
+                raise ConfigError(
+                    "--continuation", config.continuation, f"a valid regular expression ({exc})"
+                ) from exc
         if not (config.flush_timeout >= 0 and math.isfinite(config.flush_timeout)):
             raise ConfigError("--flush-timeout", config.flush_timeout, "a duration >= 0")
         self._pending: dict[tuple[str | None, str], Pending] = {}
@@ -146,7 +150,7 @@ class Pipeline:
         out: list[Record] = []
         try:
             self._feed(line, stream, now, wall, truncated, origin, out)
-        except Exception:  # noqa: BLE001 - the one-record-per-line guarantee outranks a parser bug
+        except Exception:
             self.stats.internal_errors += 1
             out.append(self._fallback(line, stream, wall, origin))
         return out
@@ -188,13 +192,20 @@ class Pipeline:
 
     # -- per line ---------------------------------------------------------------------------
     def _feed(
-        self, line: bytes, stream: str, now: float, wall: float, truncated: bool, origin: str | None, out: list[Record]
+        self,
+        line: bytes,
+        stream: str,
+        now: float,
+        wall: float,
+        truncated: bool,
+        origin: str | None,
+        out: list[Record],
     ) -> None:
         tags: list[str] = []
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError:
-            # Invalid bytes become visible \xNN escapes: valid text that shows exactly what was read.
+            # Invalid bytes become visible \xNN escapes: valid text showing exactly what was read.
             text = line.decode("utf-8", "backslashreplace")
             tags.append("invalid_utf8")
             self.stats.invalid_utf8_lines += 1
@@ -242,15 +253,41 @@ class Pipeline:
                 return
             del self._joining[key]
             tags.append("truncated")
-            self._line("".join(joining.parts), stream, ns, joining.originals, len(joining.originals), tags, origin, now, wall, out, hold=False)
+            self._line(
+                "".join(joining.parts),
+                stream,
+                ns,
+                joining.originals,
+                len(joining.originals),
+                tags,
+                origin,
+                now,
+                wall,
+                out,
+                hold=False,
+            )
             return
         if joining is not None:
             del self._joining[key]
             joining.parts.append(inner)
             joining.originals.append(text)
-            self._line("".join(joining.parts), stream, ns, joining.originals, len(joining.originals), tags, origin, now, wall, out, hold=True)
+            self._line(
+                "".join(joining.parts),
+                stream,
+                ns,
+                joining.originals,
+                len(joining.originals),
+                tags,
+                origin,
+                now,
+                wall,
+                out,
+                hold=True,
+            )
             return
-        self._line(inner, stream, ns, [text], 1, tags, origin, now, wall, out, hold="truncated" not in tags)
+        self._line(
+            inner, stream, ns, [text], 1, tags, origin, now, wall, out, hold="truncated" not in tags
+        )
 
     def _line(
         self,
@@ -272,7 +309,9 @@ class Pipeline:
         pending = self._pending.get(key)
         if pending is not None:
             if hold and multiline.continues(pending, text, self._continuation):
-                multiline.append(pending, text, "\n".join(originals), count, now + self.config.flush_timeout)
+                multiline.append(
+                    pending, text, "\n".join(originals), count, now + self.config.flush_timeout
+                )
                 pending.tags.extend(t for t in tags if t not in pending.tags)
                 self.stats.multiline_joins += count
                 return
@@ -298,7 +337,9 @@ class Pipeline:
                 read_ns=wall_ns(wall),
             )
             return
-        out.append(self._record(partial, fmt, stream, wrapper_ns, originals, count, tags, origin, wall))
+        out.append(
+            self._record(partial, fmt, stream, wrapper_ns, originals, count, tags, origin, wall)
+        )
 
     def _parse(self, text: str) -> tuple[str, Partial]:
         ctx = self._ctx
@@ -318,14 +359,25 @@ class Pipeline:
 
     def _failed(self, fmt: str) -> None:
         self.stats.parse_failures += 1
-        self.stats.parse_failures_by_format[fmt] = self.stats.parse_failures_by_format.get(fmt, 0) + 1
+        self.stats.parse_failures_by_format[fmt] = (
+            self.stats.parse_failures_by_format.get(fmt, 0) + 1
+        )
 
     def _finish_pending(self, p: Pending) -> Record:
         partial = multiline.finish(p)
         if p.state != "log" and p.count > 1 and "multiline" not in p.tags:
             p.tags.append("multiline")
         return self._record(
-            partial, p.fmt, p.key[1], p.wrapper_ns, p.originals, p.count, p.tags, p.key[0], self._ctx.wall, read_ns=p.read_ns
+            partial,
+            p.fmt,
+            p.key[1],
+            p.wrapper_ns,
+            p.originals,
+            p.count,
+            p.tags,
+            p.key[0],
+            self._ctx.wall,
+            read_ns=p.read_ns,
         )
 
     def _record(
@@ -354,7 +406,9 @@ class Pipeline:
         if origin is not None:
             partial["log.file.path"] = origin
         if self.config.keep_original:
-            partial["event.original"] = originals[0] if len(originals) == 1 else "\n".join(originals)
+            partial["event.original"] = (
+                originals[0] if len(originals) == 1 else "\n".join(originals)
+            )
         if tags:
             partial["tags"] = list(tags)
         stats = self.stats
@@ -366,14 +420,27 @@ class Pipeline:
 
     def _fallback(self, line: bytes, stream: str, wall: float, origin: str | None) -> Record:
         """The record of a line some stage failed on: raw text as the message, nothing else."""
-        partial: Partial = {"message": line.decode("utf-8", "backslashreplace"), "tags": ["internal_error"]}
+        partial: Partial = {
+            "message": line.decode("utf-8", "backslashreplace"),
+            "tags": ["internal_error"],
+        }
         if self._redact.active:
             partial["message"] = self._redact(partial["message"])
-        return self._record(partial, "plain", stream, None, [partial["message"]], 1, ["internal_error"], origin, wall)
+        return self._record(
+            partial,
+            "plain",
+            stream,
+            None,
+            [partial["message"]],
+            1,
+            ["internal_error"],
+            origin,
+            wall,
+        )
 
 
 def _finite(value: Any) -> Any:
-    """A JSON-safe copy: non-finite floats become null (as orjson writes them), containers walked."""
+    """A JSON-safe copy: non-finite floats become null (as orjson writes them)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):

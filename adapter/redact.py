@@ -40,8 +40,15 @@ SECRET_KEYS = frozenset(
         "private_key",
     }
 )
-_KEYS = r"(?:password|passwd|pwd|secret|client[_-]?secret|api[_-]?key|access[_-]?token|refresh[_-]?token|auth[_-]?token|token|private[_-]?key)"
-_KEYWORD = re.compile(r"(?i:\b(" + _KEYS + r")(\"|')?(\s*[:=]\s*)(\"[^\"\\]*(?:\\.[^\"\\]*)*\"|'[^']*'|[^\s&,;\"'}\]\\]+))")
+_KEYS = (
+    r"(?:password|passwd|pwd|secret|client[_-]?secret|api[_-]?key|access[_-]?token"
+    r"|refresh[_-]?token|auth[_-]?token|token|private[_-]?key)"
+)
+_KEYWORD = re.compile(
+    r"(?i:\b("
+    + _KEYS
+    + r")(\"|')?(\s*[:=]\s*)(\"[^\"\\]*(?:\\.[^\"\\]*)*\"|'[^']*'|[^\s&,;\"'}\]\\]+))"
+)
 _BEARER = re.compile(r"(?i:\b(bearer|basic)(\s+)([A-Za-z0-9\-._~+/]{8,}=*))")
 _URL_PASSWORD = re.compile(r"(?i:([a-z][a-z0-9+.-]*://[^\s:/@]+:)([^\s/@]+)(@))")
 _CARD = re.compile(r"\d(?:[ -]?\d){12,18}")
@@ -96,7 +103,9 @@ def _card(m: re.Match[str]) -> str:
     card = m.group(0)
     text = m.string
     start, end = m.span()
-    if (start and (text[start - 1].isdigit() or text[start - 1] == ".")) or (end < len(text) and text[end].isdigit()):
+    if (start and (text[start - 1].isdigit() or text[start - 1] == ".")) or (
+        end < len(text) and text[end].isdigit()
+    ):
         return card  # part of a longer number or a dotted version/address
     digits = card.replace(" ", "").replace("-", "")
     if 13 <= len(digits) <= 19 and luhn_ok(digits):
@@ -125,7 +134,9 @@ class Redactor:
     (``token=(\\w+)`` keeps ``token=``).
     """
 
-    def __init__(self, *, defaults: bool = True, patterns: list[str] | None = None, setting: str = "--redact") -> None:
+    def __init__(
+        self, *, defaults: bool = True, patterns: list[str] | None = None, setting: str = "--redact"
+    ) -> None:
         self.defaults = defaults
         self.patterns: list[re.Pattern[str]] = []
         for text in patterns or []:

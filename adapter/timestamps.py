@@ -200,10 +200,16 @@ class TimestampParser:
             offset = _offset_seconds(zm.group(1))
             secs = base[0] - (offset or 0)
             end = zm.end()
-        elif c == " " and text[end + 1 : end + 4] in ("UTC", "GMT") and not text[end + 4 : end + 5].isalpha():
+        elif (
+            c == " "
+            and text[end + 1 : end + 4] in ("UTC", "GMT")
+            and not text[end + 4 : end + 5].isalpha()
+        ):
             secs = base[0]
             end += 4
-        elif c == " " and text[end + 1 : end + 2] in ("+", "-") and text[end + 2 : end + 6].isdigit():
+        elif (
+            c == " " and text[end + 1 : end + 2] in ("+", "-") and text[end + 2 : end + 6].isdigit()
+        ):
             offset = _offset_seconds(text[end + 1 : end + 6])  # gunicorn's "%Y-%m-%d %H:%M:%S %z"
             secs = base[0] - (offset or 0)
             end += 6
@@ -271,7 +277,7 @@ class TimestampParser:
         """A timestamp at the start of ``text`` in any common layout: (ns, end) or None.
 
         Layouts: ISO 8601 (``T`` or space, ``.``/``,`` fraction, zone), ``yyyy/MM/dd HH:mm:ss``,
-        ``yy/MM/dd HH:mm:ss``, ``yyMMdd HH:mm:ss`` and ``yyMMdd HHmmss``, syslog ``MMM dd HH:mm:ss``,
+        ``yy/MM/dd HH:mm:ss``, ``yyMMdd HH:mm:ss``, ``yyMMdd HHmmss``, syslog ``MMM dd HH:mm:ss``,
         ``dd-MMM-yyyy HH:mm:ss``, ``HH:mm:ss.SSS`` (today, in the zone), epoch seconds (10 digits)
         and milliseconds (13 digits), each optionally inside ``[...]``.
         """
@@ -388,6 +394,11 @@ class TimestampParser:
 _HEADS: dict[int, str] = {}
 
 
+def _head(tm: time.struct_time) -> str:
+    date = f"{tm.tm_year:04d}-{tm.tm_mon:02d}-{tm.tm_mday:02d}"
+    return f"{date}T{tm.tm_hour:02d}:{tm.tm_min:02d}:{tm.tm_sec:02d}"
+
+
 def format_rfc3339(ns: int) -> str:
     """RFC 3339 in UTC with as many fraction digits as needed (ms, µs or ns)."""
     secs, frac = divmod(ns, NS)
@@ -396,7 +407,7 @@ def format_rfc3339(ns: int) -> str:
         if len(_HEADS) >= _CACHE_MAX:
             _HEADS.clear()
         tm = time.gmtime(secs)
-        head = f"{tm.tm_year:04d}-{tm.tm_mon:02d}-{tm.tm_mday:02d}T{tm.tm_hour:02d}:{tm.tm_min:02d}:{tm.tm_sec:02d}"
+        head = time.strftime("%Y-%m-%dT%H:%M:%S", tm) if tm.tm_year >= 1000 else _head(tm)
         _HEADS[secs] = head
     if frac % 1_000_000 == 0:
         return f"{head}.{frac // 1_000_000:03d}Z"
@@ -407,4 +418,4 @@ def format_rfc3339(ns: int) -> str:
 
 def wall_ns(wall: float) -> int:
     """Epoch seconds (``time.time()``) as integer nanoseconds, at microsecond precision."""
-    return int(round(wall * 1_000_000)) * 1000
+    return round(wall * 1_000_000) * 1000

@@ -1,26 +1,40 @@
-"""Start ``ambassador`` with the fast relay swapped in (until the listener imports it itself).
+"""Start the ambassador with the fast relay swapped in (until the listener imports it itself).
 
-The benchmark runs the ambassador through this launcher so the relay under test
-is chosen by ``AMBASSADOR_RELAY`` (``splice`` = ambassador.fastrelay, ``stream``
-= the plain trio relay) whatever the listener currently imports. Once the
-listener calls ``fastrelay.relay`` the patch is a no-op.
+The benchmark runs the ambassador through this launcher so that the relay under
+test is chosen by ``AMBASSADOR_RELAY`` (``splice``: ambassador.fastrelay with its
+hub thread; ``splice-loop``: the hub as a trio task; ``stream``: the plain trio
+relay) whatever the listener imports today. It also takes ``--workers N`` (the
+stand-alone entry of ambassador.workers) and ``--worker`` (a worker process),
+so that workers get the same relay. Once the listener calls ``fastrelay.relay``
+and ``ambassador run`` has ``--workers``, this is a thin alias.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 
 
-def main() -> None:
+def _patch_relay() -> None:
     import ambassador.listener as listener
     from ambassador import fastrelay
 
     listener.relay = fastrelay.relay  # type: ignore[attr-defined]
+
+
+def main() -> None:
+    _patch_relay()
     argv = sys.argv[1:]
+    if argv == ["--worker"]:
+        from ambassador.workers import worker_main
+
+        worker_main()
+        return
     if argv[:1] == ["--workers"]:
         from ambassador.workers import main as workers_main
 
-        workers_main(argv)
+        command = [sys.executable, __file__, "--worker"]
+        workers_main([*argv, "--worker-command", json.dumps(command)])
         return
     from ambassador.cli import main as cli_main
 

@@ -108,13 +108,28 @@ def start_backends(workdir: Path) -> Iterator[Backends]:
         conf.write("max_connections = 200\nlog_connections = off\nlog_disconnections = off\n")
     pg.start()
     subprocess.run(
-        ["pgbench", "-i", "-q", "-s", "1", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres", "postgres"],
+        [
+            "pgbench",
+            "-i",
+            "-q",
+            "-s",
+            "1",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(pg.port),
+            "-U",
+            "postgres",
+            "postgres",
+        ],
         check=True,
         capture_output=True,
     )
     iperf_port = free_port()
     iperf = subprocess.Popen(
-        ["iperf3", "-s", "-p", str(iperf_port), "-B", "127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        ["iperf3", "-s", "-p", str(iperf_port), "-B", "127.0.0.1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     http_port = free_port()
     www = workdir / "www"
@@ -140,8 +155,12 @@ http {{
 }}
 """
     )
-    nginx = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(workdir)], stderr=subprocess.DEVNULL)
-    backends = Backends(pg=pg, iperf_port=iperf_port, http_port=http_port, procs=[iperf, nginx], workdir=workdir)
+    nginx = subprocess.Popen(
+        ["nginx", "-c", str(conf), "-p", str(workdir)], stderr=subprocess.DEVNULL
+    )
+    backends = Backends(
+        pg=pg, iperf_port=iperf_port, http_port=http_port, procs=[iperf, nginx], workdir=workdir
+    )
     try:
         wait_for_port("127.0.0.1", iperf_port, proc=iperf)
         wait_for_port("127.0.0.1", http_port, proc=nginx)
@@ -214,18 +233,26 @@ endpoints = ["127.0.0.1:{backends.target(kind)}"]
 
 def start_haproxy(backends: Backends, workdir: Path) -> tuple[Proxy, list[subprocess.Popen[bytes]]]:
     ports = {k: free_port() for k in KINDS}
-    sections = ["global\n  nbthread 1\n  maxconn 4000\ndefaults\n  mode tcp\n  timeout connect 5s\n"
-                "  timeout client 60s\n  timeout server 60s\n"]
+    sections = [
+        "global\n  nbthread 1\n  maxconn 4000\ndefaults\n  mode tcp\n  timeout connect 5s\n"
+        "  timeout client 60s\n  timeout server 60s\n"
+    ]
     for kind in KINDS:
         sections.append(
-            f"listen {kind}\n  bind 127.0.0.1:{ports[kind]}\n  server s1 127.0.0.1:{backends.target(kind)}\n"
+            f"listen {kind}\n  bind 127.0.0.1:{ports[kind]}\n"
+            f"  server s1 127.0.0.1:{backends.target(kind)}\n"
         )
     config = workdir / "haproxy.cfg"
     config.write_text("".join(sections))
-    proc = subprocess.Popen(["haproxy", "-db", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        ["haproxy", "-db", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     for port in ports.values():
         wait_for_port("127.0.0.1", port, proc=proc)
     return Proxy("haproxy", ports, proc.pid), [proc]
+
+
+TCP_PROXY_TYPE = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 
 
 def start_envoy(backends: Backends, workdir: Path) -> tuple[Proxy, list[subprocess.Popen[bytes]]]:
@@ -242,7 +269,7 @@ def start_envoy(backends: Backends, workdir: Path) -> tuple[Proxy, list[subproce
                             {
                                 "name": "envoy.filters.network.tcp_proxy",
                                 "typed_config": {
-                                    "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                                    "@type": TCP_PROXY_TYPE,
                                     "stat_prefix": kind,
                                     "cluster": kind,
                                 },
@@ -265,7 +292,10 @@ def start_envoy(backends: Backends, workdir: Path) -> tuple[Proxy, list[subproce
                                 {
                                     "endpoint": {
                                         "address": {
-                                            "socket_address": {"address": "127.0.0.1", "port_value": backends.target(kind)}
+                                            "socket_address": {
+                                                "address": "127.0.0.1",
+                                                "port_value": backends.target(kind),
+                                            }
                                         }
                                     }
                                 }
@@ -276,10 +306,22 @@ def start_envoy(backends: Backends, workdir: Path) -> tuple[Proxy, list[subproce
             }
         )
     config = workdir / "envoy.json"
-    config.write_text(json.dumps({"static_resources": {"listeners": listeners, "clusters": clusters}}))
+    config.write_text(
+        json.dumps({"static_resources": {"listeners": listeners, "clusters": clusters}})
+    )
     envoy = shutil.which("envoy") or str(VENV_BIN / "envoy")
     proc = subprocess.Popen(
-        [envoy, "-c", str(config), "--concurrency", "1", "--log-level", "error", "--base-id", str(os.getpid() % 60000)],
+        [
+            envoy,
+            "-c",
+            str(config),
+            "--concurrency",
+            "1",
+            "--log-level",
+            "error",
+            "--base-id",
+            str(os.getpid() % 60000),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -316,12 +358,31 @@ class Workload:
 
 
 def _pgbench(proxy: Proxy, duration: float, clients: int, connect_each: bool) -> float:
-    argv = ["pgbench", "-S", "-n", "-c", str(clients), "-j", str(min(clients, 4)), "-T", str(max(1, int(duration))),
-            "-h", "127.0.0.1", "-p", str(proxy.ports["pg"]), "-U", "postgres", "postgres"]
+    argv = [
+        "pgbench",
+        "-S",
+        "-n",
+        "-c",
+        str(clients),
+        "-j",
+        str(min(clients, 4)),
+        "-T",
+        str(max(1, int(duration))),
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(proxy.ports["pg"]),
+        "-U",
+        "postgres",
+        "postgres",
+    ]
     if connect_each:
         argv.insert(1, "-C")
     res = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
-    m = re.search(r"tps = ([\d.]+) \((?:without initial connection time|excluding connections establishing)", res.stdout)
+    m = re.search(
+        r"tps = ([\d.]+) \((?:without initial connection time|excluding connections establishing)",
+        res.stdout,
+    )
     if not m:
         m = re.search(r"tps = ([\d.]+)", res.stdout)
     if res.returncode != 0 or not m:
@@ -331,9 +392,21 @@ def _pgbench(proxy: Proxy, duration: float, clients: int, connect_each: bool) ->
 
 def _iperf(proxy: Proxy, duration: float, streams: int) -> float:
     res = subprocess.run(
-        ["iperf3", "-c", "127.0.0.1", "-p", str(proxy.ports["iperf"]), "-t", str(max(1, int(duration))),
-         "-P", str(streams), "-J"],
-        capture_output=True, text=True, timeout=duration + 60,
+        [
+            "iperf3",
+            "-c",
+            "127.0.0.1",
+            "-p",
+            str(proxy.ports["iperf"]),
+            "-t",
+            str(max(1, int(duration))),
+            "-P",
+            str(streams),
+            "-J",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=duration + 60,
     )
     if res.returncode != 0:
         raise RuntimeError(f"iperf3 via {proxy.name} failed: {res.stdout[-300:]}")
@@ -343,8 +416,19 @@ def _iperf(proxy: Proxy, duration: float, streams: int) -> float:
 
 def _wrk(proxy: Proxy, duration: float) -> float:
     res = subprocess.run(
-        ["wrk", "-t", "2", "-c", "32", "-d", f"{max(1, int(duration))}s", f"http://127.0.0.1:{proxy.ports['http']}/1k"],
-        capture_output=True, text=True, timeout=duration + 60,
+        [
+            "wrk",
+            "-t",
+            "2",
+            "-c",
+            "32",
+            "-d",
+            f"{max(1, int(duration))}s",
+            f"http://127.0.0.1:{proxy.ports['http']}/1k",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=duration + 60,
     )
     m = re.search(r"Requests/sec:\s+([\d.]+)", res.stdout)
     if res.returncode != 0 or not m:
@@ -357,9 +441,15 @@ def _wrk(proxy: Proxy, duration: float) -> float:
 WORKLOADS = {
     w.name: w
     for w in [
-        Workload("pgbench-s1", "pgbench -S, 1 client", "TPS", lambda p, d: _pgbench(p, d, 1, False)),
-        Workload("pgbench-s16", "pgbench -S, 16 clients", "TPS", lambda p, d: _pgbench(p, d, 16, False)),
-        Workload("pgbench-c4", "pgbench -S -C, 4 clients", "TPS", lambda p, d: _pgbench(p, d, 4, True)),
+        Workload(
+            "pgbench-s1", "pgbench -S, 1 client", "TPS", lambda p, d: _pgbench(p, d, 1, False)
+        ),
+        Workload(
+            "pgbench-s16", "pgbench -S, 16 clients", "TPS", lambda p, d: _pgbench(p, d, 16, False)
+        ),
+        Workload(
+            "pgbench-c4", "pgbench -S -C, 4 clients", "TPS", lambda p, d: _pgbench(p, d, 4, True)
+        ),
         Workload("iperf-1", "iperf3, 1 stream", "Gbit/s", lambda p, d: _iperf(p, d, 1)),
         Workload("iperf-4", "iperf3, 4 streams", "Gbit/s", lambda p, d: _iperf(p, d, 4)),
         Workload("wrk-l4", "wrk 1 KiB via L4, 32 conns", "req/s", _wrk),
@@ -396,8 +486,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", default="direct,ambassador,haproxy,envoy,ambassador-w2")
     parser.add_argument("--only", default=",".join(WORKLOADS), help="workloads, comma separated")
     parser.add_argument("--idle-connections", type=int, default=1000)
-    parser.add_argument("--smoke", action="store_true", help="1 round of 1 s: checks the harness works")
-    parser.add_argument("--out", default=None, help="write the Markdown report here (default BENCHMARKS.md, not in smoke)")
+    parser.add_argument(
+        "--smoke", action="store_true", help="1 round of 1 s: checks the harness works"
+    )
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="write the Markdown report here (default BENCHMARKS.md, not in smoke)",
+    )
     parser.add_argument("--json", default=None, help="write raw results as JSON here")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -408,11 +504,13 @@ def main(argv: list[str] | None = None) -> int:
     for v in variants:
         if v not in STARTERS:
             parser.error(f"unknown variant {v!r}")
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
 
     started_at = time.monotonic()
-    results: dict[str, dict[str, list[float]]] = {w.name: {v: [] for v in variants} for w in workloads}
+    results: dict[str, dict[str, list[float]]] = {
+        w.name: {v: [] for v in variants} for w in workloads
+    }
     memory: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="sidecars-bench-") as tmp:
         workdir = Path(tmp)
@@ -429,12 +527,15 @@ def main(argv: list[str] | None = None) -> int:
                     if proxy.pid is not None:
                         memory[v] = {"idle": rss_kib(proxy.pid) / 1024}
                 for rnd in range(args.rounds):
-                    order = variants[rnd % len(variants):] + variants[: rnd % len(variants)]
+                    order = variants[rnd % len(variants) :] + variants[: rnd % len(variants)]
                     for w in workloads:
                         for v in order:
                             value = w.run(running[v], args.duration)
                             results[w.name][v].append(value)
-                            log(f"round {rnd + 1}/{args.rounds} {w.name:12} {v:14} {fmt(value)} {w.unit}")
+                            log(
+                                f"round {rnd + 1}/{args.rounds} {w.name:12} {v:14} "
+                                f"{fmt(value)} {w.unit}"
+                            )
                 for v, proxy in running.items():
                     if proxy.pid is not None:
                         memory[v]["idle_conns"] = idle_connections_rss(proxy, args.idle_connections)
@@ -466,7 +567,8 @@ def render(
         "# Benchmarks",
         "",
         f"- date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()}",
+        f"- machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}, "
+        f"Python {platform.python_version()}",
         f"- command: `.venv/bin/python bench/run.py {' '.join(sys.argv[1:])}`",
         f"- {args.rounds} interleaved rounds of {args.duration:g} s per measurement; median (min-max); "
         f"ratio = median / median of direct; took {elapsed:.0f} s",
@@ -486,9 +588,14 @@ def render(
                 cell += f" **{med / base:.2f}x**"
             cells.append(cell)
         lines.append(f"| {w.label}, {w.unit} | " + " | ".join(cells) + " |")
-    for key, label in (("idle", "RSS idle, MiB"), ("idle_conns", f"RSS with {args.idle_connections} idle conns, MiB"),
-                       ("peak", "RSS peak, MiB")):
-        cells = [f"{memory[v][key]:.1f}" if v in memory and key in memory[v] else "-" for v in variants]
+    for key, label in (
+        ("idle", "RSS idle, MiB"),
+        ("idle_conns", f"RSS with {args.idle_connections} idle conns, MiB"),
+        ("peak", "RSS peak, MiB"),
+    ):
+        cells = [
+            f"{memory[v][key]:.1f}" if v in memory and key in memory[v] else "-" for v in variants
+        ]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines.append("")
     return "\n".join(lines)

@@ -65,6 +65,11 @@ class RecordStream:
         with self._cond:
             return len(self.records)
 
+    def index_of(self, record: Record) -> int:
+        """The position of ``record`` (this very object) in the stream."""
+        with self._cond:
+            return next(i for i, r in enumerate(self.records) if r is record)
+
     def snapshot(self, since: int = 0) -> list[Record]:
         with self._cond:
             return list(self.records[since:])

@@ -120,7 +120,7 @@ class Proc:
     def check_alive(self) -> None:
         status = self.popen.poll()
         if status is not None:
-            raise DemoError(f"{self.name} exited with status {status}; its log:\n{self.tail()}")
+            raise DemoError(f"{self.name} exited with status {status} (its log is below)")
 
     def tail(self, lines: int = 15) -> str:
         try:
@@ -190,9 +190,13 @@ class Stage:
         self.procs.append(proc)
         return proc
 
-    def stop_all(self) -> list[tuple[Proc, int]]:
-        """Stop in reverse start order (the app's sidecars outlive it, as in a pod)."""
-        return [(proc, proc.stop()) for proc in reversed(self.procs)]
+    def stop_all(self) -> list[tuple[Proc, int, bool]]:
+        """Stop in reverse start order; (process, exit status, whether it had exited already)."""
+        stopped = []
+        for proc in reversed(self.procs):
+            already = proc.popen.poll() is not None
+            stopped.append((proc, proc.stop(), already))
+        return stopped
 
 
 def http(method: str, url: str, body: bytes | None = None, timeout: float = 5.0) -> tuple[int, str]:
@@ -378,7 +382,7 @@ def run_story(workdir: Path, stage: Stage) -> None:
         watcher_admin,
     ]
     show_command(argv)
-    wait_until("the app's pid file", pid_file.exists, procs=[adapter])
+    wait_until("the app's pid file", lambda: pid_file.read_text().strip() != "", procs=[adapter])
     watcher = stage.start("watcher", argv)
     wait_ready(watcher, watcher_admin)
     say(
@@ -497,8 +501,10 @@ def stop_story(stage: Stage, *, failed: bool) -> bool:
     if not failed:
         step(11, 11, "Stop everything: SIGTERM to each pid, as kubelet does at pod termination")
     clean = True
-    for proc, status in stage.stop_all():
-        if proc.name == "adapter":
+    for proc, status, already in stage.stop_all():
+        if already:
+            note = f"had already exited, with status {status}"
+        elif proc.name == "adapter":
             note = "forwarded SIGTERM to the app, which stopped; exit status " + str(status)
         else:
             note = "drained and exited with status " + str(status)

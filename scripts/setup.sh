@@ -67,7 +67,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 extra=""
 [ "$want_test" = 1 ] && extra="[test]"
-stamp=".venv/.installed$( [ "$want_test" = 1 ] && echo -test)"
+stamp=".venv/.installed"; [ "$want_test" = 1 ] && stamp=".venv/.installed-test"
 digest=$(sha256sum pyproject.toml | cut -c1-16)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
   say "installing the project into .venv ${extra}"

@@ -23,7 +23,11 @@ READ_SIZE = 65536
 async def read_fd(fd: int, dispatcher: Dispatcher, stream: str = "stdout") -> None:
     """Feed everything readable from ``fd`` into a new source until EOF, then close it."""
     source = dispatcher.open(stream)
-    mode = os.fstat(fd).st_mode
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:  # no stdin at all (fd 0 closed): an empty input
+        await dispatcher.close(source)
+        return
     if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
         async with trio.lowlevel.FdStream(os.dup(fd)) as pipe:
             while data := await pipe.receive_some(READ_SIZE):

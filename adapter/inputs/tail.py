@@ -216,7 +216,7 @@ class Tailer:
     def _match(self) -> dict[Key, str]:
         found: dict[Key, str] = {}
         for pattern in self._patterns:
-            for path in sorted(glob.glob(pattern)):
+            for path in sorted(glob.glob(pattern, recursive=True)):
                 try:
                     st = os.stat(path)
                 except OSError:

@@ -179,6 +179,7 @@ class ForwardOutput:
         self._first_record_at: float | None = None
         self._sealed: deque[Chunk] = deque()
         self._persisted = False
+        self._disk_failures_logged = 0
         self._timer_wakeup = trio.Event()
         self._scope: trio.CancelScope | None = None
         self._stopped = trio.Event()
@@ -242,8 +243,8 @@ class ForwardOutput:
                 await self._space.wait()
                 continue
             self._sealed.popleft()
+            self._note_disk_failure()
             for victim in dropped:
-                self.stats.drop(self._queue.drop_policy, victim.records)
                 log_event(
                     log,
                     "buffer full: chunk dropped by the drop policy",
@@ -251,13 +252,26 @@ class ForwardOutput:
                     records=victim.records,
                     policy=self._queue.drop_policy,
                     output=self.name,
-                    dropped_total=sum(self.stats.dropped.values()),
+                    dropped_total=sum(self._queue.dropped.values()),
                 )
             self._chunk_ready.set()
             self._sync_stats()
 
+    def _note_disk_failure(self) -> None:
+        """Log each new disk failure once (the queue treats it as a full disk)."""
+        if self._queue.disk_failures != self._disk_failures_logged:
+            self._disk_failures_logged = self._queue.disk_failures
+            log_event(
+                log,
+                "cannot write to the buffer directory; treating it as full",
+                level=logging.ERROR,
+                output=self.name,
+                error=self._queue.disk_error,
+            )
+
     def _sync_stats(self) -> None:
         q = self._queue
+        self.stats.dropped = dict(q.dropped)
         self.stats.buffered_memory = q.memory.records
         self.stats.buffered_disk = q.disk.records
         self.stats.queued = q.records + len(self._builder) + sum(c.records for c in self._sealed)
@@ -296,6 +310,7 @@ class ForwardOutput:
         try:
             while True:
                 chunk = self._queue.peek()
+                self._sync_stats()  # peek may have dropped an unreadable chunk file
                 if chunk is None:
                     self._chunk_ready = trio.Event()
                     await self._chunk_ready.wait()
@@ -394,12 +409,15 @@ class ForwardOutput:
             return
         self._persisted = True
         lost = self._queue.spill()
+        self._note_disk_failure()
+        if lost:
+            self._queue.dropped["shutdown"] = self._queue.dropped.get("shutdown", 0) + lost
         self._sync_stats()
         if lost:
-            self.stats.drop("shutdown", lost)
             log_event(
                 log,
-                "exit with undelivered records and no buffer directory: dropped",
+                "exit with undelivered records that cannot be kept "
+                "(no buffer directory, or it failed): dropped",
                 level=logging.ERROR,
                 output=self.name,
                 records=lost,

@@ -1,6 +1,6 @@
 """Apache/nginx access logs: the common and combined layouts (and combined plus extra fields).
 
-``127.0.0.1 - frank [10/Oct/2000:13:55:36 -0700] "GET /a.gif?x=1 HTTP/1.0" 200 2326 "http://r/" "Mozilla/4.08"``
+``1.2.3.4 - bob [10/Oct/2000:13:55:36 -0700] "GET /a.gif HTTP/1.0" 200 2326 "http://r/" "Moz/4"``
 
 One anchored regex does the whole line; nginx escapes a quote in a field as ``\\x22`` and
 Apache as ``\\"``, both of which the quoted-field pattern allows.
@@ -29,7 +29,7 @@ def looks_like_ip(host: str) -> bool:
     """Cheap test for an IPv4 or IPv6 literal (what nginx's $remote_addr always is)."""
     c = host[:1]
     if c.isdigit():
-        return host.replace(".", "").isdigit() and host.count(".") == 3 or ":" in host
+        return (host.replace(".", "").isdigit() and host.count(".") == 3) or ":" in host
     return ":" in host and all(ch in "0123456789abcdefABCDEF:." for ch in host)
 
 

@@ -31,7 +31,9 @@ class ParseContext:
     timestamps: TimestampParser = field(default_factory=TimestampParser)
     wall: float = 0.0
     secret_keys: frozenset[str] = frozenset()
-    routes: dict[str, str] = field(default_factory=dict)  # structured key -> target, see from_mapping
+    routes: dict[str, str] = field(
+        default_factory=dict
+    )  # structured key -> target, see from_mapping
 
 
 Parser = Callable[[str, ParseContext], "Partial | None"]
@@ -159,7 +161,7 @@ _STR_TARGETS = frozenset(
         "log.origin.function",
     }
 )
-# ECS objects that an already-ECS JSON line nests (``{"log": {"level": "info"}}``): flattened one level.
+# ECS objects an already-ECS JSON line nests (``{"log": {"level": "info"}}``): flattened one level.
 _ECS_ROOTS = frozenset(
     {
         "log",

@@ -34,7 +34,7 @@ def split(text: str, ctx: ParseContext) -> tuple[int | None, str, bool, str] | N
 
 
 def parse(text: str, ctx: ParseContext) -> Partial | None:
-    """A json-file line as a record of its own (the pipeline unwraps and re-parses the inner line)."""
+    """A json-file line as a record of its own (the pipeline unwraps and re-parses the inner)."""
     found = split(text, ctx)
     if found is None:
         return None

@@ -1,9 +1,9 @@
 """Java logging: logback, log4j/log4j2, Spring Boot and JBoss layouts after a leading timestamp.
 
-``2024-01-02 15:04:05.123 [main] ERROR com.example.App - message`` (logback, log4j2 ``[%t] %-5level``),
+``2024-01-02 15:04:05.123 [main] ERROR com.example.App - message`` (logback, log4j2),
 ``... ERROR [main] com.example.App - message`` (log4j ``%-5p [%t] %c``),
 ``...  INFO 4242 --- [app] [  main] c.e.App : message`` (Spring Boot),
-``... INFO  [org.jboss.as] (MSC thread 1) message`` (JBoss), ``... ERROR com.example.App [main] message``.
+``... INFO  [org.jboss.as] (MSC thread 1) message`` (JBoss), ``... ERROR com.x.App [main] message``.
 Time-only stamps (logback's default ``HH:mm:ss.SSS``) get today's date in the configured zone.
 """
 

@@ -21,7 +21,9 @@ def loads_object(text: str) -> dict[str, Any] | None:
         obj = orjson.loads(text)  # ~5x the stdlib's speed; strict, so anything it rejects...
     except orjson.JSONDecodeError:
         try:
-            obj = _decode(text)  # ...gets a second chance here (NaN, lone surrogate escapes, huge ints)
+            obj = _decode(
+                text
+            )  # ...gets a second chance here (NaN, lone surrogate escapes, huge ints)
         except (ValueError, RecursionError):
             return None
     if not isinstance(obj, dict):

@@ -16,9 +16,11 @@ from adapter.parsers.base import ParseContext, Partial
 WORDS = (
     r"(?:TRACE|DEBUG[1-5]?|INFO|NOTICE|WARNING|WARN|ERROR|ERR|CRITICAL|CRIT|FATAL|PANIC|SEVERE|ALERT|EMERG|LOG"
     r"|Trace|Debug|Info|Notice|Warning|Warn|Error|Critical|Fatal"
-    r"|trace|debug|info|notice|warning|warn|error|critical|fatal)"
+    r"|trace|debug|info|notice|warning|warn|error|critical|fatal"
+    # PostgreSQL's companions of an ERROR line: no levels of their own (kept under labels.level).
+    r"|STATEMENT|DETAIL|HINT|CONTEXT|QUERY|LOCATION)"
 )
-# After a timestamp: optional [pid], [thread], user@db, then the level (maybe bracketed), then the message.
+# After a timestamp: optional [pid], [thread], user@db, the level (maybe bracketed), the message.
 AFTER_TS = re.compile(
     r"[ \t]*(?:\[(?P<pid>\d{1,9})\][ \t]*)?(?:\[(?P<thread>[^\]\d][^\]]{0,63})\][ \t]*)?"
     r"(?:(?P<session>[^\s@\[\]]*@[^\s\[\]]*)[ \t]+)?"

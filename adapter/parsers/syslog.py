@@ -47,13 +47,10 @@ def parse(text: str, ctx: ParseContext) -> Partial | None:
         if pri > 191:
             return None
         pos = m.end()
+    # RFC 5424 starts with its VERSION (1-2 digits) and a space; RFC 3164 with a timestamp.
     c = text[pos : pos + 1]
-    if (
-        c.isdigit()
-        and text[pos + 1 : pos + 2] == " "
-        or text[pos + 2 : pos + 3] == " "
-        and c.isdigit()
-    ):
+    nxt = text[pos + 1 : pos + 2]
+    if c.isdigit() and (nxt == " " or (nxt.isdigit() and text[pos + 2 : pos + 3] == " ")):
         out = _rfc5424(text, pos, ctx)
     else:
         out = _rfc3164(text, pos, ctx)

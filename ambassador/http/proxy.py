@@ -188,6 +188,9 @@ class _RequestBody:
                 yield chunk
             return
         self.consumed = True
+        if self.client.conn.their_state is h11.DONE:
+            self.complete = True  # a request without a body, already read to its end
+            return
         while True:
             event = await self.client.next_event()
             if isinstance(event, h11.Data):
@@ -205,6 +208,21 @@ class _RequestBody:
                 return
             else:
                 raise _ClientGone
+
+
+def _head_size(req: h11.Request) -> int:
+    """Bytes of the request head as sent (approximately: request line plus header lines)."""
+    return len(req.target) + 16 + sum(len(n) + len(v) + 4 for n, v in req.headers)
+
+
+def _has_body(req: h11.Request) -> bool:
+    """The request declares a body (chunked, or a non-zero Content-Length)."""
+    for name, value in req.headers:
+        if name == b"transfer-encoding":
+            return True
+        if name == b"content-length" and value.strip() != b"0":
+            return True
+    return False
 
 
 def _error_body(status: int, message: str, request_id: str) -> bytes:
@@ -314,6 +332,21 @@ class HttpProxy:
                     self._idle_waits.discard(idle)
                 if event is None or not isinstance(event, h11.Request):
                     return  # idle timeout, drain, EOF, or a paused (upgraded) connection
+                if _head_size(event) > self.settings.max_header_bytes:
+                    # h11 bounds only a head still arriving; one read may bring a
+                    # whole oversized head, so measure the parsed one as well.
+                    await self._send_error(c, 431, _MESSAGES[431], "", close=True)
+                    self._count(bytes(event.method), "", 431, 0.0)
+                    log_event(
+                        access_log,
+                        "request",
+                        listener=self.listener,
+                        client=client,
+                        status=431,
+                        outcome="bad_request",
+                        reason="header section too large",
+                    )
+                    return
                 keep = await self._handle(c, event, client)
                 if not keep or self.draining:
                     return
@@ -331,6 +364,11 @@ class HttpProxy:
                 reason=str(exc),
             )
             return
+
+    async def _finish_empty_request(self, c: _Client) -> None:
+        event = await c.next_event()
+        if not isinstance(event, h11.EndOfMessage):
+            raise _ClientGone
 
     async def _send_error(
         self, c: _Client, status: int, message: str, request_id: str, *, close: bool
@@ -389,6 +427,10 @@ class HttpProxy:
         """Serve one request; True when the client connection may carry another."""
         start = trio.current_time()
         ex = _Exchange(method=bytes(req.method), target=bytes(req.target))
+        if not _has_body(req):
+            # Read the request to its end now (no I/O: h11 has it), so that any
+            # answer, errors included, leaves the connection reusable.
+            await self._finish_empty_request(c)
         route = self.route()
         ex.env = route.env if route is not None else ""
         host = self.settings.upstream_host
@@ -610,13 +652,20 @@ class HttpProxy:
                 nursery.cancel_scope.cancel()
             body_done.set()
 
-        result: _Done | _Failed
+        # What the exchange ends as if the pump cancels it (the app went away mid-body).
+        result: _Done | _Failed = _Done(499, False, "client_gone")
+        failed = False
         try:
             await _up_send(up, head)
         except _UpstreamBroken as exc:
             return _Failed("reset", 502, str(exc)), False, False
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(pump_body)
+            if _has_body(req):
+                nursery.start_soon(pump_body)
+            else:
+                # Nothing to stream: finish the request now, so a retry decision
+                # never waits on a task that has not been scheduled yet.
+                await pump_body()
             response: h11.Response | None = None
             try:
                 with trio.move_on_after(settings.request_timeout) as head_wait:
@@ -670,6 +719,9 @@ class HttpProxy:
                 result.keep_alive = False
         ex.bytes_in = body.size
         if "client" in pump_state:
+            ex.reasons.append(pump_state["client"])
+            if isinstance(result, _Failed):
+                return _Done(499, False, "client_gone"), False, None
             result.keep_alive = False
         reusable = result.outcome == "ok" and not pump_state and up.conn.our_state is h11.DONE
         return result, reusable, not failed

@@ -128,3 +128,34 @@ def test_write_atomically_replaces_whole_file(tmp_path: Path) -> None:
     write_atomically(target, b"new content")
     assert target.read_bytes() == b"new content"
     assert os.listdir(tmp_path) == ["checkpoint.json"]
+
+
+def test_failing_disk_counts_as_full(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "plain-file"
+    not_a_dir.write_bytes(b"")
+    q = ChunkQueue(memory_max_bytes=100, disk_max_bytes=10_000, directory=not_a_dir)
+    q.push(chunk(q))
+    with pytest.raises(QueueFull):
+        q.push(chunk(q))
+    assert q.disk_failures == 1 and q.disk_error is not None
+    q.drop_policy = "drop-newest"
+    assert len(q.push(chunk(q, records=3))) == 1
+    assert q.dropped == {"drop-newest": 3}
+    # At exit, what cannot be written is reported, not raised.
+    assert q.spill() == 10
+
+
+def test_chunk_file_removed_behind_our_back_is_dropped_not_retried(tmp_path: Path) -> None:
+    q = ChunkQueue(memory_max_bytes=0, disk_max_bytes=10_000, directory=tmp_path)
+    q.push(chunk(q, records=1))
+    second = chunk(q, records=2)
+    q.push(second)
+    third = chunk(q, records=3)
+    q.push(third)
+    assert second.path is not None
+    second.path.unlink()
+    head = q.peek()
+    assert head is not None and head.records == 1
+    q.done(head)
+    assert q.peek() is third
+    assert q.dropped == {"unreadable": 2}

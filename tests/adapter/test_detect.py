@@ -12,7 +12,11 @@ CASES = [
     ('{"level":"info","msg":"hi"}', "json", False),
     ("{not json", "plain", True),
     ("time=2024-01-02T03:04:05Z level=info msg=hi", "logfmt", False),
-    ('127.0.0.1 - - [02/Jan/2024:03:04:05 +0000] "GET / HTTP/1.1" 200 5 "-" "curl/8"', "access", False),
+    (
+        '127.0.0.1 - - [02/Jan/2024:03:04:05 +0000] "GET / HTTP/1.1" 200 5 "-" "curl/8"',
+        "access",
+        False,
+    ),
     ('::1 - - [02/Jan/2024:03:04:05 +0000] "GET / HTTP/1.1" 200 5', "access", False),
     ('fe80::1 - - [02/Jan/2024:03:04:05 +0000] "GET / HTTP/1.1" 200 5', "access", False),
     ("<13>Jan  2 03:04:05 host app[1]: hi", "syslog", False),

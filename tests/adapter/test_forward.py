@@ -8,6 +8,8 @@ stopped and restarted mid-stream, and made to swallow acks.
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,9 @@ from adapter.buffer import ChunkQueue
 from adapter.outputs.forward import ForwardOutput, connect_tcp, connect_unix, encode_entry
 from sidecar_common.retry import Backoff
 from tests.support.fluentd import ForwardReceiver, _ext_hook
+from tests.support.procs import free_port
+
+ADAPTER = str(Path(sys.executable).with_name("adapter"))
 
 
 def records(start: int, n: int) -> list[dict[str, Any]]:
@@ -265,3 +270,38 @@ async def test_unix_socket(tmp_path: Path) -> None:
     assert receiver.records() == records(0, 15)
     assert receiver.events[0].tag == "app.test"
     assert receiver.events[0].time == pytest.approx(1714564800.25)
+
+
+def test_command_leaves_records_on_disk_and_next_start_delivers(tmp_path: Path) -> None:
+    port = free_port()
+    buffer_dir = tmp_path / "buffer"
+    cmd = [
+        ADAPTER,
+        "run",
+        "--output",
+        "forward",
+        "--forward-port",
+        str(port),
+        "--forward-tag",
+        "shop.web",
+        "--buffer-dir",
+        str(buffer_dir),
+        "--forward-chunk-records",
+        "5",
+        "--drain-timeout",
+        "500ms",
+        "--no-multiline",
+    ]
+    first = subprocess.run(
+        cmd, input=b"".join(b"m%d\n" % i for i in range(12)), capture_output=True, timeout=60
+    )
+    assert first.returncode == 0, first.stderr
+    assert len(chunk_files(buffer_dir)) == 3
+    assert b"left in the buffer directory" in first.stderr
+
+    with ForwardReceiver(port=port) as receiver:
+        second = subprocess.run(cmd, input=b"m12\nm13\n", capture_output=True, timeout=60)
+    assert second.returncode == 0, second.stderr
+    assert [r["message"] for r in receiver.unique_records()] == [f"m{i}" for i in range(14)]
+    assert {e.tag for e in receiver.events} == {"shop.web"}
+    assert chunk_files(buffer_dir) == []

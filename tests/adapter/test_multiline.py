@@ -1,4 +1,4 @@
-"""Multiline joining through the pipeline: tracebacks, Java and Go traces, continuation, flush timeout.
+"""Multiline joining in the pipeline: tracebacks, Java/Go traces, continuation, flush timeout.
 
 The pipeline is pure, so time is just the ``now`` each call passes: the flush
 timeout is tested with exact values, no sleeping.
@@ -77,7 +77,9 @@ def test_python_chained_traceback_is_one_record_with_the_last_exception() -> Non
 
 
 def test_traceback_after_an_info_line_is_its_own_record() -> None:
-    _, out = run(["INFO:app:fine", "Traceback (most recent call last):", '  File "x", line 1', "ValueError"])
+    _, out = run(
+        ["INFO:app:fine", "Traceback (most recent call last):", '  File "x", line 1', "ValueError"]
+    )
     assert [r["message"] for r in out] == ["fine", "ValueError"]
     assert out[1]["error"]["type"] == "ValueError" and "message" not in out[1]["error"]
 
@@ -194,7 +196,10 @@ def test_streams_do_not_join_each_other() -> None:
     out += p.feed(b"  File 'x'", stream="stderr", now=0.0, wall=WALL)
     out += p.feed(b"ValueError: x", stream="stderr", now=0.0, wall=WALL)
     out += p.flush()
-    assert sorted((r["stream"], r["message"]) for r in out) == [("stderr", "on stderr"), ("stdout", "on stdout")]
+    assert sorted((r["stream"], r["message"]) for r in out) == [
+        ("stderr", "on stderr"),
+        ("stdout", "on stdout"),
+    ]
     err = next(r for r in out if r["stream"] == "stderr")
     assert err["error"]["type"] == "ValueError"
 

@@ -1,4 +1,4 @@
-"""Table-driven tests of the structured parsers: JSON lines, logfmt, access logs, CRI, docker, custom."""
+"""Table-driven tests of the structured parsers: JSON, logfmt, access, CRI, docker, custom."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ from typing import Any
 
 import pytest
 
-from adapter.parsers import FORMATS, CustomParser, ParseContext
-from adapter.parsers import cri, docker
+from adapter.parsers import FORMATS, CustomParser, ParseContext, cri, docker
 from adapter.timestamps import TimestampParser
 from sidecar_common.errors import ConfigError
 
@@ -26,7 +25,8 @@ def ns(text: str) -> int:
 
 JSON_CASES: list[tuple[str, dict[str, Any]]] = [
     (  # pino
-        '{"level":30,"time":1704164645123,"pid":4242,"hostname":"web-1","msg":"request completed","reqId":7}',
+        '{"level":30,"time":1704164645123,"pid":4242,"hostname":"web-1"'
+        ',"msg":"request completed","reqId":7}',
         {
             "log.level": 30,
             "@timestamp": ns("2024-01-02T03:04:05.123Z"),
@@ -37,7 +37,8 @@ JSON_CASES: list[tuple[str, dict[str, Any]]] = [
         },
     ),
     (  # zap production
-        '{"level":"error","ts":1704164645.5,"caller":"server/main.go:42","msg":"dial failed","error":"connection refused"}',
+        '{"level":"error","ts":1704164645.5,"caller":"server/main.go:42"'
+        ',"msg":"dial failed","error":"connection refused"}',
         {
             "log.level": "error",
             "@timestamp": ns("2024-01-02T03:04:05.5Z"),
@@ -47,7 +48,8 @@ JSON_CASES: list[tuple[str, dict[str, Any]]] = [
         },
     ),
     (  # logrus
-        '{"level":"warning","msg":"disk almost full","time":"2024-01-02T04:04:05+01:00","free_mb":120}',
+        '{"level":"warning","msg":"disk almost full","time":"2024-01-02T04:04:05+01:00"'
+        ',"free_mb":120}',
         {
             "log.level": "warning",
             "message": "disk almost full",
@@ -69,7 +71,8 @@ JSON_CASES: list[tuple[str, dict[str, Any]]] = [
         },
     ),
     (  # structlog: "event" is the message; a second message-like key goes to labels
-        '{"event":"user logged in","msg":"dup","level":"info","timestamp":"2024-01-02T03:04:05.123456Z"}',
+        '{"event":"user logged in","msg":"dup","level":"info"'
+        ',"timestamp":"2024-01-02T03:04:05.123456Z"}',
         {
             "message": "user logged in",
             "log.level": "info",
@@ -99,7 +102,10 @@ def test_json_rejects_non_objects(line: str) -> None:
 
 
 def test_json_secret_keys_masked_by_key() -> None:
-    out = FORMATS["json"]('{"msg":"login","Password":"hunter2","token":123}', ctx(secret=frozenset({"password", "token"})))
+    out = FORMATS["json"](
+        '{"msg":"login","Password":"hunter2","token":123}',
+        ctx(secret=frozenset({"password", "token"})),
+    )
     assert out == {"message": "login", "labels": {"Password": "[REDACTED]", "token": "[REDACTED]"}}
 
 
@@ -111,7 +117,12 @@ def test_json_too_deep_is_not_parsed() -> None:
 LOGFMT_CASES: list[tuple[str, dict[str, Any] | None]] = [
     (
         'time=2024-01-02T03:04:05Z level=info msg="hello world" user=42',
-        {"@timestamp": ns("2024-01-02T03:04:05Z"), "log.level": "info", "message": "hello world", "labels": {"user": "42"}},
+        {
+            "@timestamp": ns("2024-01-02T03:04:05Z"),
+            "log.level": "info",
+            "message": "hello world",
+            "labels": {"user": "42"},
+        },
     ),
     (  # Grafana/Loki style with escaped quotes, and a bare flag
         'ts=2024-01-02T03:04:05.1Z caller=main.go:10 level=warn msg="said \\"hi\\"" retry',
@@ -123,7 +134,15 @@ LOGFMT_CASES: list[tuple[str, dict[str, Any] | None]] = [
             "labels": {"retry": True},
         },
     ),
-    ("at=info method=GET path=/ status=200", {"labels": {"at": "info"}, "http.request.method": "GET", "url.path": "/", "http.response.status_code": 200}),
+    (
+        "at=info method=GET path=/ status=200",
+        {
+            "labels": {"at": "info"},
+            "http.request.method": "GET",
+            "url.path": "/",
+            "http.response.status_code": 200,
+        },
+    ),
     ("key=value", None),  # one pair is not enough to call it logfmt
     ("hello key=value other=x", None),  # must start with key=
     ('msg="unterminated', None),
@@ -152,7 +171,8 @@ ACCESS_CASES: list[tuple[str, dict[str, Any] | None]] = [
         },
     ),
     (  # nginx combined, IPv6 client, query string, escaped quote in the agent
-        '2001:db8::1 - - [02/Jan/2024:03:04:05 +0000] "POST /api/items?page=2 HTTP/1.1" 201 0 "-" "curl/8.5 \\x22x\\x22"',
+        '2001:db8::1 - - [02/Jan/2024:03:04:05 +0000] "POST /api/items?page=2 HTTP/1.1" 201 0'
+        ' "-" "curl/8.5 \\x22x\\x22"',
         {
             "@timestamp": ns("2024-01-02T03:04:05Z"),
             "source.address": "2001:db8::1",
@@ -164,7 +184,7 @@ ACCESS_CASES: list[tuple[str, dict[str, Any] | None]] = [
             "http.version": "1.1",
             "http.response.status_code": 201,
             "http.response.body.bytes": 0,
-            "user_agent.original": 'curl/8.5 \\x22x\\x22',
+            "user_agent.original": "curl/8.5 \\x22x\\x22",
         },
     ),
     (  # a garbage request line (a TLS handshake sent to a plain port) and "-" size
@@ -194,7 +214,9 @@ def test_access(line: str, expected: dict[str, Any] | None) -> None:
 
 
 def test_access_combined_with_extra_fields_keeps_them() -> None:
-    line = '1.2.3.4 - - [02/Jan/2024:03:04:05 +0000] "GET / HTTP/1.1" 200 5 "-" "ua" 0.012 "upstream"'
+    line = (
+        '1.2.3.4 - - [02/Jan/2024:03:04:05 +0000] "GET / HTTP/1.1" 200 5 "-" "ua" 0.012 "upstream"'
+    )
     out = FORMATS["access"](line, ctx())
     assert out is not None and out["labels"] == {"extra": '0.012 "upstream"'}
 
@@ -207,9 +229,24 @@ def test_cri_split() -> None:
         False,
         "hello world",
     )
-    assert cri.split("2024-01-02T03:04:05.1+01:00 stderr P part", c) == (ns("2024-01-02T02:04:05.1Z"), "stderr", True, "part")
-    assert cri.split("2024-01-02T03:04:05Z stdout F ", c) == (ns("2024-01-02T03:04:05Z"), "stdout", False, "")
-    assert cri.split("2024-01-02T03:04:05Z stdout F", c) == (ns("2024-01-02T03:04:05Z"), "stdout", False, "")
+    assert cri.split("2024-01-02T03:04:05.1+01:00 stderr P part", c) == (
+        ns("2024-01-02T02:04:05.1Z"),
+        "stderr",
+        True,
+        "part",
+    )
+    assert cri.split("2024-01-02T03:04:05Z stdout F ", c) == (
+        ns("2024-01-02T03:04:05Z"),
+        "stdout",
+        False,
+        "",
+    )
+    assert cri.split("2024-01-02T03:04:05Z stdout F", c) == (
+        ns("2024-01-02T03:04:05Z"),
+        "stdout",
+        False,
+        "",
+    )
     assert cri.split("2024-01-02T03:04:05Z stdin F x", c) is None
     assert cri.split("2024-01-02T03:04:05Z stdout X x", c) is None
     assert cri.split("2024-01-02 03:04:05 stdout F x", c) is None
@@ -217,7 +254,9 @@ def test_cri_split() -> None:
 
 def test_docker_split() -> None:
     c = ctx()
-    assert docker.split('{"log":"hello\\n","stream":"stderr","time":"2024-01-02T03:04:05.5Z"}', c) == (
+    assert docker.split(
+        '{"log":"hello\\n","stream":"stderr","time":"2024-01-02T03:04:05.5Z"}', c
+    ) == (
         ns("2024-01-02T03:04:05.5Z"),
         "stderr",
         False,
@@ -229,12 +268,19 @@ def test_docker_split() -> None:
         True,
         "part",
     )
-    assert docker.split('{"log":"x\\n","stream":"elsewhere","time":"2024-01-02T03:04:05Z"}', c) is None
+    assert (
+        docker.split('{"log":"x\\n","stream":"elsewhere","time":"2024-01-02T03:04:05Z"}', c) is None
+    )
     assert docker.split('{"msg":"x"}', c) is None
 
 
 def test_custom_parser_named_groups() -> None:
-    parser = CustomParser([r"(?P<time>\S+) \[(?P<level>\w+)\] (?P<http__request__method>[A-Z]+) (?P<msg>.*)", r"(?P<message>.*)"])
+    parser = CustomParser(
+        [
+            r"(?P<time>\S+) \[(?P<level>\w+)\] (?P<http__request__method>[A-Z]+) (?P<msg>.*)",
+            r"(?P<message>.*)",
+        ]
+    )
     assert parser("2024-01-02T03:04:05Z [WARN] GET slow request", ctx()) == {
         "@timestamp": ns("2024-01-02T03:04:05Z"),
         "log.level": "WARN",

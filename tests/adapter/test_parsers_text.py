@@ -50,7 +50,8 @@ SYSLOG_CASES: list[tuple[str, dict[str, Any] | None]] = [
         },
     ),
     (  # RFC 5424 example with structured data and a BOM
-        '<165>1 2003-10-11T22:14:15.003Z mymachine.example.com evntslog - ID47 [exampleSDID@32473 iut="3" '
+        "<165>1 2003-10-11T22:14:15.003Z mymachine.example.com evntslog - ID47 "
+        '[exampleSDID@32473 iut="3" '
         'eventSource="Application"] \ufeffAn application event log entry...',
         {
             "log.syslog.version": "1",
@@ -60,7 +61,9 @@ SYSLOG_CASES: list[tuple[str, dict[str, Any] | None]] = [
             "log.syslog.appname": "evntslog",
             "process.name": "evntslog",
             "log.syslog.msgid": "ID47",
-            "log.syslog.structured_data": {"exampleSDID@32473": {"iut": "3", "eventSource": "Application"}},
+            "log.syslog.structured_data": {
+                "exampleSDID@32473": {"iut": "3", "eventSource": "Application"}
+            },
             "message": "An application event log entry...",
             "log.syslog.priority": 165,
             "log.syslog.facility.code": 20,
@@ -112,28 +115,57 @@ def test_syslog_year_inference_across_new_year(wall_iso: str, line: str, expecte
 
 
 def test_syslog_zone_for_bsd_timestamps() -> None:
-    out = FORMATS["syslog"]("Jul  4 12:00:00 host app: x", ctx("America/New_York", wall=ns("2025-07-10T00:00:00Z") / 1e9))
+    out = FORMATS["syslog"](
+        "Jul  4 12:00:00 host app: x",
+        ctx("America/New_York", wall=ns("2025-07-10T00:00:00Z") / 1e9),
+    )
     assert out is not None and out["@timestamp"] == ns("2025-07-04T16:00:00Z")  # EDT is UTC-4
 
 
 PYTHON_CASES: list[tuple[str, dict[str, Any] | None]] = [
-    ("WARNING:root:disk almost full", {"log.level": "WARNING", "log.logger": "root", "message": "disk almost full"}),
-    ("ERROR:app.db:query failed: timeout", {"log.level": "ERROR", "log.logger": "app.db", "message": "query failed: timeout"}),
+    (
+        "WARNING:root:disk almost full",
+        {"log.level": "WARNING", "log.logger": "root", "message": "disk almost full"},
+    ),
+    (
+        "ERROR:app.db:query failed: timeout",
+        {"log.level": "ERROR", "log.logger": "app.db", "message": "query failed: timeout"},
+    ),
     (
         "2024-01-02 03:04:05,123 - app.web - INFO - GET / 200",
-        {"@timestamp": ns("2024-01-02T03:04:05.123Z"), "log.logger": "app.web", "log.level": "INFO", "message": "GET / 200"},
+        {
+            "@timestamp": ns("2024-01-02T03:04:05.123Z"),
+            "log.logger": "app.web",
+            "log.level": "INFO",
+            "message": "GET / 200",
+        },
     ),
     (
         "2024-01-02 03:04:05,123 ERROR app.worker: job 7 failed",
-        {"@timestamp": ns("2024-01-02T03:04:05.123Z"), "log.level": "ERROR", "log.logger": "app.worker", "message": "job 7 failed"},
+        {
+            "@timestamp": ns("2024-01-02T03:04:05.123Z"),
+            "log.level": "ERROR",
+            "log.logger": "app.worker",
+            "message": "job 7 failed",
+        },
     ),
     (
         "[2024-01-02 03:04:05,123] INFO in views: hello",
-        {"@timestamp": ns("2024-01-02T03:04:05.123Z"), "log.level": "INFO", "log.origin.function": "views", "message": "hello"},
+        {
+            "@timestamp": ns("2024-01-02T03:04:05.123Z"),
+            "log.level": "INFO",
+            "log.origin.function": "views",
+            "message": "hello",
+        },
     ),
     (  # gunicorn
         "[2024-01-02 03:04:05 +0000] [4242] [INFO] Booting worker with pid: 4243",
-        {"@timestamp": ns("2024-01-02T03:04:05Z"), "process.pid": 4242, "log.level": "INFO", "message": "Booting worker with pid: 4243"},
+        {
+            "@timestamp": ns("2024-01-02T03:04:05Z"),
+            "process.pid": 4242,
+            "log.level": "INFO",
+            "message": "Booting worker with pid: 4243",
+        },
     ),
     ("just text", None),
 ]
@@ -166,7 +198,8 @@ JAVA_CASES: list[tuple[str, dict[str, Any] | None]] = [
         },
     ),
     (  # Spring Boot 3
-        "2024-01-02T03:04:05.123+01:00  INFO 4242 --- [myapp] [           main] c.e.demo.DemoApplication"
+        "2024-01-02T03:04:05.123+01:00  INFO 4242 --- [myapp] [           main] "
+        "c.e.demo.DemoApplication"
         "                 : Started DemoApplication in 1.5 seconds",
         {
             "@timestamp": ns("2024-01-02T02:04:05.123Z"),
@@ -178,7 +211,8 @@ JAVA_CASES: list[tuple[str, dict[str, Any] | None]] = [
         },
     ),
     (  # JBoss / WildFly
-        "2024-01-02 03:04:05,123 WARN  [org.jboss.as.server] (MSC service thread 1-2) WFLYSRV0059: x",
+        "2024-01-02 03:04:05,123 WARN  [org.jboss.as.server]"
+        " (MSC service thread 1-2) WFLYSRV0059: x",
         {
             "@timestamp": ns("2024-01-02T03:04:05.123Z"),
             "log.level": "WARN",
@@ -198,9 +232,14 @@ def test_java(line: str, expected: dict[str, Any] | None) -> None:
 
 def test_java_time_only_gets_todays_date_in_the_zone() -> None:
     # logback's default pattern: "%d{HH:mm:ss.SSS} [%thread] %-5level %logger{36} - %msg"
-    out = FORMATS["java"]("23:30:00.250 [main] DEBUG c.e.App - tick", ctx("Europe/Berlin", wall=ns("2025-06-01T20:00:00Z") / 1e9))
+    out = FORMATS["java"](
+        "23:30:00.250 [main] DEBUG c.e.App - tick",
+        ctx("Europe/Berlin", wall=ns("2025-06-01T20:00:00Z") / 1e9),
+    )
     assert out is not None
-    assert out["@timestamp"] == ns("2025-06-01T21:30:00.25Z")  # 23:30 CEST on 1 June (22:00 local on the wall)
+    assert out["@timestamp"] == ns(
+        "2025-06-01T21:30:00.25Z"
+    )  # 23:30 CEST on 1 June (22:00 local on the wall)
 
 
 KLOG_CASES: list[tuple[str, dict[str, Any] | None]] = [
@@ -216,7 +255,8 @@ KLOG_CASES: list[tuple[str, dict[str, Any] | None]] = [
         },
     ),
     (  # structured klog
-        'E1102 15:04:05.000001       1 controller.go:7] "Reconcile failed" err="not found" pod="kube-system/dns"',
+        'E1102 15:04:05.000001       1 controller.go:7] "Reconcile failed"'
+        ' err="not found" pod="kube-system/dns"',
         {
             "@timestamp": ns("2025-11-02T15:04:05.000001Z"),
             "log.level": "error",
@@ -238,9 +278,16 @@ def test_klog(line: str, expected: dict[str, Any] | None) -> None:
 
 PLAIN_CASES: list[tuple[str, dict[str, Any]]] = [
     ("2024-01-02T03:04:05Z hello", {"@timestamp": ns("2024-01-02T03:04:05Z"), "message": "hello"}),
-    ("2024-01-02 03:04:05,123 ERROR something broke", {"@timestamp": ns("2024-01-02T03:04:05.123Z"), "log.level": "ERROR", "message": "something broke"}),
+    (
+        "2024-01-02 03:04:05,123 ERROR something broke",
+        {
+            "@timestamp": ns("2024-01-02T03:04:05.123Z"),
+            "log.level": "ERROR",
+            "message": "something broke",
+        },
+    ),
     (  # PostgreSQL's "%m [%p] %q%u@%d "
-        "2024-01-02 03:04:05.123 UTC [4242] postgres@shop ERROR:  relation \"x\" does not exist",
+        '2024-01-02 03:04:05.123 UTC [4242] postgres@shop ERROR:  relation "x" does not exist',
         {
             "@timestamp": ns("2024-01-02T03:04:05.123Z"),
             "process.pid": 4242,
@@ -249,14 +296,35 @@ PLAIN_CASES: list[tuple[str, dict[str, Any]]] = [
             "message": 'relation "x" does not exist',
         },
     ),
-    ("2024/01/02 03:04:05 W listener closed", {"@timestamp": ns("2024-01-02T03:04:05Z"), "log.level": "W", "message": "listener closed"}),
-    ("24/01/02 03:04:05 [INFO] started", {"@timestamp": ns("2024-01-02T03:04:05Z"), "log.level": "INFO", "message": "started"}),
-    ("240102 03:04:05 [Note] mysqld ready", {"@timestamp": ns("2024-01-02T03:04:05Z"), "message": "[Note] mysqld ready"}),
-    ("240102 030405 INFO compact", {"@timestamp": ns("2024-01-02T03:04:05Z"), "log.level": "INFO", "message": "compact"}),
+    (
+        "2024/01/02 03:04:05 W listener closed",
+        {"@timestamp": ns("2024-01-02T03:04:05Z"), "log.level": "W", "message": "listener closed"},
+    ),
+    (
+        "24/01/02 03:04:05 [INFO] started",
+        {"@timestamp": ns("2024-01-02T03:04:05Z"), "log.level": "INFO", "message": "started"},
+    ),
+    (
+        "240102 03:04:05 [Note] mysqld ready",
+        {"@timestamp": ns("2024-01-02T03:04:05Z"), "message": "[Note] mysqld ready"},
+    ),
+    (
+        "240102 030405 INFO compact",
+        {"@timestamp": ns("2024-01-02T03:04:05Z"), "log.level": "INFO", "message": "compact"},
+    ),
     ("1704164645 tick", {"@timestamp": ns("2024-01-02T03:04:05Z"), "message": "tick"}),
-    ("1704164645123 WARN tock", {"@timestamp": ns("2024-01-02T03:04:05.123Z"), "log.level": "WARN", "message": "tock"}),
-    ("02-Jan-2024 03:04:05.123 SEVERE [main] org.apache.catalina.startup.x", {
-        "@timestamp": ns("2024-01-02T03:04:05.123Z"), "log.level": "SEVERE", "message": "[main] org.apache.catalina.startup.x"}),
+    (
+        "1704164645123 WARN tock",
+        {"@timestamp": ns("2024-01-02T03:04:05.123Z"), "log.level": "WARN", "message": "tock"},
+    ),
+    (
+        "02-Jan-2024 03:04:05.123 SEVERE [main] org.apache.catalina.startup.x",
+        {
+            "@timestamp": ns("2024-01-02T03:04:05.123Z"),
+            "log.level": "SEVERE",
+            "message": "[main] org.apache.catalina.startup.x",
+        },
+    ),
     ("[WARN] no timestamp here", {"log.level": "WARN", "message": "no timestamp here"}),
     ("ERROR: could not open file", {"log.level": "ERROR", "message": "could not open file"}),
     ("I am a sentence", {"message": "I am a sentence"}),

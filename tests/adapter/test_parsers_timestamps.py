@@ -45,7 +45,16 @@ def test_parse_leading(text: str, zone: str, expected: str, end: int) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", "x", "2024-13-02T03:04:05Z", "2024-02-30 00:00:00", "12345 x", "99/99/99 99:99:99", "Foo 14 10:00:00 x", "[2024-01-02T03:04:05Z x"],
+    [
+        "",
+        "x",
+        "2024-13-02T03:04:05Z",
+        "2024-02-30 00:00:00",
+        "12345 x",
+        "99/99/99 99:99:99",
+        "Foo 14 10:00:00 x",
+        "[2024-01-02T03:04:05Z x",
+    ],
 )
 def test_parse_leading_rejects(text: str) -> None:
     assert TimestampParser().parse_leading(text, WALL) is None
@@ -75,7 +84,9 @@ def test_parse_value_numbers_by_magnitude() -> None:
 def test_apache_time() -> None:
     p = TimestampParser("Asia/Tokyo")
     assert p.parse_apache("10/Oct/2000:13:55:36 -0700") == iso("2000-10-10T20:55:36Z")
-    assert p.parse_apache("10/Oct/2000:13:55:36") == iso("2000-10-10T04:55:36Z")  # no zone: configured zone
+    assert p.parse_apache("10/Oct/2000:13:55:36") == iso(
+        "2000-10-10T04:55:36Z"
+    )  # no zone: configured zone
     assert p.parse_apache("10/Foo/2000:13:55:36 -0700") is None
     assert p.parse_apache("garbage") is None
 

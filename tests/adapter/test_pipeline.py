@@ -31,7 +31,8 @@ def test_mixed_formats_in_auto_mode() -> None:
     lines = [
         b'{"level":"info","msg":"json"}',
         b"time=2024-01-02T03:04:05Z level=debug msg=logfmt",
-        b'10.0.0.1 - - [02/Jan/2024:03:04:05 +0000] "GET /health HTTP/1.1" 200 2 "-" "kube-probe/1.29"',
+        b'10.0.0.1 - - [02/Jan/2024:03:04:05 +0000] "GET /health HTTP/1.1" 200 2'
+        b' "-" "kube-probe/1.29"',
         b"<13>Jan  2 03:04:05 host app[9]: syslog",
         b"I0102 03:04:05.000000 1 main.go:1] klog",
         b"WARNING:root:python",
@@ -40,12 +41,32 @@ def test_mixed_formats_in_auto_mode() -> None:
     ]
     out = run(p, lines)
     assert len(out) == len(lines)
-    assert p.stats.by_format == {"json": 1, "logfmt": 1, "access": 1, "syslog": 1, "klog": 1, "python": 1, "java": 1, "plain": 1}
-    assert [r.get("log", {}).get("level") for r in out] == ["info", "debug", None, "info", "info", "warn", "error", None]
+    assert p.stats.by_format == {
+        "json": 1,
+        "logfmt": 1,
+        "access": 1,
+        "syslog": 1,
+        "klog": 1,
+        "python": 1,
+        "java": 1,
+        "plain": 1,
+    }
+    assert [r.get("log", {}).get("level") for r in out] == [
+        "info",
+        "debug",
+        None,
+        "info",
+        "info",
+        "warn",
+        "error",
+        None,
+    ]
     assert out[2]["http"]["response"]["status_code"] == 200
     assert out[2]["user_agent"]["original"] == "kube-probe/1.29"
     assert out[7]["message"] == "just plain text"
-    assert out[7]["@timestamp"] == "2026-01-01T00:00:00.000Z"  # no timestamp in the line: time it was read
+    assert (
+        out[7]["@timestamp"] == "2026-01-01T00:00:00.000Z"
+    )  # no timestamp in the line: time it was read
     assert p.stats.records_out == p.stats.lines_in == len(lines)
 
 
@@ -59,10 +80,10 @@ def test_fixed_format_failure_still_gives_a_record() -> None:
 def test_cri_lines_unwrapped_and_partials_joined() -> None:
     p = make(keep_original=True)
     lines = [
-        b"2024-01-02T03:04:05.000000001Z stdout P {\"msg\":\"a long ",
+        b'2024-01-02T03:04:05.000000001Z stdout P {"msg":"a long ',
         b"2024-01-02T03:04:05.000000002Z stderr F ERROR:app:on stderr",
         b"2024-01-02T03:04:05.000000003Z stdout P line split ",
-        b"2024-01-02T03:04:05.000000004Z stdout F in three\"}",
+        b'2024-01-02T03:04:05.000000004Z stdout F in three"}',
         b"2024-01-02T03:04:06Z stdout F plain inner",
     ]
     out = run(p, lines)
@@ -70,8 +91,12 @@ def test_cri_lines_unwrapped_and_partials_joined() -> None:
     assert set(by_msg) == {"a long line split in three", "on stderr", "plain inner"}
     joined = by_msg["a long line split in three"]
     assert joined["stream"] == "stdout"
-    assert joined["event"]["original"] == "\n".join(x.decode() for x in (lines[0], lines[2], lines[3]))
-    assert by_msg["on stderr"]["stream"] == "stderr" and by_msg["on stderr"]["log"]["level"] == "error"
+    assert joined["event"]["original"] == "\n".join(
+        x.decode() for x in (lines[0], lines[2], lines[3])
+    )
+    assert (
+        by_msg["on stderr"]["stream"] == "stderr" and by_msg["on stderr"]["log"]["level"] == "error"
+    )
     assert by_msg["plain inner"]["@timestamp"] == "2024-01-02T03:04:06.000Z"  # the runtime's time
     assert p.stats.lines_in == 5 and p.stats.records_out == 3
 
@@ -85,18 +110,24 @@ def test_cri_multiline_java_trace_inside_container_lines() -> None:
     ]
     (rec,) = run(p, lines)
     assert rec["error"]["type"] == "java.lang.IllegalStateException"
-    assert rec["@timestamp"] == "2024-01-02T03:04:05.123Z"  # the app's own time wins over the runtime's
+    assert (
+        rec["@timestamp"] == "2024-01-02T03:04:05.123Z"
+    )  # the app's own time wins over the runtime's
 
 
 def test_docker_json_file_lines() -> None:
     p = make()
     lines = [
-        b'{"log":"{\\"level\\":\\"warn\\",\\"msg\\":\\"inner json\\"}\\n","stream":"stderr","time":"2024-01-02T03:04:05.5Z"}',
+        b'{"log":"{\\"level\\":\\"warn\\",\\"msg\\":\\"inner json\\"}\\n"'
+        b',"stream":"stderr","time":"2024-01-02T03:04:05.5Z"}',
         b'{"log":"first half ","stream":"stdout","time":"2024-01-02T03:04:06Z"}',
         b'{"log":"second half\\n","stream":"stdout","time":"2024-01-02T03:04:06Z"}',
     ]
     out = run(p, lines)
-    assert [(r["stream"], r["message"]) for r in out] == [("stderr", "inner json"), ("stdout", "first half second half")]
+    assert [(r["stream"], r["message"]) for r in out] == [
+        ("stderr", "inner json"),
+        ("stdout", "first half second half"),
+    ]
     assert out[0]["log"]["level"] == "warn"
 
 
@@ -125,7 +156,10 @@ def test_origin_sets_log_file_path_and_separates_state() -> None:
     out = p.feed(b"ERROR:a:one", origin="/var/log/a.log", now=0.0, wall=WALL)
     out += p.feed(b"  continued", origin="/var/log/b.log", now=0.0, wall=WALL)
     out += p.flush()
-    assert sorted((r["log"]["file"]["path"], r["message"]) for r in out) == [("/var/log/a.log", "one"), ("/var/log/b.log", "  continued")]
+    assert sorted((r["log"]["file"]["path"], r["message"]) for r in out) == [
+        ("/var/log/a.log", "one"),
+        ("/var/log/b.log", "  continued"),
+    ]
 
 
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
@@ -163,4 +197,34 @@ def test_bad_config_is_a_config_error(config: dict[str, Any]) -> None:
 
 def test_format_names() -> None:
     assert FORMAT_NAMES[0] == "auto" and FORMAT_NAMES[-1] == "custom"
-    assert {"json", "logfmt", "access", "syslog", "python", "java", "klog", "cri", "docker", "plain"} <= set(FORMAT_NAMES)
+    assert {
+        "json",
+        "logfmt",
+        "access",
+        "syslog",
+        "python",
+        "java",
+        "klog",
+        "cri",
+        "docker",
+        "plain",
+    } <= set(FORMAT_NAMES)
+
+
+def test_a_parser_bug_still_gives_the_line_its_record(monkeypatch: pytest.MonkeyPatch) -> None:
+    import adapter.pipeline
+
+    def broken(text: str, ctx: object) -> object:
+        raise ValueError("parser bug")
+
+    monkeypatch.setattr(adapter.pipeline, "detect_parse", broken)
+    p = make()
+    (rec,) = p.feed(b"password=hunter2 \xff", now=0.0, wall=WALL)
+    assert rec["message"] == "password=[REDACTED] \\xff"
+    assert rec["tags"] == ["internal_error"]
+    assert p.stats.internal_errors == 1 and p.stats.records_out == 1
+
+
+def test_poll_and_next_deadline_with_nothing_pending() -> None:
+    p = make()
+    assert p.next_deadline() is None and p.poll(1e9) == [] and p.flush() == []

@@ -14,21 +14,63 @@ from adapter.pipeline import Pipeline, PipelineConfig, encode_json
 # Lines as the shell delivers them: no newline inside. Raw bytes, plus text built from fragments
 # of real formats so the parsers' deeper branches are reached, not just "no format matched".
 FRAGMENTS = [
-    "{", "}", '"', ":", ",", "[", "]", "<13>", "<165>1 ", "Jan  2 03:04:05 ", "2024-01-02T03:04:05.123Z ",
-    "2024-01-02 03:04:05,123 ", "I0102 03:04:05.000000 1 a.go:1] ", "stdout F ", "stderr P ", "ERROR", "INFO:",
-    ":root:", " - ", "[main] ", "Traceback (most recent call last):", "  File \"x\", line 1", "\tat a.B(C.java:1)",
-    "Caused by: x.YException: z", "panic: ", "goroutine 1 [running]:", "password=", "Bearer ", "4111 1111 1111 1111",
-    "key=value ", 'msg="quoted \\" x" ', '{"log":"', '\\n","stream":"stdout","time":"2024-01-02T03:04:05Z"}',
-    "127.0.0.1 - - [02/Jan/2024:03:04:05 +0000] ", '"GET / HTTP/1.1" 200 5', "\ud800", "NaN", "1e999", "\x00", "é", " ",
+    "{",
+    "}",
+    '"',
+    ":",
+    ",",
+    "[",
+    "]",
+    "<13>",
+    "<165>1 ",
+    "Jan  2 03:04:05 ",
+    "2024-01-02T03:04:05.123Z ",
+    "2024-01-02 03:04:05,123 ",
+    "I0102 03:04:05.000000 1 a.go:1] ",
+    "stdout F ",
+    "stderr P ",
+    "ERROR",
+    "INFO:",
+    ":root:",
+    " - ",
+    "[main] ",
+    "Traceback (most recent call last):",
+    '  File "x", line 1',
+    "\tat a.B(C.java:1)",
+    "Caused by: x.YException: z",
+    "panic: ",
+    "goroutine 1 [running]:",
+    "password=",
+    "Bearer ",
+    "4111 1111 1111 1111",
+    "key=value ",
+    'msg="quoted \\" x" ',
+    '{"log":"',
+    '\\n","stream":"stdout","time":"2024-01-02T03:04:05Z"}',
+    "127.0.0.1 - - [02/Jan/2024:03:04:05 +0000] ",
+    '"GET / HTTP/1.1" 200 5',
+    '{"msg":"\\ud800x"}',
+    "\ud800",
+    "NaN",
+    "1e999",
+    "\x00",
+    "é",
+    " ",
 ]
-text_lines = st.lists(st.sampled_from(FRAGMENTS), max_size=8).map(lambda parts: "".join(parts).encode("utf-8", "surrogatepass"))
+text_lines = st.lists(st.sampled_from(FRAGMENTS), max_size=8).map(
+    lambda parts: "".join(parts).encode("utf-8", "surrogatepass")
+)
 raw_lines = st.binary(max_size=200).map(lambda b: b.replace(b"\n", b""))
 lines = st.lists(st.one_of(text_lines, raw_lines), min_size=1, max_size=25)
 formats = st.sampled_from(["auto", "custom", *FORMATS])
 
 
 def lines_in(record: dict[str, Any], schema: str) -> int:
-    original = record["event"]["original"] if schema == "ecs" else record["attributes"]["log.record.original"]
+    original = (
+        record["event"]["original"]
+        if schema == "ecs"
+        else record["attributes"]["log.record.original"]
+    )
     return int(original.count("\n")) + 1
 
 
@@ -43,7 +85,13 @@ def lines_in(record: dict[str, Any], schema: str) -> int:
     polls=st.lists(st.floats(min_value=0, max_value=1), min_size=25, max_size=25),
 )
 def test_every_line_in_exactly_one_record(
-    lines: list[bytes], fmt: str, schema: str, multiline: bool, streams: list[str], truncated: list[bool], polls: list[float]
+    lines: list[bytes],
+    fmt: str,
+    schema: str,
+    multiline: bool,
+    streams: list[str],
+    truncated: list[bool],
+    polls: list[float],
 ) -> None:
     p = Pipeline(
         PipelineConfig(
@@ -60,7 +108,9 @@ def test_every_line_in_exactly_one_record(
     for i, line in enumerate(lines):
         now += polls[i]
         out += p.poll(now)
-        out += p.feed(line, stream=streams[i], now=now, wall=1_767_225_600.0 + now, truncated=truncated[i])
+        out += p.feed(
+            line, stream=streams[i], now=now, wall=1_767_225_600.0 + now, truncated=truncated[i]
+        )
     out += p.flush()
     assert p.next_deadline() is None
     assert sum(lines_in(r, schema) for r in out) == len(lines)

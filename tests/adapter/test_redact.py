@@ -17,9 +17,15 @@ CASES = [
     ('{"api_key": 12345}', f'{{"api_key": "{MASK}"}}'),
     ("client_secret='abc def' rest", f"client_secret='{MASK}' rest"),
     ("url=https://u?token=abc123&x=1", f"url=https://u?token={MASK}&x=1"),
-    ("Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig", f"Authorization: Bearer {MASK}"),
+    (
+        "Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig",
+        f"Authorization: Bearer {MASK}",
+    ),
     ("Authorization: Basic dXNlcjpwYXNz", f"Authorization: Basic {MASK}"),
-    ("connecting to postgres://app:s3cr3t@db:5432/shop", f"connecting to postgres://app:{MASK}@db:5432/shop"),
+    (
+        "connecting to postgres://app:s3cr3t@db:5432/shop",
+        f"connecting to postgres://app:{MASK}@db:5432/shop",
+    ),
     ("paid with 4111 1111 1111 1111 today", f"paid with {MASK} today"),
     ("card=4111-1111-1111-1111", f"card={MASK}"),
     ("amex 378282246310005.", f"amex {MASK}."),
@@ -29,7 +35,10 @@ CASES = [
     ("version 1.4111111111111111", "version 1.4111111111111111"),  # part of a dotted number
     ("basic settings were changed", "basic settings were changed"),
     ("the password policy changed", "the password policy changed"),
-    ('127.0.0.1 - - [02/Jan/2024:03:04:05 +0000] "GET / HTTP/1.1" 200 5', '127.0.0.1 - - [02/Jan/2024:03:04:05 +0000] "GET / HTTP/1.1" 200 5'),
+    (
+        '127.0.0.1 - - [02/Jan/2024:03:04:05 +0000] "GET / HTTP/1.1" 200 5',
+        '127.0.0.1 - - [02/Jan/2024:03:04:05 +0000] "GET / HTTP/1.1" 200 5',
+    ),
 ]
 
 
@@ -39,7 +48,11 @@ def test_default_rules(text: str, expected: str) -> None:
 
 
 def test_luhn() -> None:
-    assert luhn_ok("4111111111111111") and luhn_ok("5555555555554444") and not luhn_ok("4111111111111112")
+    assert (
+        luhn_ok("4111111111111111")
+        and luhn_ok("5555555555554444")
+        and not luhn_ok("4111111111111112")
+    )
 
 
 def test_user_patterns_mask_groups_or_whole_match() -> None:
@@ -52,7 +65,8 @@ def test_user_patterns_mask_groups_or_whole_match() -> None:
 def test_redaction_reaches_every_field_and_the_original() -> None:
     p = Pipeline(PipelineConfig(environ={}, keep_original=True))
     lines = [
-        b'{"msg":"charge 4111 1111 1111 1111","password":"hunter2","headers":{"Authorization":"Bearer abcdefghijk123"}}',
+        b'{"msg":"charge 4111 1111 1111 1111","password":"hunter2"'
+        b',"headers":{"Authorization":"Bearer abcdefghijk123"}}',
         b"time=2024-01-02T03:04:05Z level=info msg=login password=hunter2",
         b"2024-01-02 03:04:05,000 - app - ERROR - token=abc123def failed",
     ]
@@ -63,7 +77,12 @@ def test_redaction_reaches_every_field_and_the_original() -> None:
     assert len(out) == 3
     for rec in out:
         text = encode_json(rec).decode()
-        assert "hunter2" not in text and "4111" not in text and "abcdefghijk123" not in text and "abc123def" not in text
+        assert (
+            "hunter2" not in text
+            and "4111" not in text
+            and "abcdefghijk123" not in text
+            and "abc123def" not in text
+        )
         json.loads(text)
     assert out[0]["labels"]["password"] == MASK
     assert out[0]["message"] == f"charge {MASK}"

@@ -91,7 +91,12 @@ def test_otel_document() -> None:
             "log.iostream": "stderr",
             "user": 7,
         },
-        "resource": {"k8s.pod.name": "web-0", "k8s.namespace.name": "shop", "service.name": "shop", "process.pid": 42},
+        "resource": {
+            "k8s.pod.name": "web-0",
+            "k8s.namespace.name": "shop",
+            "service.name": "shop",
+            "process.pid": 42,
+        },
     }
 
 

@@ -189,7 +189,11 @@ def test_env_file_switch_keeps_a_long_transaction_on_the_old_backend(
     )
     assert sample(values, "ambassador_env_switches_total", result="refused", source="env_file") == 1
     assert sample(values, "ambassador_current_env", env="prod") == 1
-    long_line = next(line for line in amb.access() if line["env"] == "dev")
+    # The access-log line is written just after the client saw the end: wait for it.
+    long_line = wait_until(
+        lambda: next((line for line in amb.access() if line["env"] == "dev"), None),
+        what="the long connection's access-log line",
+    )
     assert long_line["outcome"] == "closed"
     assert long_line["endpoint"] == f"127.0.0.1:{pg_envs['dev'].port}"
 
@@ -257,7 +261,8 @@ max_ejection_percent = 50
     )
     (ejected,) = amb.events("endpoint ejected")
     assert ejected["endpoint"] == doomed_ep
-    retried = [line for line in amb.access() if line.get("attempts") == 2]
+    # 4 connections before the stop, 4 after: one access-log line each.
+    retried = [line for line in amb.wait_access(8) if line.get("attempts") == 2]
     assert len(retried) == 1 and retried[0]["outcome"] == "closed"
     assert retried[0]["endpoint"] == f"127.0.0.1:{survivor.port}"
     assert http("GET", f"http://127.0.0.1:{admin}/readyz")[0] == 200

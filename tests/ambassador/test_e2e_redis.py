@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -115,8 +116,16 @@ def test_redis_and_postgres_listeners_switch_together(
     assert b'"environments": ["dev", "prod", "test"]' in body
 
     # The access log has one line per connection and per listener; the metrics agree.
+    combos = {(lst, env) for lst in ("postgres", "redis") for env in ("dev", "prod", "test")}
+
+    # A line is written once the connection is closed on both sides, just after
+    # the client has seen its end: wait for the last ones.
+    def all_logged() -> list[dict[str, Any]] | None:
+        found = amb.access()
+        return found if {(a["listener"], a["env"]) for a in found} >= combos else None
+
+    lines = wait_until(all_logged, what="an access-log line for each listener and environment")
     values = metrics(admin)
-    lines = amb.access()
     for listener in ("postgres", "redis"):
         for env in ("dev", "prod", "test"):
             mine = [x for x in lines if x["listener"] == listener and x["env"] == env]

@@ -60,6 +60,7 @@ class Proxy:
     upstream: trio.SocketStream
     backend: trio.SocketStream
     counters: RelayCounters
+    done: trio.Event
     result: RelayResult | None = None
 
 
@@ -89,7 +90,7 @@ async def proxy(nursery: trio.Nursery) -> AsyncIterator[Proxy]:
     p.app, p.client = await tcp_pair()
     p.upstream, p.backend = await tcp_pair()
     p.counters = RelayCounters()
-    done = trio.Event()
+    p.done = done = trio.Event()
 
     async def run() -> None:
         try:
@@ -108,8 +109,8 @@ async def proxy(nursery: trio.Nursery) -> AsyncIterator[Proxy]:
 
 async def wait_result(p: Proxy) -> RelayResult:
     with trio.fail_after(10):
-        while p.result is None:
-            await trio.sleep(0.005)
+        await p.done.wait()
+    assert p.result is not None
     return p.result
 
 
@@ -121,7 +122,7 @@ def hub() -> fastrelay.SpliceHub:
 
 async def test_streams_are_spliceable(proxy: Proxy) -> None:
     assert can_splice(proxy.client) and can_splice(proxy.upstream)
-    a, b = trio.testing.memory_stream_pair()
+    a, _b = trio.testing.memory_stream_pair()
     assert not can_splice(a)
     await proxy.app.send_eof()
     await proxy.backend.send_eof()
@@ -367,8 +368,8 @@ async def test_fallback_on_memory_streams(autojump_clock: trio.testing.MockClock
 
 
 async def test_fallback_idle_timeout(autojump_clock: trio.testing.MockClock) -> None:
-    app, client = trio.testing.memory_stream_pair()
-    upstream, backend = trio.testing.memory_stream_pair()
+    _app, client = trio.testing.memory_stream_pair()
+    upstream, _backend = trio.testing.memory_stream_pair()
     start = trio.current_time()
     result = await relay(client, upstream, RelayCounters(), idle_timeout=30.0)
     assert result == RelayResult("idle_timeout", 0, 0)

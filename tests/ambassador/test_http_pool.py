@@ -28,7 +28,7 @@ def test_new_then_reuse_lifo() -> None:
 
 def test_idle_bound_closes_the_oldest() -> None:
     b = book(max_idle=2)
-    for c in ("c1", "c2", "c3"):
+    for _ in range(3):
         b.opened("ep")
     assert b.checkin("ep", "c1", 1.0) == []
     assert b.checkin("ep", "c2", 2.0) == []

@@ -10,6 +10,7 @@ checks what crossed the proxy in both directions:
     /drop-once     closes the connection without answering the first time, then 200
     /error         500 every time
     /garbage       bytes that are not HTTP
+    /truncate      a response head promising 100 bytes, 7 bytes, then close
     /continue      honours Expect: 100-continue, then echoes the body size
     /ws            101 Switching Protocols, then echoes raw bytes
 
@@ -33,10 +34,11 @@ from urllib.parse import parse_qs, urlsplit
 import h11
 import pytest
 import trio
+import trio.testing
 import trustme
 
 from ambassador.cluster import Cluster
-from ambassador.http import HttpProxy, HttpSettings, RetrySettings, Route
+from ambassador.http import HttpProxy, HttpSettings, Route
 from ambassador.outlier import OutlierConfig
 from ambassador.tls import UpstreamTLS
 from sidecar_common.metrics import Registry, parse_text
@@ -50,6 +52,8 @@ class Upstream:
     requests: list[dict[str, Any]] = field(default_factory=list)
     connections: int = 0
     hits: dict[str, int] = field(default_factory=dict)
+    #: Answer every request with this status (a broken backend).
+    always: int | None = None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -67,7 +71,7 @@ async def _next(stream: trio.abc.Stream, conn: h11.Connection) -> Any:
         event = conn.next_event()
         if event is not h11.NEED_DATA:
             return event
-        conn.receive_data(await stream.receive_some(65536))
+        conn.receive_data(bytes(await stream.receive_some(65536)))
 
 
 async def upstream_handler(up: Upstream, stream: trio.abc.Stream) -> None:
@@ -112,6 +116,9 @@ async def upstream_handler(up: Upstream, stream: trio.abc.Stream) -> None:
             if url.path == "/garbage":
                 await stream.send_all(b"SSH-2.0-not-http\r\n\r\n")
                 return
+            if url.path == "/truncate":
+                await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial")
+                return
             size = 0
             while True:
                 body_event = await _next(stream, conn)
@@ -129,6 +136,8 @@ async def upstream_handler(up: Upstream, stream: trio.abc.Stream) -> None:
                 status = 503
             if url.path == "/error":
                 status = 500
+            if up.always is not None:
+                status = up.always
             if url.path == "/chunked":
                 await _send(stream, conn, h11.Response(status_code=200, headers=[]))
                 for i in range(int(query.get("n", "3"))):
@@ -197,7 +206,9 @@ class Proxy:
     registry: Registry
     port: int
 
-    def metric(self, name: str, **labels: str) -> float:
+    async def metric(self, name: str, **labels: str) -> float:
+        """Sum of the samples matching ``labels``, once the proxy's tasks are idle."""
+        await trio.testing.wait_all_tasks_blocked()
         total = 0.0
         for (metric, labelset), value in parse_text(self.registry.render()).items():
             if metric == name and set(labels.items()) <= set(labelset):
@@ -319,8 +330,10 @@ async def test_keepalive_both_sides_and_header_policy() -> None:
         # Three requests over one client connection reused one upstream connection.
         assert up.connections == 1
         assert [r["connection"] for r in up.requests] == [1, 1, 1]
-        assert px.metric("ambassador_http_requests_total", code_class="2xx", method="GET") == 3
-        assert px.metric("ambassador_http_pool_connections", state="idle") == 1
+        assert (
+            await px.metric("ambassador_http_requests_total", code_class="2xx", method="GET") == 3
+        )
+        assert await px.metric("ambassador_http_pool_connections", state="idle") == 1
 
 
 async def test_pipelined_requests_answered_in_order() -> None:
@@ -333,7 +346,9 @@ async def test_pipelined_requests_answered_in_order() -> None:
         bodies = []
         for i in range(3):
             # Tell our h11 client what went out (the bytes were sent above, raw).
-            client.conn.send(h11.Request(method="GET", target=f"/echo?i={i}", headers=[("host", "app")]))
+            client.conn.send(
+                h11.Request(method="GET", target=f"/echo?i={i}", headers=[("host", "app")])
+            )
             client.conn.send(h11.EndOfMessage())
             bodies.append(json.loads((await client.response())[1]))
         assert [b["headers"]["x-i"] for b in bodies] == ["0", "1", "2"]
@@ -373,7 +388,7 @@ async def test_retry_after_upstream_fails_first_attempt() -> None:
         assert resp.status_code == 200
         assert up.hits["/drop-once"] == 2
         await client.aclose()
-        assert px.metric("ambassador_http_retries_total", env="dev") == 2
+        assert await px.metric("ambassador_http_retries_total", env="dev") == 2
 
 
 async def test_post_is_not_retried_and_5xx_passes_through() -> None:
@@ -392,8 +407,8 @@ async def test_post_is_not_retried_and_5xx_passes_through() -> None:
         resp, _ = await client.get("/error")
         assert resp.status_code == 500
         await client.aclose()
-        assert px.metric("ambassador_http_retries_total") == 0
-        assert px.metric("ambassador_http_requests_total", code_class="5xx") == 2
+        assert await px.metric("ambassador_http_retries_total") == 0
+        assert await px.metric("ambassador_http_requests_total", code_class="5xx") == 2
 
 
 async def test_request_timeout_is_504(autojump_clock: trio.abc.Clock) -> None:
@@ -457,17 +472,22 @@ async def test_misbehaving_upstream_does_not_take_the_listener_down() -> None:
 async def test_5xx_ejects_the_endpoint_and_traffic_moves() -> None:
     outlier = OutlierConfig(consecutive_failures=2, max_ejection_percent=50.0)
     async with running_upstream() as bad, running_upstream() as good:
+        bad.always = 500
         async with running_proxy([bad.address, good.address], outlier=outlier) as px:
             client = await Client.connect(px.port)
-            statuses = [(await client.get("/error"))[0].status_code for _ in range(4)]
+            statuses = [(await client.get("/echo"))[0].status_code for _ in range(4)]
+            assert statuses.count(500) == 2  # round robin: every other request
+            await trio.testing.wait_all_tasks_blocked()
             bad_ep = px.cluster.endpoint(bad.address)
             assert bad_ep is not None and bad_ep.is_ejected(trio.current_time())
-            good_hits = good.hits.get("/error", 0)
-            for _ in range(3):
-                await client.get("/echo")
-            assert good.hits["/echo"] == 3 and "/echo" not in bad.hits
-            assert statuses.count(500) == 4 and good_hits >= 1
+            assert bad_ep.active == 0
+            for _ in range(4):
+                resp, _ = await client.get("/echo")
+                assert resp.status_code == 200
+            assert good.hits["/echo"] == 6 and bad.hits["/echo"] == 2
             await client.aclose()
+            failures = await px.metric("ambassador_http_upstream_failures_total", reason="5xx")
+            assert failures == 2
 
 
 async def test_expect_100_continue() -> None:
@@ -558,10 +578,10 @@ async def test_https_upstream_with_verification(tmp_path: Path) -> None:
         trustme.CA().cert_pem.write_to_path(str(other))
         async with running_proxy([up.address], tls=UpstreamTLS(ca_file=other)) as px:
             client = await Client.connect(px.port)
-            resp, body = await client.get("/echo")
+            resp, _ = await client.get("/echo")
             assert resp.status_code == 503
             await client.aclose()
-            failures = px.metric("ambassador_http_upstream_failures_total", reason="connect")
+            failures = await px.metric("ambassador_http_upstream_failures_total", reason="connect")
             assert failures >= 1
 
 
@@ -605,4 +625,58 @@ async def test_curl_keepalive_chunked_upload_and_100_continue(tmp_path: Path) ->
         assert "chunk0;" in out and "\r\n" in out  # raw chunked framing seen by curl
         code, out, err = await curl("-o", "/dev/null", "-w", "%{http_code}", f"{base}/error")
         assert out == "500"
-        assert px.metric("ambassador_http_requests_total", method="POST") == 1
+        assert await px.metric("ambassador_http_requests_total", method="POST") == 1
+
+
+async def test_truncated_upstream_body_breaks_the_client_connection() -> None:
+    async with running_upstream() as up, running_proxy([up.address]) as px:
+        client = await Client.connect(px.port)
+        await client.send(
+            h11.Request(method="GET", target="/truncate", headers=[("host", "a")]),
+            h11.EndOfMessage(),
+        )
+        with pytest.raises((h11.RemoteProtocolError, trio.BrokenResourceError)):
+            await client.response()  # never a short body taken for a whole one
+        await client.aclose()
+        client = await Client.connect(px.port)
+        resp, _ = await client.get("/echo")
+        assert resp.status_code == 200
+        await client.aclose()
+
+
+async def test_client_leaving_mid_body_is_contained() -> None:
+    async with running_upstream() as up, running_proxy([up.address]) as px:
+        client = await Client.connect(px.port)
+        await client.send(
+            h11.Request(
+                method="POST", target="/echo", headers=[("host", "a"), ("content-length", "1000")]
+            ),
+            h11.Data(data=b"x" * 10),
+        )
+        await trio.testing.wait_all_tasks_blocked()
+        await client.aclose()
+        await trio.testing.wait_all_tasks_blocked()
+        assert await px.metric("ambassador_http_pool_connections", state="idle") == 0
+        client = await Client.connect(px.port)
+        resp, _ = await client.get("/echo")
+        assert resp.status_code == 200
+        await client.aclose()
+
+
+async def test_idle_keepalive_client_closed_after_timeout(autojump_clock: trio.abc.Clock) -> None:
+    """On memory streams and virtual time: the idle timeout is exact."""
+    cluster = Cluster("api/dev")
+    proxy = HttpProxy(
+        "api", HttpSettings(keepalive_timeout=7.0), Registry(), lambda: Route("dev", cluster)
+    )
+    app, proxy_side = trio.testing.memory_stream_pair()
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(proxy.serve_client, proxy_side, "mem")
+        await app.send_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+        response = b""
+        while b"}" not in response:
+            response += await app.receive_some(4096)
+        assert response.startswith(b"HTTP/1.1 503 ")  # no endpoints at all
+        assert b'"no healthy upstream"' in response
+    assert trio.current_time() - start == pytest.approx(7.0)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import struct
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -27,7 +29,7 @@ from ambassador.pgtls import (
     server_reply_action,
 )
 from ambassador.relay import RelayCounters, relay
-from ambassador.tls import UpstreamTLS, UpstreamTLSError, open_upstream
+from ambassador.tls import SslMode, UpstreamTLS, UpstreamTLSError, open_upstream
 from tests.support.postgres import PostgresCluster
 
 GSSENC_REQUEST = struct.pack("!ii", 8, GSSENC_REQUEST_CODE)
@@ -112,7 +114,7 @@ def test_sslmode_decides_verification() -> None:
     assert full.verify and full.check_hostname
 
 
-# --------------------------------------------------------------------------- shells on memory streams
+# ----------------------------------------------------------------- shells on memory streams
 
 
 async def test_read_client_startup_answers_n() -> None:
@@ -138,10 +140,11 @@ async def test_read_client_startup_eof() -> None:
 
 
 async def test_negotiate_prefer_falls_back_to_plain_and_require_refuses() -> None:
-    for mode, expect_plain in (("prefer", True), ("require", False)):
+    modes: tuple[tuple[SslMode, bool], ...] = (("prefer", True), ("require", False))
+    for mode, expect_plain in modes:
         proxy, server = trio.testing.memory_stream_pair()
 
-        async def server_side(server: trio.testing.MemoryStream = server) -> None:
+        async def server_side(server: trio.StapledStream[Any, Any] = server) -> None:
             assert await server.receive_some(8) == SSL_REQUEST
             await server.send_all(b"N")
 
@@ -223,7 +226,9 @@ async def serve_pg_proxy(
     await trio.serve_listeners(handle, listeners)
 
 
-async def psql(port: int, sql: str, *, sslmode: str = "prefer") -> trio.CompletedProcess[bytes]:
+async def psql(
+    port: int, sql: str, *, sslmode: str = "prefer"
+) -> subprocess.CompletedProcess[bytes]:
     dsn = f"host=127.0.0.1 port={port} user=postgres dbname=postgres sslmode={sslmode}"
     return await trio.run_process(
         ["psql", "-X", "-A", "-t", "-d", dsn, "-c", sql],

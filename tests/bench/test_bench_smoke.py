@@ -18,9 +18,20 @@ def test_bench_smoke(tmp_path: Path) -> None:
     out = tmp_path / "report.md"
     raw = tmp_path / "raw.json"
     res = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--out", str(out), "--json", str(raw),
-         "--variants", "direct,ambassador,haproxy,envoy"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(ROOT / "bench" / "run.py"),
+            "--smoke",
+            "--out",
+            str(out),
+            "--json",
+            str(raw),
+            "--variants",
+            "direct,ambassador,haproxy,envoy",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert res.returncode == 0, res.stderr[-3000:]
     data = json.loads(raw.read_text())

@@ -28,7 +28,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +67,7 @@ class PodStory:
     config_dir: Path
     etcd_url: str
     pod_ip: str
+    app_pid: int
     ambassador: NsProc
     adapter: NsProc
     watcher: NsProc
@@ -75,8 +76,8 @@ class PodStory:
     def http(self, method: str, url: str, body: str | None = None) -> tuple[int, str]:
         return ns_http(self.pod.ns, method, url, body)
 
-    def record(self, what: str, predicate: object, since: int = 0) -> Record:
-        found = self.records.wait_for(predicate, timeout=STEP, since=since)  # type: ignore[arg-type]
+    def record(self, what: str, predicate: Callable[[Record], bool], since: int = 0) -> Record:
+        found = self.records.wait_for(predicate, timeout=STEP, since=since)
         if found is None:
             pytest.fail(f"no adapter record for: {what}\n{self.procs.report()}", pytrace=False)
         return found
@@ -107,6 +108,13 @@ def _start_etcd(procs: NsProcs, host: Host, datadir: Path) -> str:
         ],
     )  # fmt: skip
     return url
+
+
+def _has_pid(path: Path) -> bool:
+    try:
+        return path.read_text().strip().isdigit()
+    except OSError:
+        return False
 
 
 def _ready(story_ns: str, admin: str) -> bool:
@@ -198,7 +206,7 @@ def _start_pod(
     )  # fmt: skip
     assert adapter.popen.stdout is not None
     records = RecordStream(adapter.popen.stdout)
-    wait_until("the app's pid file", pid_file.exists, timeout=STEP, procs=procs)
+    wait_until("the app's pid file", lambda: _has_pid(pid_file), timeout=STEP, procs=procs)
 
     watcher = procs.start(
         "watcher",
@@ -223,6 +231,7 @@ def _start_pod(
         config_dir=config_dir,
         etcd_url=etcd_url,
         pod_ip=pod_ip,
+        app_pid=int(pid_file.read_text()),
         ambassador=ambassador,
         adapter=adapter,
         watcher=watcher,
@@ -255,7 +264,7 @@ def test_pod_on_one_machine(pod_story: PodStory) -> None:
     write_configmap(story.switch_dir, {"environment": "test\n"})
     to_test = story.record("a query reaching test after the switch", reached(["test"]), mark)
     later = story.records.wait_for(
-        reached(ENVS), timeout=STEP, since=story.records.records.index(to_test) + 1
+        reached(ENVS), timeout=STEP, since=story.records.index_of(to_test) + 1
     )
     assert later is not None and backend_of(later) == "test"
     switched = story.ambassador.log_events("environment switched")
@@ -265,7 +274,7 @@ def test_pod_on_one_machine(pod_story: PodStory) -> None:
     status, body = story.http("GET", "http://127.0.0.1:9101/env")
     assert status == 200 and json.loads(body)["env"] == "test"
     # Once a query reached test, every later one does (each psql is a new connection).
-    after_first_test = story.records.snapshot(story.records.records.index(to_test))
+    after_first_test = story.records.snapshot(story.records.index_of(to_test))
     assert set(_queries_after(after_first_test)) <= {"test", None}, _queries_after(after_first_test)
 
     # 3. The app's traceback comes out as ONE record, not one per line.
@@ -276,10 +285,10 @@ def test_pod_on_one_machine(pod_story: PodStory) -> None:
     stack = field(error, "error.stack_trace")
     assert stack.startswith("Traceback (most recent call last):")
     assert "ValueError: demo error number" in stack
+    pieces = ("Traceback", "  File ", "ValueError:", "    raise")
     fragments = [
-        r for r in story.records.snapshot()
-        if str(r.get("message", "")).startswith(("Traceback", "  File ", "ValueError:", "    raise"))
-    ]  # fmt: skip
+        r for r in story.records.snapshot() if str(r.get("message", "")).startswith(pieces)
+    ]
     assert fragments == []
 
     # 4. A config change: the watcher sends SIGHUP by pid file, the app reloads.
@@ -291,6 +300,9 @@ def test_pod_on_one_machine(pod_story: PodStory) -> None:
     assert reload["message"] == "config reloaded, greeting=from the pod"
     assert field(reload, "log.level") == "warn"
     assert field(reload, "kubernetes.pod.name") == DOWNWARD["POD_NAME"]
+    audit = story.watcher.log_events("config change")
+    assert [(a["outcome"], a["actions"][0]["action"]) for a in audit] == [("success", "signal")]
+    assert f"pid {story.app_pid}" in audit[0]["actions"][0]["detail"], audit
     later_query = story.record(
         "a query after the reload", lambda r: field(r, "labels.greeting") == "from the pod", mark
     )
@@ -324,3 +336,27 @@ def test_pod_on_one_machine(pod_story: PodStory) -> None:
     assert story.records.closed
     assert any(str(r.get("message")).startswith("stopping after") for r in story.records.snapshot())
     assert story.ambassador.stop() == 0, story.procs.report()
+
+
+def test_not_root_skips_with_the_reason_but_fails_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+
+    monkeypatch.setattr("tests.support.netns.os.geteuid", lambda: 1000)
+    monkeypatch.delenv("CI", raising=False)
+    with (
+        pytest.raises(pytest.skip.Exception, match="needs root to create network namespaces"),
+        pod_network(),
+    ):
+        pass
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="must run in CI but needs root"), pod_network():
+        pass
+
+
+def test_missing_ip_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.support import netns
+
+    monkeypatch.setattr("tests.support.netns.os.geteuid", lambda: 0)
+    monkeypatch.setattr("tests.support.netns.shutil.which", lambda name: None)
+    assert netns.netns_unavailable_reason() == (
+        "needs `ip` from iproute2 (apt-get install -y iproute2)"
+    )

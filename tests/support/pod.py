@@ -10,6 +10,7 @@ never from the root namespace (a 10.231.x address there would leave the machine)
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -54,10 +55,8 @@ class NsProc:
     def stop(self, timeout: float = 15.0) -> int:
         """SIGTERM by PID, SIGKILL after ``timeout``; the exit status (negative: killed)."""
         if self.popen.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(self.popen.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
             try:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -109,7 +108,7 @@ class NsProcs:
 def ns_http(
     ns: str, method: str, url: str, body: str | None = None, timeout: float = 5.0
 ) -> tuple[int, str]:
-    """An HTTP request made with curl inside namespace ``ns``: (status, body); status 0 = no answer."""
+    """An HTTP request made by curl inside namespace ``ns``: (status, body); 0 = no answer."""
     argv = [
         "ip",
         "netns",

@@ -59,10 +59,10 @@ class RunAs:
             entry = pwd.getpwnam(PG_USER)
         return cls(entry.pw_uid, entry.pw_gid)
 
-    def kwargs(self) -> dict[str, object]:
-        if self.uid is None:
-            return {}
-        return {"user": self.uid, "group": self.gid, "extra_groups": []}
+    @property
+    def extra_groups(self) -> list[int] | None:
+        """Drop root's supplementary groups when switching user; None: leave them."""
+        return None if self.uid is None else []
 
     def chown(self, path: Path) -> None:
         if self.uid is not None and self.gid is not None:
@@ -83,14 +83,15 @@ class PostgresCluster:
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     replicas: list[PostgresCluster] = field(default_factory=list, repr=False)
 
-    def _in_netns(self, argv: list[str], *, as_server_user: bool) -> tuple[list[str], dict[str, object]]:
-        """argv and Popen kwargs, run as the server user and inside ``netns`` when set."""
+    def _in_netns(self, argv: list[str], *, as_server_user: bool) -> tuple[list[str], RunAs]:
+        """argv and the account to start it as, run as the server user and inside ``netns`` when set."""
+        nobody_changes = RunAs(None, None)
         if self.netns is None:
-            return argv, (self.run_as.kwargs() if as_server_user else {})
+            return argv, (self.run_as if as_server_user else nobody_changes)
         prefix = ["ip", "netns", "exec", self.netns]
         if as_server_user and self.run_as.uid is not None:
             prefix += ["setpriv", f"--reuid={self.run_as.uid}", f"--regid={self.run_as.gid}", "--clear-groups"]
-        return prefix + argv, {}
+        return prefix + argv, nobody_changes
 
     @property
     def log_path(self) -> Path:
@@ -108,13 +109,15 @@ class PostgresCluster:
         if self.pid is not None:
             return
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
-        argv, kwargs = self._in_netns([f"{self.bindir}/postgres", "-D", str(self.datadir)], as_server_user=True)
+        argv, account = self._in_netns([f"{self.bindir}/postgres", "-D", str(self.datadir)], as_server_user=True)
         self.proc = subprocess.Popen(
             argv,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            **kwargs,  # type: ignore[arg-type]
+            user=account.uid,
+            group=account.gid,
+            extra_groups=account.extra_groups,
         )
         log.close()
         if self.netns is None:
@@ -142,7 +145,9 @@ class PostgresCluster:
             [f"{self.bindir}/pg_ctl", "promote", "-w", "-D", str(self.datadir)],
             check=True,
             capture_output=True,
-            **self.run_as.kwargs(),  # type: ignore[arg-type]
+            user=self.run_as.uid,
+            group=self.run_as.gid,
+            extra_groups=self.run_as.extra_groups,
         )
         deadline = time.monotonic() + 30
         while self.psql("SELECT pg_is_in_recovery()") != "f":
@@ -184,7 +189,9 @@ class PostgresCluster:
             ],
             check=True,
             capture_output=True,
-            **self.run_as.kwargs(),  # type: ignore[arg-type]
+            user=self.run_as.uid,
+            group=self.run_as.gid,
+            extra_groups=self.run_as.extra_groups,
         )
         port = free_port()
         with open(datadir / "postgresql.auto.conf", "a") as conf:
@@ -220,7 +227,9 @@ def init_cluster(
         [f"{bindir}/initdb", "-D", str(datadir), "-U", PG_USER, "--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C"],
         check=True,
         capture_output=True,
-        **run_as.kwargs(),  # type: ignore[arg-type]
+        user=run_as.uid,
+        group=run_as.gid,
+        extra_groups=run_as.extra_groups,
     )
     port = port or free_port()
     with open(datadir / "postgresql.conf", "a") as conf:

@@ -1,0 +1,714 @@
+"""``--workers N``: N ambassador processes sharing each listen port, one supervisor.
+
+One Python process relays on about one core (the GIL); N worker processes use
+N. Each listener is bound N times with ``SO_REUSEPORT`` before any worker
+starts, so the kernel spreads new connections over N accept queues, and a busy
+or foreign address is still a one-line start-up error.
+
+What lives once, in the supervisor (the parent):
+- the configuration (parsed once, handed to every worker whole);
+- the environment switch: the parent's ``/env`` and env-file watch decide, then
+  push the environment to every worker (``PUT /env`` on its private admin port);
+  a worker (re)started later gets the current one;
+- the admin server: ``/metrics`` merges the workers' metrics (counters and
+  histograms summed, gauges summed except the per-endpoint health, which is
+  the minimum over workers) with the parent's own; ``/readyz`` is ready when
+  every worker is.
+
+The parent keeps its copy of every worker's listening socket, so a worker that
+dies loses no queued connection: it is restarted (with backoff) on the very
+same socket. SIGTERM drains: the parent closes its copies and sends SIGTERM to
+each worker, which drains its own connections; the parent exits 0 once all are
+gone. Workers run in their own session (a terminal's Ctrl-C reaches only the
+parent) and drain by themselves if the parent disappears (their stdin closes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import pickle
+import random
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from sidecar_common.admin import AdminApp, Request, Response, json_response, serve_admin
+from sidecar_common.errors import ConfigError
+from sidecar_common.jsonlog import get_logger, log_event
+from sidecar_common.metrics import (
+    CONTENT_TYPE,
+    MetricsParseError,
+    Registry,
+    escape_label_value,
+    parse_exposition,
+)
+from sidecar_common.retry import Backoff
+
+from .config import AmbassadorConfig, read_env_file, resolve_initial_env
+from .switch import EnvSwitch, SwitchResult
+
+__all__ = [
+    "MIN_GAUGES",
+    "WorkerSpec",
+    "bind_reuseport",
+    "merge_expositions",
+    "run_workers",
+    "worker_main",
+]
+
+log = get_logger("ambassador.workers")
+
+#: Gauges merged by minimum over workers (an endpoint is healthy only if every
+#: worker sees it so); every other gauge, counter and histogram is summed.
+MIN_GAUGES: frozenset[str] = frozenset({"ambassador_endpoint_healthy"})
+#: Families the parent owns (its own admin server and the switch): not merged.
+PARENT_FAMILIES: frozenset[str] = frozenset(
+    {
+        "admin_http_requests_total",
+        "admin_http_connections",
+        "ambassador_env_switches_total",
+        "ambassador_current_env",
+    }
+)
+#: How long a worker has to report its admin port after starting.
+START_TIMEOUT = 30.0
+#: A worker scrape slower than this is skipped in the merged metrics.
+SCRAPE_TIMEOUT = 2.0
+#: How often the parent checks each worker's readiness and environment.
+POLL_INTERVAL = 1.0
+#: Restart backoff; a worker that ran this long resets it.
+RESTART_BACKOFF = Backoff(initial=0.1, maximum=5.0)
+STABLE_AFTER = 10.0
+#: Grace after ``drain_timeout`` before the parent kills what is left.
+KILL_GRACE = 3.0
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker needs, sent pickled on its stdin: the parsed config and its sockets."""
+
+    index: int
+    config: AmbassadorConfig
+    overrides: Mapping[str, object]
+    #: listener name -> listening socket fds (same numbers in the worker: pass_fds).
+    fds: Mapping[str, Sequence[int]]
+
+
+# --------------------------------------------------------------------------- binding
+
+
+def bind_reuseport(cfg: AmbassadorConfig, workers: int) -> list[dict[str, list[socket.socket]]]:
+    """Bind every listener ``workers`` times with SO_REUSEPORT; one dict per worker.
+
+    Port 0 binds the first socket anywhere and the others to the same port.
+    """
+    from .listener import bind_socket
+
+    per_worker: list[dict[str, list[socket.socket]]] = [{} for _ in range(workers)]
+    try:
+        for i, lst in enumerate(cfg.listeners):
+            setting = "--listen" if cfg.config_file is None else f"listeners[{i}].listen"
+            port = lst.listen.port
+            for w in range(workers):
+                try:
+                    sock = bind_socket(lst.listen.host, port, reuse_port=True)
+                except OSError as exc:
+                    reason = exc.strerror or str(exc)
+                    raise ConfigError(
+                        setting, str(lst.listen), f"an address to listen on; {reason}"
+                    ) from None
+                port = sock.getsockname()[1]
+                per_worker[w][lst.name] = [sock]
+    except BaseException:
+        for socks in per_worker:
+            for group in socks.values():
+                for s in group:
+                    s.close()
+        raise
+    return per_worker
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def _sample_family(name: str, types: Mapping[str, str]) -> str:
+    if name in types:
+        return name
+    for suffix in ("_bucket", "_sum", "_count"):
+        base = name.removesuffix(suffix)
+        if base != name and types.get(base) == "histogram":
+            return base
+    return name
+
+
+def _format_value(v: float) -> str:
+    if math.isnan(v):
+        return "NaN"
+    if math.isinf(v):
+        return "+Inf" if v > 0 else "-Inf"
+    if v.is_integer() and abs(v) < 2**63:
+        return str(int(v))
+    return repr(v)
+
+
+def _format_labels(labels: Iterable[tuple[str, str]]) -> str:
+    items = sorted(labels, key=lambda kv: (kv[0] == "le", kv[0]))
+    if not items:
+        return ""
+    return "{" + ",".join(f'{k}="{escape_label_value(v)}"' for k, v in items) + "}"
+
+
+def merge_expositions(texts: Iterable[str], *, skip: Iterable[str] = ()) -> str:
+    """Merge the expositions of several workers into one (text format 0.0.4).
+
+    Series with the same name and labels are summed, except the gauges of
+    :data:`MIN_GAUGES` (minimum). Families in ``skip`` are dropped. A worker's
+    unparseable text is skipped (and logged) rather than failing the scrape.
+    """
+    skipped = set(skip)
+    helps: dict[str, str] = {}
+    types: dict[str, str] = {}
+    samples_of: dict[str, dict[str, dict[frozenset[tuple[str, str]], float]]] = {}
+    for text in texts:
+        try:
+            exp = parse_exposition(text)
+        except MetricsParseError as exc:
+            log_event(log, "worker metrics unparseable", level=logging.WARNING, reason=str(exc))
+            continue
+        for fam, t in exp.types.items():
+            types.setdefault(fam, t)
+        for fam, h in exp.helps.items():
+            helps.setdefault(fam, h)
+        for (name, labels), value in exp.samples.items():
+            fam = _sample_family(name, exp.types)
+            if fam in skipped:
+                continue
+            series = samples_of.setdefault(fam, {}).setdefault(name, {})
+            if labels not in series:
+                series[labels] = value
+            elif types.get(fam) == "gauge" and fam in MIN_GAUGES:
+                series[labels] = min(series[labels], value)
+            else:
+                series[labels] += value
+    out: list[str] = []
+    for fam, by_name in samples_of.items():
+        if fam in helps:
+            help_text = helps[fam].replace("\\", "\\\\").replace("\n", "\\n")
+            out.append(f"# HELP {fam} {help_text}")
+        if fam in types:
+            out.append(f"# TYPE {fam} {types[fam]}")
+        for name, series in by_name.items():
+            for labels, value in series.items():
+                out.append(f"{name}{_format_labels(labels)} {_format_value(value)}")
+    return "\n".join(out) + "\n" if out else ""
+
+
+# --------------------------------------------------------------------------- parent
+
+
+@dataclasses.dataclass(eq=False)
+class _Slot:
+    """One worker position: its sockets (kept across restarts) and the live process."""
+
+    index: int
+    sockets: dict[str, list[socket.socket]]
+    process: trio.Process | None = None
+    admin_port: int | None = None
+    ready: tuple[bool, str] = (False, "starting")
+    env: str | None = None
+    restarts: int = 0
+
+
+class Supervisor:
+    """The parent: starts and restarts workers, owns the switch and the admin server."""
+
+    def __init__(
+        self,
+        cfg: AmbassadorConfig,
+        overrides: Mapping[str, object],
+        sockets: list[dict[str, list[socket.socket]]],
+        *,
+        command: Sequence[str] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.overrides = dict(overrides)
+        self.command = list(command or [sys.executable, "-m", "ambassador.workers", "--worker"])
+        self.rng = rng or random.Random()
+        self.slots = [_Slot(i, s) for i, s in enumerate(sockets)]
+        env, self.initial_source = resolve_initial_env(cfg)
+        self.switch = EnvSwitch(cfg.environments, env)
+        self.registry = Registry()
+        self.draining = False
+        self._drain = trio.Event()
+        self.env_switches = self.registry.counter(
+            "ambassador_env_switches_total",
+            "Environment switch requests by result and source.",
+            ("result", "source"),
+        )
+        self.restarts = self.registry.counter(
+            "ambassador_worker_restarts_total",
+            "Worker processes restarted after they exited unexpectedly.",
+        )
+        self.registry.gauge_callback(
+            "ambassador_workers",
+            "Worker processes running now.",
+            lambda: [({}, float(sum(s.process is not None for s in self.slots)))],
+        )
+        self.registry.gauge_callback(
+            "ambassador_current_env",
+            "1 for the current environment, 0 for the other choices.",
+            lambda: [
+                ({"env": e}, 1.0 if e == self.switch.current else 0.0)
+                for e in self.switch.environments
+            ],
+        )
+
+    # ------------------------------------------------------------ switching
+
+    def apply_switch(self, name: str, source: str) -> SwitchResult:
+        """Decide, log and count a switch once; the workers follow (see :meth:`push_env`)."""
+        result = self.switch.set(name, source)
+        self.env_switches.labels(result=result.result, source=source).inc()
+        if result.refused:
+            log_event(
+                log,
+                "environment switch refused",
+                level=logging.WARNING,
+                event="env_switch",
+                result=result.result,
+                requested=result.requested,
+                source=source,
+                env=result.current,
+                reason=result.reason,
+            )
+        elif result.changed:
+            log_event(
+                log,
+                "environment switched",
+                event="env_switch",
+                result=result.result,
+                previous=result.previous,
+                env=result.current,
+                source=source,
+            )
+        return result
+
+    async def push_env(self) -> None:
+        """Bring every running worker to the current environment (concurrently)."""
+        async with trio.open_nursery() as nursery:
+            for slot in self.slots:
+                nursery.start_soon(self._push_env_one, slot)
+
+    async def _push_env_one(self, slot: _Slot) -> None:
+        env = self.switch.current
+        port = slot.admin_port
+        if env is None or port is None or slot.env == env:
+            return
+        from sidecar_common.httpclient import HttpClientError, request
+
+        with trio.move_on_after(SCRAPE_TIMEOUT):
+            try:
+                resp = await request(
+                    "PUT",
+                    f"http://127.0.0.1:{port}/env",
+                    headers=[("content-type", "application/json")],
+                    body=json.dumps({"env": env}).encode(),
+                )
+            except HttpClientError as exc:
+                log_event(
+                    log,
+                    "env push failed",
+                    level=logging.WARNING,
+                    worker=slot.index,
+                    reason=str(exc),
+                )
+                return
+            if resp.status == 200:
+                slot.env = env
+            else:
+                log_event(
+                    log,
+                    "env push refused",
+                    level=logging.WARNING,
+                    worker=slot.index,
+                    status=resp.status,
+                )
+
+    # ------------------------------------------------------------ admin
+
+    def ready(self) -> tuple[bool, str]:
+        if self.draining:
+            return False, "draining"
+        for slot in self.slots:
+            if slot.process is None or slot.admin_port is None:
+                return False, f"worker {slot.index} not running"
+            if not slot.ready[0]:
+                return False, f"worker {slot.index}: {slot.ready[1]}"
+        env = self.switch.current
+        return True, f"env {env} ({len(self.slots)} workers)"
+
+    async def _get(self, slot: _Slot, path: str) -> tuple[int, str] | None:
+        from sidecar_common.httpclient import HttpClientError, request
+
+        port = slot.admin_port
+        if port is None:
+            return None
+        with trio.move_on_after(SCRAPE_TIMEOUT):
+            try:
+                resp = await request("GET", f"http://127.0.0.1:{port}{path}")
+            except HttpClientError:
+                return None
+            return resp.status, resp.body.decode("utf-8", "replace")
+        return None
+
+    async def metrics(self, request: Request) -> Response:
+        """GET /metrics: the parent's own families, then every worker's, merged."""
+        texts: list[str] = []
+
+        async def scrape(slot: _Slot) -> None:
+            got = await self._get(slot, "/metrics")
+            if got is not None and got[0] == 200:
+                texts.append(got[1])
+
+        async with trio.open_nursery() as nursery:
+            for slot in self.slots:
+                nursery.start_soon(scrape, slot)
+        own = self.registry.render()
+        merged = merge_expositions(texts, skip=PARENT_FAMILIES | self._own_families())
+        return Response(200, (own + merged).encode(), CONTENT_TYPE)
+
+    def _own_families(self) -> set[str]:
+        return {
+            line.split()[2]
+            for line in self.registry.render().splitlines()
+            if line.startswith("# TYPE ")
+        }
+
+    async def put_env(self, request: Request) -> Response:
+        """PUT /env: switch here (validated, logged, counted once), then in every worker."""
+        from .admin_routes import EnvRequestError, parse_env_body
+
+        try:
+            name = parse_env_body(request.body, request.header("content-type"))
+        except EnvRequestError as exc:
+            return json_response(
+                400, {"error": str(exc), "environments": list(self.switch.environments)}
+            )
+        result = self.apply_switch(name, "admin")
+        if result.refused:
+            return json_response(
+                422,
+                {
+                    "error": result.reason,
+                    "env": self.switch.current,
+                    "environments": list(self.switch.environments),
+                },
+            )
+        await self.push_env()
+        body = self.switch.snapshot()
+        body["previous"] = result.previous
+        body["result"] = result.result
+        return json_response(200, body)
+
+    async def get_env(self, request: Request) -> Response:
+        return json_response(200, self.switch.snapshot())
+
+    # ------------------------------------------------------------ running
+
+    async def run(self, lifecycle: Any) -> None:
+        """Serve until the drain, then drain every worker and return."""
+        log_event(
+            log,
+            "starting workers",
+            workers=len(self.slots),
+            env=self.switch.current,
+            listeners=[lst.name for lst in self.cfg.listeners],
+        )
+        async with trio.open_nursery() as background:
+            if self.cfg.admin is not None:
+                app = AdminApp(self.registry, ready=self.ready)
+                app.route("GET", "/metrics", self.metrics)
+                app.route("GET", "/env", self.get_env, loopback_only=True)
+                app.route("PUT", "/env", self.put_env, loopback_only=True)
+                bound = await background.start(
+                    serve_admin, app, self.cfg.admin.host, self.cfg.admin.port
+                )
+                log_event(log, "admin listening", address=f"{self.cfg.admin.host}:{bound}")
+            if self.cfg.env_file is not None:
+                await background.start(self._watch_env_file, self.cfg.env_file)
+            background.start_soon(self._poll_workers)
+            async with trio.open_nursery() as workers:
+                for slot in self.slots:
+                    workers.start_soon(self._supervise, slot)
+                await lifecycle.wait_drain()
+                self.draining = True
+                self._drain.set()
+                for slot in self.slots:
+                    for group in slot.sockets.values():
+                        for s in group:
+                            s.close()
+                    if slot.process is not None:
+                        with contextlib.suppress(OSError):
+                            slot.process.send_signal(signal.SIGTERM)
+                log_event(
+                    log, "draining workers", workers=sum(s.process is not None for s in self.slots)
+                )
+            log_event(log, "workers drained")
+            background.cancel_scope.cancel()
+
+    def _fds(self, slot: _Slot) -> dict[str, list[int]]:
+        return {name: [s.fileno() for s in group] for name, group in slot.sockets.items()}
+
+    async def _supervise(self, slot: _Slot) -> None:
+        """Run worker ``slot`` until the drain, restarting it when it exits."""
+        attempt = 0
+        while not self.draining:
+            started = trio.current_time()
+            status = await self._run_worker(slot)
+            if self.draining:
+                return
+            ran = trio.current_time() - started
+            attempt = 0 if ran >= STABLE_AFTER else attempt + 1
+            delay = RESTART_BACKOFF.delay(attempt, self.rng)
+            self.restarts.inc()
+            slot.restarts += 1
+            log_event(
+                log,
+                "worker exited; restarting",
+                level=logging.ERROR,
+                worker=slot.index,
+                exit_status=status,
+                restart_in=round(delay, 3),
+            )
+            with trio.move_on_after(delay):
+                await self._drain.wait()
+
+    async def _run_worker(self, slot: _Slot) -> int | None:
+        env = self.switch.current
+        cfg = dataclasses.replace(self.cfg, env=env, env_file=None, admin=None, config_file=None)
+        fds = self._fds(slot)
+        spec = WorkerSpec(slot.index, cfg, self.overrides, fds)
+        proc = await trio.lowlevel.open_process(
+            self.command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            pass_fds=[fd for group in fds.values() for fd in group],
+            start_new_session=True,
+        )
+        slot.process = proc
+        slot.env = env
+        slot.ready = (False, "starting")
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            with contextlib.suppress(trio.BrokenResourceError):
+                await proc.stdin.send_all(pickle.dumps(spec))
+            port = None
+            with trio.move_on_after(START_TIMEOUT):
+                port = await _read_port(proc.stdout)
+            if port is None:
+                log_event(log, "worker did not start", level=logging.ERROR, worker=slot.index)
+                proc.kill()
+            else:
+                slot.admin_port = port
+                log_event(log, "worker started", worker=slot.index, pid=proc.pid, admin_port=port)
+                if self.switch.current != env:
+                    await self._push_env_one(slot)
+            return await proc.wait()
+        finally:
+            slot.process = None
+            slot.admin_port = None
+            slot.ready = (False, "exited")
+            if proc.returncode is None:
+                # Cancelled (the drain deadline passed): nothing may outlive the parent.
+                proc.kill()
+                with trio.CancelScope(shield=True):
+                    await proc.wait()
+            with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+                await proc.stdin.aclose()
+            await proc.stdout.aclose()
+
+    async def _poll_workers(self) -> None:
+        """Keep each worker's readiness fresh, and its environment equal to ours."""
+        while True:
+            async with trio.open_nursery() as nursery:
+                for slot in self.slots:
+                    nursery.start_soon(self._poll_one, slot)
+            await trio.sleep(POLL_INTERVAL)
+
+    async def _poll_one(self, slot: _Slot) -> None:
+        got = await self._get(slot, "/readyz")
+        if got is not None:
+            slot.ready = (got[0] == 200, got[1].strip())
+        env_got = await self._get(slot, "/env")
+        if env_got is not None and env_got[0] == 200:
+            with contextlib.suppress(ValueError, AttributeError):
+                slot.env = json.loads(env_got[1]).get("env")
+            if slot.env != self.switch.current:
+                await self._push_env_one(slot)
+
+    async def _watch_env_file(
+        self, path: Path, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        from sidecar_common.filewatch import Change, watch_paths
+
+        from .app import WATCH_DEBOUNCE, WATCH_INTERVAL
+
+        send, receive = trio.open_memory_channel[list[Change]](1)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                lambda task_status: watch_paths(
+                    [path],
+                    send_channel=send,
+                    interval=WATCH_INTERVAL,
+                    debounce=WATCH_DEBOUNCE,
+                    task_status=task_status,
+                )
+            )
+            task_status.started()
+            async for _changes in receive:
+                name = await trio.to_thread.run_sync(read_env_file, path)
+                if name is None:
+                    log_event(
+                        log,
+                        "env file missing or empty; keeping the current environment",
+                        level=logging.WARNING,
+                        path=str(path),
+                        env=self.switch.current,
+                    )
+                    continue
+                self.apply_switch(name, "env_file")
+                await self.push_env()
+
+
+async def _read_port(stream: trio.abc.ReceiveStream) -> int | None:
+    """The worker's first stdout line: ``port N``."""
+    buf = b""
+    while b"\n" not in buf:
+        chunk = await stream.receive_some(64)
+        if not chunk:
+            return None
+        buf += chunk
+    line = buf.split(b"\n", 1)[0].decode("ascii", "replace").split()
+    if len(line) == 2 and line[0] == "port" and line[1].isdigit():
+        return int(line[1])
+    return None
+
+
+def run_workers(
+    cfg: AmbassadorConfig,
+    overrides: Mapping[str, object],
+    workers: int,
+    *,
+    command: Sequence[str] | None = None,
+) -> int:
+    """The ``ambassador run --workers N`` path (N >= 2); returns the exit status."""
+    from sidecar_common.lifecycle import run_sidecar
+
+    sockets = bind_reuseport(cfg, workers)
+    supervisor = Supervisor(cfg, overrides, sockets, command=command)
+    return run_sidecar(
+        supervisor.run, drain_deadline=cfg.drain_timeout + 1.0 + KILL_GRACE, name="ambassador"
+    )
+
+
+# --------------------------------------------------------------------------- worker
+
+
+def worker_main() -> None:
+    """A worker process: read its spec on stdin, serve, report the admin port on stdout."""
+    from sidecar_common.jsonlog import setup_logging
+    from sidecar_common.lifecycle import Lifecycle, run_sidecar
+
+    spec: WorkerSpec = pickle.load(sys.stdin.buffer)
+    setup_logging(spec.config.log_level)
+    sockets = {name: [socket.socket(fileno=fd) for fd in fds] for name, fds in spec.fds.items()}
+
+    async def main(lifecycle: Lifecycle) -> None:
+        from .admin_routes import install_env_routes
+        from .app import Ambassador
+
+        ambassador = Ambassador(spec.config, sockets, overrides=spec.overrides)
+        app = AdminApp(ambassador.registry, ready=ambassador.ready)
+        install_env_routes(app, ambassador.switch, ambassador.apply_switch)
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(serve_admin, app, "127.0.0.1", 0)
+            os.write(1, f"port {port}\n".encode())
+            nursery.start_soon(_drain_when_parent_exits, lifecycle)
+            await ambassador.run(lifecycle)
+            nursery.cancel_scope.cancel()
+
+    raise SystemExit(
+        run_sidecar(main, drain_deadline=spec.config.drain_timeout + 1.0, name="ambassador")
+    )
+
+
+async def _drain_when_parent_exits(lifecycle: Any) -> None:
+    """stdin stays open while the parent lives: EOF means it is gone, so drain."""
+    stdin = trio.lowlevel.FdStream(os.dup(0))
+    try:
+        while await stdin.receive_some(1024):
+            pass
+    finally:
+        await stdin.aclose()
+    lifecycle.start_drain("parent exited")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m ambassador.workers --workers N run --config FILE [--env E] [--admin A]``.
+
+    The stand-alone entry (bench, tests) until ``ambassador run --workers`` exists;
+    ``--worker`` is a worker process (spec on stdin).
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args == ["--worker"]:
+        worker_main()
+        return
+    parser = argparse.ArgumentParser(prog="ambassador")
+    parser.add_argument("--workers", type=int, required=True)
+    parser.add_argument("command", choices=["run"])
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--env", default=None)
+    parser.add_argument("--env-file", type=Path, default=None)
+    parser.add_argument("--admin", default=None)
+    parser.add_argument("--log-level", default=None)
+    parser.add_argument("--worker-command", default=None, help=argparse.SUPPRESS)
+    ns = parser.parse_args(args)
+    from sidecar_common.cli import fail
+    from sidecar_common.jsonlog import setup_logging
+
+    from .cli import build_config
+
+    if ns.workers < 1:
+        fail("ambassador", f"invalid value for --workers: {ns.workers!r} (expected at least 1)")
+    try:
+        cfg, overrides = build_config(
+            config=ns.config,
+            listen=None,
+            backend=None,
+            env=ns.env,
+            env_file=ns.env_file,
+            admin=ns.admin,
+            log_level=ns.log_level,
+        )
+        setup_logging(cfg.log_level)
+        command = json.loads(ns.worker_command) if ns.worker_command else None
+        raise SystemExit(run_workers(cfg, overrides, ns.workers, command=command))
+    except ConfigError as exc:
+        fail("ambassador", str(exc))
+
+
+if __name__ == "__main__":
+    main()

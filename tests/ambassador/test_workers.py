@@ -1,0 +1,265 @@
+"""``--workers``: the metrics merge as a table, then 2 real worker processes end to end.
+
+The end-to-end test runs ``python -m ambassador.workers --workers 2 run --config``
+(the stand-alone entry; ``ambassador run --workers`` calls the same
+``run_workers``) against a real echo backend, and checks what a user sees:
+connections spread over both workers, the parent's /metrics is the exact sum,
+an env switch reaches every worker, a killed worker is replaced, SIGTERM exits 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ambassador.workers import merge_expositions
+from sidecar_common.metrics import Registry, parse_exposition, parse_text
+from tests.ambassador.e2e import TRAILER, EchoServer, http, metrics, recv_all, sample, wait_until
+from tests.support.procs import free_port, stop_pid
+
+# --------------------------------------------------------------------------- merge (pure)
+
+
+def _worker_registry(conns: int, healthy: float, connect: list[float]) -> str:
+    reg = Registry()
+    reg.counter("ambassador_connections_total", "Conns.", ("listener", "outcome")).labels(
+        listener="pg", outcome="closed"
+    ).inc(conns)
+    reg.gauge("ambassador_active_connections", "Active.", ("listener",)).labels(listener="pg").set(
+        conns
+    )
+    reg.gauge("ambassador_endpoint_healthy", "Healthy.", ("endpoint",)).labels(
+        endpoint="10.0.0.1:5432"
+    ).set(healthy)
+    hist = reg.histogram("ambassador_connect_duration_seconds", "Conn.", buckets=(0.001, 0.01))
+    for v in connect:
+        hist.observe(v)
+    reg.counter("admin_http_requests_total", "Admin.", ("path", "code")).labels(
+        path="/metrics", code="200"
+    ).inc(7)
+    return reg.render()
+
+
+def test_merge_sums_counters_gauges_and_histograms() -> None:
+    a = _worker_registry(3, 1.0, [0.0005, 0.005])
+    b = _worker_registry(4, 1.0, [0.05])
+    merged = parse_exposition(merge_expositions([a, b], skip={"admin_http_requests_total"}))
+    s = merged.samples
+    assert (
+        s[("ambassador_connections_total", frozenset({("listener", "pg"), ("outcome", "closed")}))]
+        == 7
+    )
+    assert s[("ambassador_active_connections", frozenset({("listener", "pg")}))] == 7
+    assert s[("ambassador_endpoint_healthy", frozenset({("endpoint", "10.0.0.1:5432")}))] == 1
+    bucket = "ambassador_connect_duration_seconds_bucket"
+    assert s[(bucket, frozenset({("le", "0.001")}))] == 1
+    assert s[(bucket, frozenset({("le", "0.01")}))] == 2
+    assert s[(bucket, frozenset({("le", "+Inf")}))] == 3
+    assert s[("ambassador_connect_duration_seconds_count", frozenset())] == 3
+    assert s[("ambassador_connect_duration_seconds_sum", frozenset())] == pytest.approx(0.0555)
+    assert merged.types["ambassador_connect_duration_seconds"] == "histogram"
+    assert merged.helps["ambassador_connections_total"] == "Conns."
+    assert not any(name.startswith("admin_http") for name, _ in s)
+
+
+def test_merge_health_is_the_minimum_over_workers() -> None:
+    merged = parse_text(
+        merge_expositions([_worker_registry(1, 1.0, []), _worker_registry(1, 0.0, [])])
+    )
+    assert merged[("ambassador_endpoint_healthy", frozenset({("endpoint", "10.0.0.1:5432")}))] == 0
+
+
+def test_merge_is_exact_for_large_counts_and_skips_bad_text() -> None:
+    big = 2**53 - 1
+    text = f'# TYPE x_bytes_total counter\nx_bytes_total{{l="a\\"b"}} {big}\n'
+    merged = merge_expositions([text, "garbage {{{", text])
+    assert f'x_bytes_total{{l="a\\"b"}} {2 * big}' in merged
+    assert merge_expositions([]) == ""
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+class Workers:
+    """``python -m ambassador.workers --workers N run --config FILE``; stderr to a file."""
+
+    def __init__(self, tmp: Path, backend_port: int, workers: int = 2) -> None:
+        self.port = free_port()
+        self.admin = free_port()
+        config = tmp / "ambassador.toml"
+        config.write_text(
+            f"""
+admin = "127.0.0.1:{self.admin}"
+env = "blue"
+drain_timeout = "5s"
+[[listeners]]
+name = "app"
+listen = "127.0.0.1:{self.port}"
+[listeners.environments.blue]
+endpoints = ["127.0.0.1:{backend_port}"]
+[listeners.environments.green]
+endpoints = ["127.0.0.1:{backend_port}"]
+"""
+        )
+        self.log_path = tmp / "workers.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AMBASSADOR_")}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ambassador.workers", "--workers", str(workers), "run",
+             "--config", str(config)],
+            stdout=subprocess.DEVNULL, stderr=self._log, stdin=subprocess.DEVNULL, env=env,
+        )  # fmt: skip
+
+    def events(self, message: str) -> list[dict[str, Any]]:
+        out = []
+        for raw in self.log_path.read_text().splitlines():
+            try:
+                line = json.loads(raw)
+            except json.JSONDecodeError:
+                continue
+            if line.get("message") == message:
+                out.append(line)
+        return out
+
+    def live_workers(self) -> dict[int, dict[str, Any]]:
+        """worker index -> its latest "worker started" event."""
+        latest: dict[int, dict[str, Any]] = {}
+        for ev in self.events("worker started"):
+            latest[ev["worker"]] = ev
+        return latest
+
+    def ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"exited {self.proc.returncode}: {self.log_path.read_text()}")
+        try:
+            return http("GET", f"http://127.0.0.1:{self.admin}/readyz")[0] == 200
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            stop_pid(self.proc.pid, sig=signal.SIGKILL, proc=self.proc)
+        for ev in self.live_workers().values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(ev["pid"], signal.SIGKILL)
+        self._log.close()
+
+
+def echo_once(port: int, payload: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(payload)
+        s.shutdown(socket.SHUT_WR)
+        return recv_all(s)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by its parent) counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_two_workers_end_to_end(tmp_path: Path) -> None:
+    backend = EchoServer()
+    w = Workers(tmp_path, backend.port)
+    try:
+        wait_until(w.ready, timeout=30, what="both workers ready")
+        workers = w.live_workers()
+        assert sorted(workers) == [0, 1]
+
+        # Connections spread over both workers (SO_REUSEPORT hashes the 4-tuple).
+        n, payload = 40, b"x" * 1000
+        for _ in range(n):
+            assert echo_once(w.port, payload) == payload + TRAILER
+        per_worker = []
+        for ev in workers.values():
+            m = metrics(ev["admin_port"])
+            per_worker.append(
+                sample(
+                    m, "ambassador_connections_total", listener="app", env="blue", outcome="closed"
+                )
+            )
+        assert all(c > 0 for c in per_worker), per_worker
+        assert sum(per_worker) == n
+
+        # The parent's /metrics is the exact sum, with its own families once.
+        def merged_done() -> dict[Any, float] | None:
+            m = metrics(w.admin)
+            done = sample(
+                m, "ambassador_connections_total", listener="app", env="blue", outcome="closed"
+            )
+            return m if done == n else None
+
+        m = wait_until(merged_done, what="merged connection count")
+        assert sample(m, "ambassador_received_bytes_total", listener="app", env="blue") == n * len(
+            payload
+        )
+        assert sample(m, "ambassador_sent_bytes_total", listener="app", env="blue") == n * (
+            len(payload) + len(TRAILER)
+        )
+        assert sample(m, "ambassador_workers") == 2
+        assert sample(m, "ambassador_current_env", env="blue") == 1
+
+        # An env switch through the parent reaches every worker, counted once.
+        status, body = http("PUT", f"http://127.0.0.1:{w.admin}/env", b"green")
+        assert status == 200, body
+        for ev in workers.values():
+            status, body = http("GET", f"http://127.0.0.1:{ev['admin_port']}/env")
+            assert json.loads(body)["env"] == "green"
+        m = metrics(w.admin)
+        assert sample(m, "ambassador_env_switches_total", result="switched", source="admin") == 1
+        assert echo_once(w.port, b"after switch") == b"after switch" + TRAILER
+
+        # A worker that dies is replaced on the same socket.
+        victim = workers[0]["pid"]
+        os.kill(victim, signal.SIGKILL)
+        wait_until(
+            lambda: w.live_workers()[0]["pid"] != victim, timeout=20, what="worker restarted"
+        )
+        wait_until(w.ready, timeout=30, what="ready again")
+        m = metrics(w.admin)
+        assert sample(m, "ambassador_worker_restarts_total") == 1
+        assert sample(m, "ambassador_workers") == 2
+        # The new worker starts in the current environment.
+        status, body = http("GET", f"http://127.0.0.1:{w.live_workers()[0]['admin_port']}/env")
+        assert json.loads(body)["env"] == "green"
+        for _ in range(10):
+            assert echo_once(w.port, b"still here") == b"still here" + TRAILER
+
+        # SIGTERM drains everything and exits 0; no worker outlives the parent.
+        pids = [ev["pid"] for ev in w.live_workers().values()]
+        w.proc.send_signal(signal.SIGTERM)
+        assert w.proc.wait(timeout=30) == 0
+        wait_until(lambda: not any(pid_alive(p) for p in pids), timeout=10, what="workers gone")
+        assert w.events("workers drained")
+    finally:
+        w.stop()
+        backend.close()
+
+
+def test_bad_workers_flag_is_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "a.toml"
+    config.write_text('[[listeners]]\nname = "a"\nlisten = "127.0.0.1:1"\n')
+    res = subprocess.run(
+        [sys.executable, "-m", "ambassador.workers", "--workers", "0", "run",
+         "--config", str(config)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert res.returncode == 2
+    assert res.stderr.strip().count("\n") == 0
+    assert "--workers" in res.stderr
