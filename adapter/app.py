@@ -276,7 +276,8 @@ async def serve(settings: AdapterSettings, command: list[str]) -> int:
                     if tailer is not None:
                         await tailer.finish()
                     await dispatcher.close_all()
-                await output.drain(deadline)
+                # However long the flush took, the output gets a moment to write it out.
+                await output.drain(max(deadline, trio.current_time() + 1.0))
                 nursery.cancel_scope.cancel()
         finally:
             if isinstance(output, ForwardOutput):

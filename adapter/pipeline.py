@@ -107,12 +107,13 @@ class Pipeline:
         self._parser: Parser | None = None
         if config.format == "custom":
             self._parser = CustomParser(config.custom_patterns)
-        elif config.format != "auto":
-            if config.format not in FORMATS:
-                raise ConfigError(
-                    "--format", config.format, "auto, custom or one of " + ", ".join(FORMATS)
-                )
+        elif config.format not in FORMATS and config.format != "auto":
+            raise ConfigError(
+                "--format", config.format, "auto, custom or one of " + ", ".join(FORMATS)
+            )
+        elif config.format not in ("auto", "cri", "docker"):
             self._parser = FORMATS[config.format]
+        # cri and docker are wrappers: the line inside is auto-detected like any other.
         if config.schema not in ("ecs", "otel"):
             raise ConfigError("--schema", config.schema, "ecs or otel")
         self._otel = config.schema == "otel"

@@ -109,6 +109,7 @@ def test_cri_multiline_java_trace_inside_container_lines() -> None:
         b"2024-01-02T03:04:05Z stdout F \tat com.x.App.main(App.java:3)",
     ]
     (rec,) = run(p, lines)
+    assert p.stats.parse_failures == 0 and p.stats.by_format == {"java": 1}
     assert rec["error"]["type"] == "java.lang.IllegalStateException"
     assert (
         rec["@timestamp"] == "2024-01-02T03:04:05.123Z"
@@ -228,3 +229,10 @@ def test_a_parser_bug_still_gives_the_line_its_record(monkeypatch: pytest.Monkey
 def test_poll_and_next_deadline_with_nothing_pending() -> None:
     p = make()
     assert p.next_deadline() is None and p.poll(1e9) == [] and p.flush() == []
+
+
+def test_fixed_cri_format_counts_a_foreign_line_once() -> None:
+    p = make(format="cri")
+    (rec,) = run(p, [b'{"msg":"not a CRI line"}'])
+    assert rec["message"] == "not a CRI line"
+    assert p.stats.parse_failures_by_format == {"cri": 1}
