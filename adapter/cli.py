@@ -7,8 +7,9 @@ option defaults to None so that "not given" falls through to the next source.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -17,11 +18,17 @@ from sidecar_common.errors import ConfigError
 from sidecar_common.jsonlog import setup_logging
 
 from . import app as adapter_app
-from .config import load
+from .config import AdapterSettings, load
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
 
-Opt = typer.Option
+HELP = {f.name: str(f.metadata.get("help", "")) for f in dataclasses.fields(AdapterSettings)}
+
+
+def opt(name: str, *decls: str) -> Any:
+    """A flag whose help is the setting's, naming its environment variable too."""
+    flags = decls or ("--" + name.replace("_", "-"),)
+    return typer.Option(*flags, help=f"{HELP[name]} (env ADAPTER_{name.upper()})")
 
 
 @app.command(
@@ -31,56 +38,44 @@ Opt = typer.Option
 )
 def run(
     command: Annotated[list[str] | None, typer.Argument(help="command to run (after --)")] = None,
-    format: Annotated[str | None, Opt("--format", help="auto or a format name")] = None,
-    schema: Annotated[str | None, Opt("--schema", help="ecs or otel")] = None,
-    timezone: Annotated[str | None, Opt("--timezone", help="zone of naive timestamps")] = None,
+    format: Annotated[str | None, opt("format")] = None,
+    schema: Annotated[str | None, opt("schema")] = None,
+    timezone: Annotated[str | None, opt("timezone")] = None,
     keep_original: Annotated[
-        bool | None, Opt("--keep-original/--no-keep-original", help="add event.original")
+        bool | None, opt("keep_original", "--keep-original/--no-keep-original")
     ] = None,
-    pattern: Annotated[
-        list[str] | None, Opt("--pattern", help="custom regex with named groups (repeatable)")
-    ] = None,
-    multiline: Annotated[
-        bool | None, Opt("--multiline/--no-multiline", help="join stack traces")
-    ] = None,
-    continuation: Annotated[
-        str | None, Opt("--continuation", help="regex of lines continuing a record")
-    ] = None,
-    flush_timeout: Annotated[
-        str | None, Opt("--flush-timeout", help="multiline wait, e.g. 500ms")
-    ] = None,
-    field: Annotated[list[str] | None, Opt("--field", help="KEY=VALUE (repeatable)")] = None,
-    redact: Annotated[
-        list[str] | None, Opt("--redact", help="redaction regex (repeatable)")
-    ] = None,
+    pattern: Annotated[list[str] | None, opt("pattern")] = None,
+    multiline: Annotated[bool | None, opt("multiline", "--multiline/--no-multiline")] = None,
+    continuation: Annotated[str | None, opt("continuation")] = None,
+    flush_timeout: Annotated[str | None, opt("flush_timeout")] = None,
+    field: Annotated[list[str] | None, opt("field")] = None,
+    redact: Annotated[list[str] | None, opt("redact")] = None,
     redact_defaults: Annotated[
         bool | None,
-        Opt("--redact-defaults/--no-redact-defaults", help="passwords, tokens, card numbers"),
+        opt("redact_defaults", "--redact-defaults/--no-redact-defaults"),
     ] = None,
-    output: Annotated[str | None, Opt("--output", help="stdout or forward")] = None,
-    forward_host: Annotated[str | None, Opt("--forward-host")] = None,
-    forward_port: Annotated[str | None, Opt("--forward-port")] = None,
-    forward_socket: Annotated[str | None, Opt("--forward-socket")] = None,
-    forward_tag: Annotated[str | None, Opt("--forward-tag")] = None,
-    forward_ack_timeout: Annotated[str | None, Opt("--forward-ack-timeout")] = None,
-    forward_retry_max: Annotated[str | None, Opt("--forward-retry-max")] = None,
-    forward_chunk_records: Annotated[str | None, Opt("--forward-chunk-records")] = None,
-    buffer_dir: Annotated[str | None, Opt("--buffer-dir")] = None,
-    buffer_max_bytes: Annotated[str | None, Opt("--buffer-max-bytes")] = None,
-    buffer_memory_bytes: Annotated[str | None, Opt("--buffer-memory-bytes")] = None,
-    drop_policy: Annotated[
-        str | None, Opt("--drop-policy", help="block, drop-newest or drop-oldest")
+    output: Annotated[str | None, opt("output")] = None,
+    forward_host: Annotated[str | None, opt("forward_host")] = None,
+    forward_port: Annotated[str | None, opt("forward_port")] = None,
+    forward_socket: Annotated[str | None, opt("forward_socket")] = None,
+    forward_tag: Annotated[str | None, opt("forward_tag")] = None,
+    forward_ack_timeout: Annotated[str | None, opt("forward_ack_timeout")] = None,
+    forward_retry_max: Annotated[str | None, opt("forward_retry_max")] = None,
+    forward_chunk_records: Annotated[str | None, opt("forward_chunk_records")] = None,
+    buffer_dir: Annotated[str | None, opt("buffer_dir")] = None,
+    buffer_max_bytes: Annotated[str | None, opt("buffer_max_bytes")] = None,
+    buffer_memory_bytes: Annotated[str | None, opt("buffer_memory_bytes")] = None,
+    drop_policy: Annotated[str | None, opt("drop_policy")] = None,
+    tail: Annotated[list[str] | None, opt("tail")] = None,
+    checkpoint: Annotated[str | None, opt("checkpoint")] = None,
+    tail_interval: Annotated[str | None, opt("tail_interval")] = None,
+    max_line_bytes: Annotated[str | None, opt("max_line_bytes")] = None,
+    admin: Annotated[str | None, opt("admin")] = None,
+    log_level: Annotated[str | None, opt("log_level")] = None,
+    drain_timeout: Annotated[str | None, opt("drain_timeout")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="TOML config file (keys: the flag names)")
     ] = None,
-    tail: Annotated[list[str] | None, Opt("--tail", help="glob of files to tail")] = None,
-    checkpoint: Annotated[str | None, Opt("--checkpoint", help="tail checkpoint file")] = None,
-    tail_interval: Annotated[str | None, Opt("--tail-interval")] = None,
-    max_line_bytes: Annotated[str | None, Opt("--max-line-bytes")] = None,
-    admin: Annotated[
-        str | None, Opt("--admin", help="HOST:PORT of /healthz /readyz /metrics")
-    ] = None,
-    log_level: Annotated[str | None, Opt("--log-level")] = None,
-    drain_timeout: Annotated[str | None, Opt("--drain-timeout")] = None,
-    config: Annotated[Path | None, Opt("--config", help="TOML config file")] = None,
 ) -> None:
     values = dict(locals())
     cmd = list(values.pop("command") or [])

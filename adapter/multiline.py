@@ -6,8 +6,8 @@ whether that line continues the record. It knows:
 - Python tracebacks: ``Traceback (most recent call last):``, indented frames,
   the exception line, and chained exceptions (``The above exception was the
   direct cause...`` / ``During handling...``) with their blank lines. A
-  traceback right after an error-level log line (``logger.exception``) joins that
-  line's record; otherwise it is a record of its own.
+  traceback right after a warning-or-worse log line (``logger.exception``,
+  ``exc_info=True``) joins that line's record; otherwise it is a record of its own.
 - Java: ``\\tat`` frames, ``Caused by:``, ``Suppressed:``, ``... N more``, and
   the exception header line right after a log line (logback/log4j print it there).
 - Go: ``panic:``/``fatal error:`` followed by goroutine dumps.
@@ -46,21 +46,10 @@ _GO_LINE = re.compile(
     r"|\.\.\.additional frames elided\.\.\.|\[recovered\].*",
     re.DOTALL,
 )
+# Levels after which a Python traceback joins the pending line (logger.exception, exc_info=True).
 _ERROR_LEVELS = frozenset(
-    {
-        "error",
-        "err",
-        "e",
-        "critical",
-        "crit",
-        "fatal",
-        "f",
-        "severe",
-        "alert",
-        "emerg",
-        "panic",
-        "exception",
-    }
+    {"warning", "warn", "error", "err", "e", "critical", "crit", "fatal", "f", "severe", "alert"}
+    | {"emerg", "panic", "exception"}
 )
 
 

@@ -41,6 +41,7 @@ import select
 import socket
 import threading
 import time
+from collections.abc import Mapping
 from typing import Final, Literal
 
 import trio
@@ -58,6 +59,7 @@ __all__ = [
     "can_splice",
     "relay",
     "relay_mode",
+    "relay_threads",
 ]
 
 log = get_logger("ambassador.fastrelay")
@@ -83,7 +85,7 @@ _EPOLLOUT: Final = select.EPOLLOUT if _HAS_SPLICE else 4
 _EPOLLERRHUP: Final = (select.EPOLLERR | select.EPOLLHUP) if _HAS_SPLICE else 24
 
 
-def relay_mode(environ: dict[str, str] | None = None) -> str:
+def relay_mode(environ: Mapping[str, str] | None = None) -> str:
     """The relay in use: ``splice`` (default where available) or ``stream``."""
     env = os.environ if environ is None else environ
     wanted = env.get("AMBASSADOR_RELAY", "splice").strip().lower() or "splice"
@@ -264,7 +266,7 @@ class SpliceHub:
                     with self.lock:
                         self.step(self.epoll.poll(0))
             thread = threading.Thread(
-                target=self._thread_main, name="ambassador-splice-hub", daemon=True
+                target=self._thread_main, name="ambassador-relay", daemon=True
             )
             thread.start()
             try:
@@ -427,19 +429,41 @@ class SpliceHub:
                 self.epoll.modify(conn.fds[i], mask)
 
 
-_HUB: trio.lowlevel.RunVar[SpliceHub] = trio.lowlevel.RunVar("ambassador_splice_hub")
+_HUBS: trio.lowlevel.RunVar[list[SpliceHub]] = trio.lowlevel.RunVar("ambassador_splice_hubs")
+
+
+def relay_threads(environ: Mapping[str, str] | None = None) -> int:
+    """How many hub threads (``AMBASSADOR_RELAY_THREADS``, default 1)."""
+    env = os.environ if environ is None else environ
+    text = env.get("AMBASSADOR_RELAY_THREADS", "").strip() or "1"
+    if not text.isdigit() or not 1 <= int(text) <= 64:
+        from sidecar_common.errors import ConfigError
+
+        raise ConfigError("AMBASSADOR_RELAY_THREADS", text, "an integer from 1 to 64")
+    return int(text)
+
+
+def hubs() -> list[SpliceHub]:
+    """The hubs of the current trio run, started on first use as system tasks."""
+    try:
+        return _HUBS.get()
+    except LookupError:
+        pass
+    threaded = relay_mode() == "splice"
+    count = relay_threads() if threaded else 1
+    started = [SpliceHub(threaded=threaded) for _ in range(count)]
+    _HUBS.set(started)
+    for i, hub in enumerate(started):
+        trio.lowlevel.spawn_system_task(hub.run, name=f"ambassador.fastrelay.hub-{i}")
+    return started
 
 
 def _hub() -> SpliceHub:
-    """The hub of the current trio run, started on first use as a system task."""
-    try:
-        return _HUB.get()
-    except LookupError:
-        pass
-    hub = SpliceHub(threaded=relay_mode() == "splice")
-    _HUB.set(hub)
-    trio.lowlevel.spawn_system_task(hub.run, name="ambassador.fastrelay.hub")
-    return hub
+    """The least loaded hub (one connection = two fds in ``by_fd``)."""
+    all_hubs = hubs()
+    if len(all_hubs) == 1:
+        return all_hubs[0]
+    return min(all_hubs, key=lambda h: len(h.by_fd))
 
 
 # --------------------------------------------------------------------------- relay

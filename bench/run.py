@@ -193,7 +193,11 @@ def start_direct(backends: Backends, workdir: Path) -> tuple[Proxy, list[subproc
 
 
 def start_ambassador(
-    backends: Backends, workdir: Path, workers: int = 1, relay: str = "splice"
+    backends: Backends,
+    workdir: Path,
+    workers: int = 1,
+    relay: str = "splice",
+    threads: int = 1,
 ) -> tuple[Proxy, list[subprocess.Popen[bytes]]]:
     """The ambassador from a TOML config (the shell's keys), through bench/ambassador_launch.py.
 
@@ -213,7 +217,7 @@ listen = "127.0.0.1:{ports[kind]}"
 endpoints = ["127.0.0.1:{backends.target(kind)}"]
 """
         )
-    tag = f"{relay}-{workers}"
+    tag = f"{relay}-{workers}-{threads}"
     config = workdir / f"ambassador-{tag}.toml"
     config.write_text("".join(lines))
     out = open(workdir / f"ambassador-{tag}.log", "wb")  # noqa: SIM115
@@ -221,11 +225,13 @@ endpoints = ["127.0.0.1:{backends.target(kind)}"]
     if workers > 1:
         argv += ["--workers", str(workers)]
     argv += ["run", "--config", str(config)]
-    env = {**os.environ, "AMBASSADOR_RELAY": relay}
+    env = {**os.environ, "AMBASSADOR_RELAY": relay, "AMBASSADOR_RELAY_THREADS": str(threads)}
     proc = subprocess.Popen(argv, stdout=out, stderr=out, env=env)
     for port in ports.values():
         wait_for_port("127.0.0.1", port, proc=proc)
     name = "ambassador" if relay == "splice" else f"ambassador-{relay}"
+    if threads > 1:
+        name += f"-t{threads}"
     if workers > 1:
         name += f"-w{workers}"
     return Proxy(name, ports, proc.pid, admin=admin), [proc]
@@ -341,6 +347,7 @@ STARTERS: dict[str, Callable[[Backends, Path], tuple[Proxy, list[subprocess.Pope
     "ambassador-stream": lambda b, w: start_ambassador(b, w, relay="stream"),
     "ambassador-splice-loop": lambda b, w: start_ambassador(b, w, relay="splice-loop"),
     "ambassador-w2": lambda b, w: start_ambassador(b, w, workers=2),
+    "ambassador-t2": lambda b, w: start_ambassador(b, w, threads=2),
     "haproxy": start_haproxy,
     "envoy": start_envoy,
 }

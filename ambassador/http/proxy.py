@@ -169,13 +169,14 @@ class _RequestBody:
     so is never retried once sent.
     """
 
-    def __init__(self, client: _Client, limit: int) -> None:
+    def __init__(self, client: _Client, limit: int, *, complete: bool = False) -> None:
         self.client = client
         self.limit = limit
         self.kept: list[bytes] = []
         self.size = 0
         self.consumed = False
-        self.complete = False
+        #: True once the app's EndOfMessage was read (at once for a request without a body).
+        self.complete = complete
         self.overflow = False
 
     @property
@@ -188,9 +189,8 @@ class _RequestBody:
                 yield chunk
             return
         self.consumed = True
-        if self.client.conn.their_state is h11.DONE:
-            self.complete = True  # a request without a body, already read to its end
-            return
+        if self.complete:
+            return  # a request without a body, already read to its end
         while True:
             event = await self.client.next_event()
             if isinstance(event, h11.Data):
@@ -481,7 +481,7 @@ class HttpProxy:
     ) -> _Done:
         budget = self._budget(route.env)
         budget.record_request(trio.current_time())
-        body = _RequestBody(c, self.settings.retry.replay_buffer)
+        body = _RequestBody(c, self.settings.retry.replay_buffer, complete=not _has_body(req))
         tried: set[tuple[str, int]] = set()
         retries = 0
         last: _Failed | None = None

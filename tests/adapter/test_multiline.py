@@ -212,3 +212,16 @@ def test_runaway_continuation_is_bounded() -> None:
     assert len(out) == 2
     assert out[0]["message"].count("\n") == multiline.MAX_LINES - 1
     assert p.stats.lines_in == len(lines)
+
+
+def test_traceback_after_a_warning_with_exc_info_joins_it() -> None:
+    lines = [
+        "WARNING:app:retrying",
+        "Traceback (most recent call last):",
+        '  File "x"',
+        "OSError: x",
+    ]
+    _, out = run(lines)
+    assert (
+        len(out) == 1 and out[0]["error"]["type"] == "OSError" and out[0]["log"]["level"] == "warn"
+    )

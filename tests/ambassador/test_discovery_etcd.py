@@ -11,7 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -22,6 +22,7 @@ import trio
 import trio.testing
 
 from ambassador.cluster import Cluster
+from ambassador.config import EnvironmentConfig, HealthCheckConfig, ListenerConfig
 from ambassador.discovery_etcd import (
     Discovered,
     apply_snapshots,
@@ -31,8 +32,11 @@ from ambassador.discovery_etcd import (
     select_endpoints,
 )
 from ambassador.endpoint import Address
+from ambassador.listener import ListenerRuntime, Metrics, bind_socket
+from ambassador.switch import EnvSwitch
 from sidecar_common.etcd import EtcdClient, ServiceInstance
 from sidecar_common.metrics import Registry
+from sidecar_common.netaddr import HostPort
 from sidecar_common.retry import Backoff
 from tests.support.etcd import EtcdServer, free_port
 from watcher.probes import HealthState
@@ -493,3 +497,85 @@ async def test_watchers_register_and_ambassador_discovers(
     finally:
         app_a.close()
         app_k.close()
+
+
+# ---------------------------------------------------------------------------
+# Traffic: a real listener routes to whatever discovery found.
+
+
+def named_backend(name: bytes) -> Callable[[trio.SocketStream], Awaitable[None]]:
+    async def handler(stream: trio.SocketStream) -> None:
+        try:
+            await stream.send_all(name)
+        except trio.BrokenResourceError:
+            pass
+        finally:
+            await stream.aclose()
+
+    return handler
+
+
+async def answer_through(port: int) -> bytes:
+    """Connect through the ambassador and read what the upstream says (b"" if refused)."""
+    with trio.fail_after(10):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        chunks = []
+        try:
+            while data := await stream.receive_some():
+                chunks.append(data)
+        except trio.BrokenResourceError:
+            pass
+        finally:
+            await stream.aclose()
+    return b"".join(chunks)
+
+
+@pytest.mark.slow
+async def test_listener_routes_to_discovered_instances(etcd: EtcdServer) -> None:
+    client = EtcdClient(etcd.url)
+    async with trio.open_nursery() as nursery:
+        ports = {}
+        for name in (b"A", b"B"):
+            listeners = await nursery.start(
+                partial(trio.serve_tcp, named_backend(name), 0, host="127.0.0.1")
+            )
+            ports[name] = int(listeners[0].socket.getsockname()[1])
+
+        def reg(name: bytes) -> Registration:
+            inst = ServiceInstance(
+                service="api", instance=f"pod-{name.decode()}", address="127.0.0.1",
+                port=ports[name], environment="prod",
+            )  # fmt: skip
+            return Registration(client, "/services", inst, ttl=5)
+
+        config = ListenerConfig(
+            name="api",
+            listen=HostPort("127.0.0.1", 0),
+            environments={"prod": EnvironmentConfig("prod", ())},
+            health_check=HealthCheckConfig(type="none"),
+        )
+        metrics = Metrics(Registry())
+        switch = EnvSwitch(["prod"], "prod")
+        metrics.switch = switch
+        async with discovering(etcd.url, "/services/api", environment="prod") as cluster:
+            runtime = ListenerRuntime(config, {"prod": cluster}, switch, metrics)
+            sock = bind_socket("127.0.0.1", 0)
+            port = int(sock.getsockname()[1])
+            await nursery.start(
+                lambda task_status: runtime.serve(
+                    [sock], handler_nursery=nursery, task_status=task_status
+                )
+            )
+            # Nothing registered: fail fast.
+            assert await answer_through(port) == b""
+            ra, rb = reg(b"A"), reg(b"B")
+            nursery.start_soon(ra.run)
+            await ra.registered()
+            await until_addresses(cluster, {("127.0.0.1", ports[b"A"])}, WITHIN_A_SECOND)
+            assert await answer_through(port) == b"A"
+            nursery.start_soon(rb.run)
+            await rb.registered()
+            await ra.deregister()
+            await until_addresses(cluster, {("127.0.0.1", ports[b"B"])}, WITHIN_A_SECOND)
+            assert {await answer_through(port) for _ in range(4)} == {b"B"}
+        nursery.cancel_scope.cancel()

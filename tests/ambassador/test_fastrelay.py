@@ -115,7 +115,7 @@ async def wait_result(p: Proxy) -> RelayResult:
 
 
 def hub() -> fastrelay.SpliceHub:
-    h = fastrelay._HUB.get()
+    (h,) = fastrelay._HUBS.get()
     assert h.threaded == (os.environ["AMBASSADOR_RELAY"] == "splice")
     return h
 
