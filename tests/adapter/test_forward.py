@@ -18,8 +18,12 @@ import pytest
 import trio
 import trio.testing
 
+from adapter.app import register_metrics
 from adapter.buffer import ChunkQueue
+from adapter.inputs import Dispatcher
 from adapter.outputs.forward import ForwardOutput, connect_tcp, connect_unix, encode_entry
+from adapter.pipeline import Pipeline, PipelineConfig
+from sidecar_common.metrics import Registry, parse_text
 from sidecar_common.retry import Backoff
 from tests.support.fluentd import ForwardReceiver, _ext_hook
 from tests.support.procs import free_port
@@ -305,3 +309,41 @@ def test_command_leaves_records_on_disk_and_next_start_delivers(tmp_path: Path) 
     assert [r["message"] for r in receiver.unique_records()] == [f"m{i}" for i in range(14)]
     assert {e.tag for e in receiver.events} == {"shop.web"}
     assert chunk_files(buffer_dir) == []
+
+
+def test_otel_records_carry_their_timestamp_too() -> None:
+    entry = msgpack.unpackb(
+        encode_entry({"timestamp": "2024-05-01T12:00:00.5Z", "body": "x"}, 0.0),
+        ext_hook=_ext_hook,
+    )
+    assert entry[0] == pytest.approx(1714564800.5)
+
+
+async def test_buffered_and_dropped_records_are_published_as_metrics(tmp_path: Path) -> None:
+    port = free_port()  # nobody listens there
+    out = make_output(connect_tcp("127.0.0.1", port), tmp_path, memory=1, disk=1)
+    out._queue.drop_policy = "drop-oldest"
+    cfg = PipelineConfig(environ={}, multiline=False)
+    disp = Dispatcher(lambda: Pipeline(cfg), out, max_line_bytes=1024)
+    registry = Registry()
+    register_metrics(registry, disp, out)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(out.run)
+        source = disp.open("stdout")
+        await disp.feed(source, b"".join(b'{"msg":"%d"}\n' % i for i in range(30)))
+        await eventually(lambda: out.stats.retried > 0, 20)
+        nursery.cancel_scope.cancel()
+    metrics = parse_text(registry.render())
+    fwd = ("output", "forward")
+    assert metrics[("adapter_lines_total", frozenset({("stream", "stdout")}))] == 30
+    assert metrics[("adapter_records_total", frozenset({("format", "json")}))] == 30
+    # Memory holds one chunk, the disk none: the two older chunks gave way.
+    assert (
+        metrics[("adapter_dropped_records_total", frozenset({fwd, ("reason", "drop-oldest")}))]
+        == 10
+    )
+    assert metrics[("adapter_buffered_records", frozenset({fwd, ("where", "memory")}))] == 20
+    assert metrics[("adapter_buffered_records", frozenset({fwd, ("where", "disk")}))] == 0
+    assert metrics[("adapter_output_queue_records", frozenset({fwd}))] == 20
+    assert metrics[("adapter_retried_records_total", frozenset({fwd}))] >= 10
+    assert metrics[("adapter_delivered_records_total", frozenset({fwd}))] == 0

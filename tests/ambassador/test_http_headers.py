@@ -199,3 +199,39 @@ def test_header_files_reread_on_change(tmp_path: Path) -> None:
     secret.write_text("line one\nline two\n")
     assert files.current(4.0) == []  # a header value cannot hold a newline
     assert "authorization" in files.problems
+
+
+_names = st.sampled_from(
+    [b"connection", b"keep-alive", b"te", b"trailer", b"upgrade", b"transfer-encoding",
+     b"proxy-connection", b"x-request-id", b"traceparent", b"tracestate", b"host",
+     b"content-length", b"x-a", b"x-b", b"authorization"]
+)  # fmt: skip
+_values = st.sampled_from(
+    [b"close", b"x-a", b"upgrade", b"websocket", b"chunked", b"1", b"", TP, b"k=v, x-b"]
+)
+
+
+@given(st.lists(st.tuples(_names, _values), max_size=12))
+def test_request_policy_invariants(headers: list[tuple[bytes, bytes]]) -> None:
+    """Whatever the app sends: one request id, one valid traceparent, one Host at most,
+    injected values win, and no hop-by-hop header survives unless it frames or upgrades."""
+    out = prepare_request_headers(
+        headers, ids=ids(), injected=[(b"authorization", b"Bearer injected")]
+    )
+    got = out.headers
+    assert names(got).count(b"x-request-id") == 1
+    assert names(got).count(b"traceparent") == 1
+    tp = value(got, b"traceparent")
+    assert tp is not None and parse_traceparent(tp) is not None
+    assert names(got).count(b"host") <= 1
+    assert value(got, b"authorization") == b"Bearer injected"
+    named = {t.strip().lower() for n, v in headers if n == b"connection" for t in v.split(b",")}
+    for name in names(got):
+        if name in (b"connection", b"upgrade"):
+            assert out.upgrade
+        elif name == b"transfer-encoding":
+            assert value(got, name) == b"chunked"
+        else:
+            assert name not in {b"keep-alive", b"te", b"trailer", b"proxy-connection"}
+            injected_or_ours = name in (b"authorization", b"x-request-id", b"traceparent", b"host")
+            assert injected_or_ours or name not in named

@@ -53,7 +53,14 @@ class RunAs:
             entry = pwd.getpwnam(PG_USER)
         except KeyError:
             subprocess.run(
-                ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", PG_USER],
+                [
+                    "useradd",
+                    "--system",
+                    "--no-create-home",
+                    "--shell",
+                    "/usr/sbin/nologin",
+                    PG_USER,
+                ],
                 check=True,
             )
             entry = pwd.getpwnam(PG_USER)
@@ -84,13 +91,18 @@ class PostgresCluster:
     replicas: list[PostgresCluster] = field(default_factory=list, repr=False)
 
     def _in_netns(self, argv: list[str], *, as_server_user: bool) -> tuple[list[str], RunAs]:
-        """argv and the account to start it as, run as the server user and inside ``netns`` when set."""
+        """argv and the account to start it as: the server user, inside ``netns`` when set."""
         nobody_changes = RunAs(None, None)
         if self.netns is None:
             return argv, (self.run_as if as_server_user else nobody_changes)
         prefix = ["ip", "netns", "exec", self.netns]
         if as_server_user and self.run_as.uid is not None:
-            prefix += ["setpriv", f"--reuid={self.run_as.uid}", f"--regid={self.run_as.gid}", "--clear-groups"]
+            prefix += [
+                "setpriv",
+                f"--reuid={self.run_as.uid}",
+                f"--regid={self.run_as.gid}",
+                "--clear-groups",
+            ]
         return prefix + argv, nobody_changes
 
     @property
@@ -102,14 +114,23 @@ class PostgresCluster:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
 
-    def dsn(self, *, user: str = PG_USER, dbname: str = "postgres", host: str | None = None, port: int | None = None) -> str:
+    def dsn(
+        self,
+        *,
+        user: str = PG_USER,
+        dbname: str = "postgres",
+        host: str | None = None,
+        port: int | None = None,
+    ) -> str:
         return f"postgresql://{user}@{host or self.host}:{port or self.port}/{dbname}"
 
     def start(self, *, timeout: float = 30.0) -> None:
         if self.pid is not None:
             return
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
-        argv, account = self._in_netns([f"{self.bindir}/postgres", "-D", str(self.datadir)], as_server_user=True)
+        argv, account = self._in_netns(
+            [f"{self.bindir}/postgres", "-D", str(self.datadir)], as_server_user=True
+        )
         self.proc = subprocess.Popen(
             argv,
             stdout=log,
@@ -133,7 +154,7 @@ class PostgresCluster:
             time.sleep(0.1)
 
     def stop(self, *, mode: str = "fast") -> None:
-        """Stop by PID: SIGTERM is smart, SIGINT fast, SIGQUIT immediate (PostgreSQL's own meanings)."""
+        """Stop by PID: SIGTERM smart, SIGINT fast, SIGQUIT immediate (PostgreSQL's meanings)."""
         if self.proc is None:
             return
         sig = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": signal.SIGQUIT}[mode]
@@ -158,8 +179,23 @@ class PostgresCluster:
     def _psql_raw(self, sql: str, *, dbname: str = "postgres") -> subprocess.CompletedProcess[str]:
         argv, _ = self._in_netns(
             [
-                require_binary("psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
-                "-h", self.host, "-p", str(self.port), "-U", PG_USER, "-d", dbname, "-c", sql,
+                require_binary("psql"),
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                self.host,
+                "-p",
+                str(self.port),
+                "-U",
+                PG_USER,
+                "-d",
+                dbname,
+                "-c",
+                sql,
             ],
             as_server_user=False,
         )
@@ -184,8 +220,19 @@ class PostgresCluster:
         self.run_as.chown(datadir.parent)
         subprocess.run(
             [
-                f"{self.bindir}/pg_basebackup", "-h", self.host, "-p", str(self.port), "-U", PG_USER,
-                "-D", str(datadir), "-R", "-X", "stream", "--checkpoint=fast",
+                f"{self.bindir}/pg_basebackup",
+                "-h",
+                self.host,
+                "-p",
+                str(self.port),
+                "-U",
+                PG_USER,
+                "-D",
+                str(datadir),
+                "-R",
+                "-X",
+                "stream",
+                "--checkpoint=fast",
             ],
             check=True,
             capture_output=True,
@@ -196,7 +243,9 @@ class PostgresCluster:
         port = free_port()
         with open(datadir / "postgresql.auto.conf", "a") as conf:
             conf.write(f"port = {port}\ncluster_name = '{name}'\n")
-        replica = PostgresCluster(name=name, datadir=datadir, port=port, bindir=self.bindir, run_as=self.run_as)
+        replica = PostgresCluster(
+            name=name, datadir=datadir, port=port, bindir=self.bindir, run_as=self.run_as
+        )
         self.replicas.append(replica)  # so the fixture that made this cluster stops them too
         replica.start()
         return replica
@@ -224,7 +273,18 @@ def init_cluster(
     run_as.chown(base)
     datadir = base / "data"
     subprocess.run(
-        [f"{bindir}/initdb", "-D", str(datadir), "-U", PG_USER, "--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C"],
+        [
+            f"{bindir}/initdb",
+            "-D",
+            str(datadir),
+            "-U",
+            PG_USER,
+            "--auth=trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
+            "--locale=C",
+        ],
         check=True,
         capture_output=True,
         user=run_as.uid,
@@ -255,12 +315,16 @@ log_disconnections = on
         )
     with open(datadir / "pg_hba.conf", "w") as hba:
         hba.write(
-            "local all all trust\n"
-            f"host all all {trust} trust\n"
-            f"host replication all {trust} trust\n"
+            f"local all all trust\nhost all all {trust} trust\nhost replication all {trust} trust\n"
         )
     return PostgresCluster(
-        name=name, datadir=datadir, port=port, bindir=bindir, run_as=run_as, host=listen, netns=netns
+        name=name,
+        datadir=datadir,
+        port=port,
+        bindir=bindir,
+        run_as=run_as,
+        host=listen,
+        netns=netns,
     )
 
 

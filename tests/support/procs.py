@@ -67,12 +67,16 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(host: str, port: int, *, timeout: float = 15.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for_port(
+    host: str, port: int, *, timeout: float = 15.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     """Block until something accepts on host:port, or raise TimeoutError."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process {proc.pid} exited with {proc.returncode} before listening on {port}")
+            raise RuntimeError(
+                f"process {proc.pid} exited with {proc.returncode} before listening on {port}"
+            )
         try:
             with socket.create_connection((host, port), timeout=0.5):
                 return
@@ -81,7 +85,13 @@ def wait_for_port(host: str, port: int, *, timeout: float = 15.0, proc: subproce
     raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
 
 
-def stop_pid(pid: int, *, sig: int = signal.SIGTERM, timeout: float = 10.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+def stop_pid(
+    pid: int,
+    *,
+    sig: int = signal.SIGTERM,
+    timeout: float = 10.0,
+    proc: subprocess.Popen[bytes] | None = None,
+) -> None:
     """Stop the process ``pid`` with ``sig``, then SIGKILL after ``timeout``."""
     try:
         os.kill(pid, sig)
