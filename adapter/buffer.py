@@ -47,7 +47,7 @@ class Chunk:
     size: int
     payload: bytes | None = None
     path: Path | None = None
-    sent: int = 0  # times it went on the wire (more than once = retried)
+    sent: int = 0  # delivery attempts so far (more than one = retried)
 
     @staticmethod
     def new_id() -> str:

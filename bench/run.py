@@ -135,6 +135,11 @@ def start_backends(workdir: Path) -> Iterator[Backends]:
     www = workdir / "www"
     www.mkdir()
     (www / "1k").write_bytes(b"x" * 1024)
+    # nginx's worker runs as an unprivileged user: it must be able to read the
+    # page (a private temp dir gave 403s, i.e. wrk measured error pages).
+    for path in (workdir, www):
+        os.chmod(path, 0o755)
+    os.chmod(www / "1k", 0o644)
     conf = workdir / "nginx.conf"
     conf.write_text(
         f"""
@@ -398,27 +403,21 @@ def _pgbench(proxy: Proxy, duration: float, clients: int, connect_each: bool) ->
 
 
 def _iperf(proxy: Proxy, duration: float, streams: int) -> float:
-    res = subprocess.run(
-        [
-            "iperf3",
-            "-c",
-            "127.0.0.1",
-            "-p",
-            str(proxy.ports["iperf"]),
-            "-t",
-            str(max(1, int(duration))),
-            "-P",
-            str(streams),
-            "-J",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=duration + 60,
-    )
-    if res.returncode != 0:
-        raise RuntimeError(f"iperf3 via {proxy.name} failed: {res.stdout[-300:]}")
-    data = json.loads(res.stdout)
-    return float(data["end"]["sum_received"]["bits_per_second"]) / 1e9
+    argv = ["iperf3", "-c", "127.0.0.1", "-p", str(proxy.ports["iperf"]),
+            "-t", str(max(1, int(duration))), "-P", str(streams), "-J"]  # fmt: skip
+    for attempt in range(4):
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
+        try:
+            data = json.loads(res.stdout)
+        except json.JSONDecodeError:
+            data = {"error": res.stdout[-300:] + res.stderr[-300:]}
+        if "error" not in data and res.returncode == 0:
+            return float(data["end"]["sum_received"]["bits_per_second"]) / 1e9
+        # iperf3 serves one test at a time: "the server is busy" while the
+        # previous test's connections are still being torn down. Wait, retry.
+        log(f"iperf3 via {proxy.name}: {data.get('error')!r}; retrying")
+        time.sleep(1.0 + attempt)
+    raise RuntimeError(f"iperf3 via {proxy.name} failed: {data.get('error')!r}")
 
 
 def _wrk(proxy: Proxy, duration: float) -> float:
@@ -440,7 +439,10 @@ def _wrk(proxy: Proxy, duration: float) -> float:
     m = re.search(r"Requests/sec:\s+([\d.]+)", res.stdout)
     if res.returncode != 0 or not m:
         raise RuntimeError(f"wrk via {proxy.name} failed: {res.stdout[-300:]} {res.stderr[-300:]}")
-    if "Non-2xx" in res.stdout or "Socket errors" in res.stdout:
+    if "Non-2xx" in res.stdout:
+        # Error pages are not the 1 KiB workload: a broken setup, not a number.
+        raise RuntimeError(f"wrk via {proxy.name} got error responses: {res.stdout[-300:]}")
+    if "Socket errors" in res.stdout:
         log(f"wrk via {proxy.name}: {res.stdout.strip().splitlines()[-3:]}")
     return float(m.group(1))
 

@@ -315,15 +315,17 @@ class ForwardOutput:
                     self._chunk_ready = trio.Event()
                     await self._chunk_ready.wait()
                     continue
+                # Every attempt after the first counts as a retry of the chunk's
+                # records, whether it failed to connect, to send, or to get its ack.
+                if chunk.sent:
+                    self.stats.retried += chunk.records
+                chunk.sent += 1
                 try:
                     if stream is None:
                         with trio.fail_after(self._connect_timeout):
                             stream = await self._connect()
                         unpacker = msgpack.Unpacker(raw=False, max_buffer_size=MAX_ACK_BUFFER)
                     assert unpacker is not None and chunk.payload is not None
-                    if chunk.sent:
-                        self.stats.retried += chunk.records
-                    chunk.sent += 1
                     with trio.fail_after(self._ack_timeout):
                         await stream.send_all(chunk.payload)
                         await _receive_ack(stream, unpacker, chunk.chunk_id)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,6 +105,7 @@ class _Client:
     def __init__(self, stream: trio.abc.Stream, max_header_bytes: int) -> None:
         self.stream = stream
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_bytes)
+        self._out = bytearray()
 
     async def next_event(self) -> Any:
         while True:
@@ -118,12 +119,23 @@ class _Client:
             self.conn.receive_data(bytes(data))
 
     async def send(self, event: Any) -> None:
+        self.queue(event)
+        await self.flush()
+
+    def queue(self, event: Any) -> None:
+        """Serialize ``event`` now, send it with the next ``flush`` (one syscall per burst)."""
         data = self.conn.send(event)
         if data:
-            try:
-                await self.stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                raise _ClientGone from None
+            self._out += data
+
+    async def flush(self) -> None:
+        if not self._out:
+            return
+        data, self._out = bytes(self._out), bytearray()
+        try:
+            await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise _ClientGone from None
 
     def can_respond(self) -> bool:
         return self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE)
@@ -133,7 +145,10 @@ class _UpstreamBroken(Exception):
     """The upstream connection broke, closed, or spoke invalid HTTP."""
 
 
-async def _up_next(up: UpstreamConnection) -> Any:
+async def _up_next(
+    up: UpstreamConnection, before_wait: Callable[[], Awaitable[None]] | None = None
+) -> Any:
+    """The next upstream event; ``before_wait`` runs before blocking on the network."""
     while True:
         try:
             event = up.conn.next_event()
@@ -143,6 +158,8 @@ async def _up_next(up: UpstreamConnection) -> Any:
             if isinstance(event, h11.ConnectionClosed):
                 raise _UpstreamBroken("upstream closed the connection")
             return event
+        if before_wait is not None:
+            await before_wait()
         try:
             data = await up.stream.receive_some(CHUNK)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -231,6 +248,7 @@ def _error_body(status: int, message: str, request_id: str) -> bytes:
 
 _MESSAGES = {
     400: "malformed request",
+    405: "CONNECT is not supported",
     431: "request header section too large",
     502: "bad gateway",
     503: "no healthy upstream",
@@ -317,7 +335,7 @@ class HttpProxy:
                 except h11.RemoteProtocolError as exc:
                     status = exc.error_status_hint if exc.error_status_hint in (400, 431) else 400
                     await self._send_error(c, status, _MESSAGES[status], "", close=True)
-                    self._count(b"OTHER", "", status, 0.0)
+                    self._count(b"OTHER", self._env_label(), status, 0.0)
                     log_event(
                         access_log,
                         "request",
@@ -336,7 +354,7 @@ class HttpProxy:
                     # h11 bounds only a head still arriving; one read may bring a
                     # whole oversized head, so measure the parsed one as well.
                     await self._send_error(c, 431, _MESSAGES[431], "", close=True)
-                    self._count(bytes(event.method), "", 431, 0.0)
+                    self._count(bytes(event.method), self._env_label(), 431, 0.0)
                     log_event(
                         access_log,
                         "request",
@@ -365,6 +383,10 @@ class HttpProxy:
             )
             return
 
+    def _env_label(self) -> str:
+        route = self.route()
+        return route.env if route is not None else ""
+
     async def _finish_empty_request(self, c: _Client) -> None:
         event = await c.next_event()
         if not isinstance(event, h11.EndOfMessage):
@@ -384,8 +406,8 @@ class HttpProxy:
             headers.append((self.settings.request_id_header.encode(), request_id.encode()))
         if close or c.conn.their_state is not h11.DONE or self.draining:
             headers.append((b"connection", b"close"))
-        await c.send(h11.Response(status_code=status, headers=headers))
-        await c.send(h11.Data(data=body))
+        c.queue(h11.Response(status_code=status, headers=headers))
+        c.queue(h11.Data(data=body))
         await c.send(h11.EndOfMessage())
 
     def _budget(self, env: str) -> RetryBudget:
@@ -443,7 +465,11 @@ class HttpProxy:
         )
         ex.request_id, ex.trace_id = prepared.request_id, prepared.trace.trace_id
         done: _Done
-        if route is None:
+        if req.method == b"CONNECT":
+            # A forward-proxy tunnel makes no sense towards fixed upstreams.
+            await self._send_error(c, 405, _MESSAGES[405], ex.request_id, close=True)
+            done = _Done(405, False, "bad_request")
+        elif route is None:
             await self._send_error(c, 503, "no environment selected", ex.request_id, close=False)
             done = _Done(503, c.conn.their_state is h11.DONE, "no_env")
         else:
@@ -741,13 +767,15 @@ class HttpProxy:
             request_id_header=self.settings.request_id_header.encode(),
             close=close,
         )
-        await c.send(
+        # Head, body chunks and end go out together when the upstream sent them
+        # together: one write per burst instead of one per event.
+        c.queue(
             h11.Response(status_code=response.status_code, headers=headers, reason=response.reason)
         )
         while True:
             try:
                 with trio.fail_after(self.settings.request_timeout):
-                    event = await _up_next(up)
+                    event = await _up_next(up, c.flush)
             except (_UpstreamBroken, trio.TooSlowError) as exc:
                 # Mid-body: the app must see a broken response, not a short one.
                 reason = "upstream body timeout" if isinstance(exc, trio.TooSlowError) else str(exc)
@@ -756,7 +784,9 @@ class HttpProxy:
                 return _Done(response.status_code, False, "upstream_reset")
             if isinstance(event, h11.Data):
                 ex.bytes_out += len(event.data)
-                await c.send(h11.Data(data=event.data))
+                c.queue(h11.Data(data=event.data))
+                if len(c._out) >= CHUNK:
+                    await c.flush()
             elif isinstance(event, h11.EndOfMessage):
                 await c.send(h11.EndOfMessage())
                 keep = c.conn.our_state is h11.DONE and not self.draining

@@ -41,6 +41,7 @@ from ambassador.cluster import Cluster
 from ambassador.http import HttpProxy, HttpSettings, Route
 from ambassador.outlier import OutlierConfig
 from ambassador.tls import UpstreamTLS
+from sidecar_common.jsonlog import JsonFormatter
 from sidecar_common.metrics import Registry, parse_text
 
 # --------------------------------------------------------------------------- the upstream
@@ -625,6 +626,10 @@ async def test_curl_keepalive_chunked_upload_and_100_continue(tmp_path: Path) ->
         assert "chunk0;" in out and "\r\n" in out  # raw chunked framing seen by curl
         code, out, err = await curl("-o", "/dev/null", "-w", "%{http_code}", f"{base}/error")
         assert out == "500"
+        # An HTTP/1.0 client: answered, its request carried upstream as HTTP/1.1.
+        code, out, err = await curl("--http1.0", "-H", "Host:", f"{base}/echo")
+        assert code == 0, err
+        assert json.loads(out)["headers"]["host"] == f"127.0.0.1:{up.port}"
         assert await px.metric("ambassador_http_requests_total", method="POST") == 1
 
 
@@ -680,3 +685,42 @@ async def test_idle_keepalive_client_closed_after_timeout(autojump_clock: trio.a
         assert response.startswith(b"HTTP/1.1 503 ")  # no endpoints at all
         assert b'"no healthy upstream"' in response
     assert trio.current_time() - start == pytest.approx(7.0)
+
+
+async def test_access_log_line_per_request(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="ambassador.access")
+    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    async with running_upstream() as up, running_proxy([up.address]) as px:
+        client = await Client.connect(px.port)
+        await client.send(
+            h11.Request(
+                method="POST",
+                target="/echo?x=1",
+                headers=[("host", "a"), ("content-length", "3"), ("traceparent", traceparent)],
+            ),
+            h11.Data(data=b"abc"),
+            h11.EndOfMessage(),
+        )
+        resp, body = await client.response()
+        await client.send(
+            h11.Request(method="CONNECT", target="example.com:443", headers=[("host", "a")]),
+            h11.EndOfMessage(),
+        )
+        refused, _ = await client.response()
+        assert refused.status_code == 405
+        await client.aclose()
+        await trio.testing.wait_all_tasks_blocked()
+    formatter = JsonFormatter()
+    lines = [
+        json.loads(formatter.format(r)) for r in caplog.records if r.name == "ambassador.access"
+    ]
+    assert len(lines) == 2
+    first = lines[0]
+    assert first["method"] == "POST" and first["path"] == "/echo?x=1"
+    assert first["status"] == 200 and first["env"] == "dev" and first["listener"] == "api"
+    assert first["upstream"] == f"127.0.0.1:{up.port}"
+    assert first["bytes_in"] == 3 and first["bytes_out"] == len(body)
+    assert first["request_id"] == header(resp, "x-request-id")
+    assert first["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert first["duration"] >= 0 and first["attempts"] == 1 and first["outcome"] == "ok"
+    assert lines[1]["status"] == 405 and lines[1]["method"] == "CONNECT"
