@@ -20,6 +20,7 @@ client can still get one) and never escape ``serve_client``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
@@ -383,6 +384,14 @@ class HttpProxy:
             )
             return
 
+    def _tls_for(self, tls: UpstreamTLS | None) -> UpstreamTLS | None:
+        """The upstream Host names the TLS server too, unless ``server_name`` says otherwise."""
+        host = self.settings.upstream_host
+        if tls is None or tls.server_name is not None or not host:
+            return tls
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        return dataclasses.replace(tls, server_name=name.strip("[]"))
+
     def _env_label(self) -> str:
         route = self.route()
         return route.env if route is not None else ""
@@ -605,7 +614,7 @@ class HttpProxy:
         cluster.connect_started(ep)
         settled = False  # the attempt's "active" slot is given back exactly once
         t0 = trio.current_time()
-        key = PoolKey(route.env, ep.address, ep.name, route.tls)
+        key = PoolKey(route.env, ep.address, ep.name, self._tls_for(route.tls))
         up: UpstreamConnection | None = None
         reusable = False
         try:

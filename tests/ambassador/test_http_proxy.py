@@ -724,3 +724,51 @@ async def test_access_log_line_per_request(caplog: pytest.LogCaptureFixture) -> 
     assert first["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
     assert first["duration"] >= 0 and first["attempts"] == 1 and first["outcome"] == "ok"
     assert lines[1]["status"] == 405 and lines[1]["method"] == "CONNECT"
+
+
+async def test_upstream_host_is_the_tls_server_name(tmp_path: Path) -> None:
+    import ssl
+
+    ca = trustme.CA()
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("api.prod.test").configure_cert(ctx)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    settings = HttpSettings(upstream_host="api.prod.test:443")
+    tls = UpstreamTLS(ca_file=ca_file)
+    async with running_upstream(ctx) as up, running_proxy([up.address], settings, tls=tls) as px:
+        client = await Client.connect(px.port)
+        resp, body = await client.get("/echo")
+        assert resp.status_code == 200
+        assert json.loads(body)["headers"]["host"] == "api.prod.test:443"
+        await client.aclose()
+
+
+@pytest.mark.slow
+async def test_wrk_concurrent_keepalive_clients() -> None:
+    """wrk's 16 keep-alive connections: every answer a 200, the pool bounded, nothing leaked."""
+    import re
+
+    settings = HttpSettings(pool_max_idle=4)
+    async with running_upstream() as up, running_proxy([up.address], settings) as px:
+        done = await trio.run_process(
+            ["wrk", "-t1", "-c16", "-d2s", f"http://127.0.0.1:{px.port}/echo"],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+        out = done.stdout.decode()
+        assert done.returncode == 0, done.stderr
+        assert "Non-2xx" not in out and "Socket errors" not in out, out
+        match = re.search(r"(\d+) requests in", out)
+        assert match is not None, out
+        completed = int(match.group(1))
+        assert completed > 0
+        await trio.testing.wait_all_tasks_blocked()
+        counted = await px.metric("ambassador_http_requests_total", code_class="2xx")
+        assert counted >= completed
+        assert await px.metric("ambassador_http_requests_total", code_class="5xx") == 0
+        assert await px.metric("ambassador_http_pool_connections", state="idle") <= 4
+        assert await px.metric("ambassador_http_pool_connections", state="active") == 0
+        ep = px.cluster.endpoint(up.address)
+        assert ep is not None and ep.active == 0
