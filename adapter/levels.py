@@ -107,10 +107,21 @@ def level_of(number: int) -> str:
     return LEVELS[(min(max(number, 1), 24) - 1) // 4]
 
 
+_normalised: dict[object, str | None] = {}
+
+
 def normalise(raw: object) -> str | None:
     """trace/debug/info/warn/error/fatal for a raw level, None when it is no level we know."""
+    if type(raw) is str:  # a handful of distinct level words: one lookup per record
+        try:
+            return _normalised[raw]
+        except KeyError:
+            pass
     number = severity_number(raw)
-    return None if number is None else level_of(number)
+    level = None if number is None else level_of(number)
+    if type(raw) is str and len(_normalised) < 1024:
+        _normalised[raw] = level
+    return level
 
 
 def severity_text(raw: object) -> str:

@@ -33,7 +33,7 @@ from adapter.enrich import lift_trace, static_fields
 from adapter.multiline import Pending
 from adapter.parsers import FORMATS, CustomParser, ParseContext, Partial, cri, docker, plain
 from adapter.parsers.base import Parser
-from adapter.redact import Redactor
+from adapter.redact import Redactor, redact_defaults
 from adapter.schema import Record, to_ecs, to_otel
 from adapter.timestamps import TimestampParser, wall_ns
 from sidecar_common.errors import ConfigError
@@ -130,6 +130,8 @@ class Pipeline:
         self._pending: dict[tuple[str | None, str], Pending] = {}
         self._joining: dict[tuple[str | None, str], _Joining] = {}
         self._unwrap = config.format in ("auto", "cri", "docker")
+        self._holding = config.multiline
+        self._keep_original = config.keep_original
 
     # -- the contract -----------------------------------------------------------------------
     def feed(
@@ -144,13 +146,50 @@ class Pipeline:
     ) -> list[Record]:
         """One raw line without its newline; returns the records it completed (maybe none).
 
-        ``origin`` names the source (a tailed file's path) for ``log.file.path`` and keeps
-        multiline state of different sources apart.
+        ``origin`` names the source (a tailed file's path) and keeps multiline state of
+        different sources apart.
         """
         self.stats.lines_in += 1
         out: list[Record] = []
         try:
-            self._feed(line, stream, now, wall, truncated, origin, out)
+            if truncated or self._redact.patterns:
+                self._feed(line, stream, now, wall, truncated, origin, out)
+                return out
+            # The common case inlined (the same steps as _feed and _line; this runs for every
+            # line, and each call saved is a few per cent at 100,000 lines a second).
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError:
+                self._feed(line, stream, now, wall, truncated, origin, out)
+                return out
+            if self._redact.defaults:
+                text = redact_defaults(text)
+            ctx = self._ctx
+            ctx.wall = wall
+            if (
+                self._unwrap
+                and text
+                and (self._format != "auto" or text[0].isdigit() or text.startswith('{"log":'))
+            ):
+                self._unwrapping(text, [], origin, stream, now, wall, out)
+                return out
+            key = (origin, stream)
+            if self._pending and key in self._pending:
+                self._line(text, stream, None, [text], 1, [], origin, now, wall, out, hold=True)
+                return out
+            parser = self._parser
+            if parser is None:
+                fmt, partial = self._parse(text)
+            else:
+                found = parser(text, ctx)
+                if found is None:
+                    fmt, partial = self._unparsed(text)
+                else:
+                    fmt, partial = self._format, found
+            if self._holding and fmt in _HOLDABLE:
+                self._hold(key, partial, fmt, text, None, [text], [], 1, now, wall)
+            else:
+                out.append(self._emit(partial, fmt, stream, origin, text, wall))
         except Exception:
             self.stats.internal_errors += 1
             out.append(self._fallback(line, stream, wall, origin))
@@ -218,18 +257,36 @@ class Pipeline:
         ctx = self._ctx
         ctx.wall = wall
         if self._unwrap and text:
-            c = text[0]
-            wrapped: tuple[int | None, str, bool, str] | None = None
-            if c == "{" and self._format != "cri" and text.startswith('{"log":'):
-                wrapped = docker.split(text, ctx)
-            elif c.isdigit() and self._format != "docker":
-                wrapped = cri.split(text, ctx)
-            if wrapped is not None:
-                self._wrapped(wrapped, text, tags, origin, now, wall, out)
-                return
-            if self._format != "auto":
-                self._failed(self._format)
+            self._unwrapping(text, tags, origin, stream, now, wall, out, hold=not truncated)
+            return
         self._line(text, stream, None, [text], 1, tags, origin, now, wall, out, hold=not truncated)
+
+    def _unwrapping(
+        self,
+        text: str,
+        tags: list[str],
+        origin: str | None,
+        stream: str,
+        now: float,
+        wall: float,
+        out: list[Record],
+        *,
+        hold: bool = True,
+    ) -> None:
+        """A non-empty line in auto/cri/docker mode: a CRI or docker line, or any other."""
+        ctx = self._ctx
+        c = text[0]
+        wrapped: tuple[int | None, str, bool, str] | None = None
+        if c == "{" and self._format != "cri" and text.startswith('{"log":'):
+            wrapped = docker.split(text, ctx)
+        elif c.isdigit() and self._format != "docker":
+            wrapped = cri.split(text, ctx)
+        if wrapped is not None:
+            self._wrapped(wrapped, text, tags, origin, now, wall, out)
+            return
+        if self._format != "auto":
+            self._failed(self._format)
+        self._line(text, stream, None, [text], 1, tags, origin, now, wall, out, hold=hold)
 
     def _wrapped(
         self,
@@ -320,26 +377,42 @@ class Pipeline:
             out.append(self._finish_pending(pending))
         self._ctx.wall = wall
         fmt, partial = self._parse(text)
-        if hold and self.config.multiline and fmt in _HOLDABLE:
-            state, own = multiline.start_state(text)
-            self._pending[key] = Pending(
-                key=key,
-                partial=partial,
-                fmt=fmt,
-                first=text,
-                state=state,
-                deadline=now + self.config.flush_timeout,
-                wrapper_ns=wrapper_ns,
-                originals=list(originals),
-                tags=list(tags),
-                count=count,
-                chars=len(text),
-                own_error=own,
-                read_ns=wall_ns(wall),
-            )
+        if hold and self._holding and fmt in _HOLDABLE:
+            self._hold(key, partial, fmt, text, wrapper_ns, originals, tags, count, now, wall)
             return
         out.append(
             self._record(partial, fmt, stream, wrapper_ns, originals, count, tags, origin, wall)
+        )
+
+    def _hold(
+        self,
+        key: tuple[str | None, str],
+        partial: Partial,
+        fmt: str,
+        text: str,
+        wrapper_ns: int | None,
+        originals: list[str],
+        tags: list[str],
+        count: int,
+        now: float,
+        wall: float,
+    ) -> None:
+        """Keep a record that later lines may continue (multiline) until they say otherwise."""
+        state, own = multiline.start_state(text)
+        self._pending[key] = Pending(
+            key=key,
+            partial=partial,
+            fmt=fmt,
+            first=text,
+            state=state,
+            deadline=now + self.config.flush_timeout,
+            wrapper_ns=wrapper_ns,
+            originals=list(originals),
+            tags=list(tags),
+            count=count,
+            chars=len(text),
+            own_error=own,
+            read_ns=wall_ns(wall),
         )
 
     def _parse(self, text: str) -> tuple[str, Partial]:
@@ -353,6 +426,11 @@ class Pipeline:
         found = parser(text, ctx)
         if found is not None:
             return self._format, found
+        return self._unparsed(text)
+
+    def _unparsed(self, text: str) -> tuple[str, Partial]:
+        """A line the fixed format's parser rejected."""
+        ctx = self._ctx
         if self._format != "plain":
             self._failed(self._format)
         # Not in the configured format: still a record, with whatever plain text parsing finds.
@@ -417,6 +495,32 @@ class Pipeline:
         stats.by_format[fmt] = stats.by_format.get(fmt, 0) + 1
         if self._otel:
             return to_otel(partial, observed)
+        return to_ecs(partial)
+
+    def _emit(
+        self, partial: Partial, fmt: str, stream: str, origin: str | None, text: str, wall: float
+    ) -> Record:
+        """:meth:`_record` for the common case: one plain input line, no tags, no wrapper."""
+        if self._otel:
+            return self._record(partial, fmt, stream, None, [text], 1, [], origin, wall)
+        if "@timestamp" not in partial:
+            partial["@timestamp"] = wall_ns(wall)
+        if "traceparent" in partial or "trace.id" in partial or "span.id" in partial:
+            lift_trace(partial)
+        if self._static:
+            for name, value in self._static.items():
+                if name not in partial:
+                    partial[name] = value
+        if "stream" not in partial:
+            partial["stream"] = stream
+        if origin is not None:
+            partial["log.file.path"] = origin
+        if self._keep_original:
+            partial["event.original"] = text
+        stats = self.stats
+        stats.records_out += 1
+        by_format = stats.by_format
+        by_format[fmt] = by_format.get(fmt, 0) + 1
         return to_ecs(partial)
 
     def _fallback(self, line: bytes, stream: str, wall: float, origin: str | None) -> Record:

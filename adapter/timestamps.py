@@ -184,11 +184,16 @@ class TimestampParser:
         frac = 0
         c = text[end : end + 1]
         if c == "." or c == ",":
-            fm = _FRACTION.match(text, end)
-            if fm is None:
-                return None
-            frac = _fraction_ns(fm.group(1))
-            end = fm.end()
+            ms = text[end + 1 : end + 4]
+            if len(ms) == 3 and ms.isdecimal() and not text[end + 4 : end + 5].isdecimal():
+                frac = int(ms) * 1_000_000  # milliseconds, the common case, without the regex
+                end += 4
+            else:
+                fm = _FRACTION.match(text, end)
+                if fm is None:
+                    return None
+                frac = _fraction_ns(fm.group(1))
+                end = fm.end()
             c = text[end : end + 1]
         if c == "Z" or c == "z":
             secs = base[0]
@@ -368,6 +373,11 @@ class TimestampParser:
 
         Numbers are epoch seconds, milliseconds, microseconds or nanoseconds by magnitude.
         """
+        if type(value) is str:
+            if value.isdigit() and len(value) in (10, 13, 16, 19):
+                return self.parse_value(int(value), wall)
+            found = self.parse_leading(value, wall) if value else None
+            return None if found is None else found[0]
         if isinstance(value, bool):
             return None
         if isinstance(value, int | float):

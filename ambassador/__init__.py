@@ -12,6 +12,7 @@ from .cluster import Cluster
 from .config import (
     AmbassadorConfig,
     EnvironmentConfig,
+    EtcdDiscoveryConfig,
     HealthCheckConfig,
     LimitsConfig,
     ListenerConfig,
@@ -31,6 +32,7 @@ __all__ = [
     "Cluster",
     "EnvSwitch",
     "EnvironmentConfig",
+    "EtcdDiscoveryConfig",
     "HealthCheckConfig",
     "HealthCheckFailed",
     "LimitsConfig",

@@ -18,6 +18,7 @@ the very end.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import ipaddress
 import logging
@@ -282,6 +283,8 @@ class Ambassador:
                 for rt in self.runtimes.values():
                     rt.shutdown_after(cfg.drain_timeout)
             log_event(log, "connections drained")
+            for rt in self.runtimes.values():
+                await rt.aclose()
             background.cancel_scope.cancel()
 
     async def _start_admin(self, nursery: trio.Nursery) -> None:
@@ -314,7 +317,22 @@ class Ambassador:
             async with trio.open_nursery() as nursery:
                 if lst.health_check.type != "none":
                     nursery.start_soon(self._health_main, lst, env, cluster)
-                names = [(e.host, e.port) for e in lst.environments[env].endpoints]
+                env_cfg = lst.environments[env]
+                if env_cfg.discover is not None:
+                    from .discovery_etcd import run_etcd_discovery
+
+                    d = env_cfg.discover
+                    await nursery.start(
+                        functools.partial(
+                            run_etcd_discovery,
+                            cluster,
+                            d.etcd,
+                            d.prefix,
+                            environment=d.environment,
+                            rng=self.rng,
+                        )
+                    )
+                names = [(e.host, e.port) for e in env_cfg.endpoints]
                 if any(not _is_ip(host) for host, _ in names):
                     from .discovery import run_dns_discovery
 
@@ -416,12 +434,24 @@ class Ambassador:
                 and rt.config.limits.max_connections_per_endpoint
                 == lst.limits.max_connections_per_endpoint
             )
+            if lst.http != rt.config.http:
+                # The HTTP proxy (pool, header files, budgets) is built once per listener.
+                log_event(
+                    log,
+                    "http settings change needs a restart; kept the running ones",
+                    level=logging.WARNING,
+                    listener=lst.name,
+                )
+                lst = dataclasses.replace(lst, http=rt.config.http)
             clusters: dict[str, Cluster] = {}
             for env, env_cfg in lst.environments.items():
                 cluster = rt.clusters.get(env)
+                old_env = rt.config.environments.get(env)
                 addresses = [(e.host, e.port) for e in env_cfg.endpoints]
                 if cluster is not None and same_core:
-                    cluster.set_addresses(addresses, now)
+                    if env_cfg.discover is None or old_env is None or old_env.discover is None:
+                        cluster.set_addresses(addresses, now)
+                    # else: discovered addresses stay; the restarted discovery re-lists.
                 else:
                     cluster = build_cluster(lst, env, self.rng, now)
                 clusters[env] = cluster

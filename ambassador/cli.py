@@ -25,6 +25,8 @@ from .config import (
     load_config,
     resolve_initial_env,
 )
+from .http.settings import HttpSettings
+from .tls import UpstreamTLS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
 
@@ -222,10 +224,20 @@ def describe(cfg: AmbassadorConfig) -> list[str]:
             f"listener {lst.name}: {lst.listen} protocol={lst.protocol} policy={lst.policy}"
             f" health={check_text}"
         )
+        if lst.protocol == "http":
+            lines.append(f"    http: {_describe_http(lst.http)}")
         for env_name, env_cfg in lst.environments.items():
             mark = "*" if env_name == current else " "
-            endpoints = ", ".join(str(e) for e in env_cfg.endpoints)
-            lines.append(f"  {mark} {env_name} -> {endpoints}")
+            if env_cfg.discover is not None:
+                d = env_cfg.discover
+                target = f"etcd {d.etcd} prefix {d.prefix}" + (
+                    f" environment={d.environment}" if d.environment else ""
+                )
+            else:
+                target = ", ".join(str(e) for e in env_cfg.endpoints)
+            lines.append(
+                f"  {mark} {env_name} -> {target}{_describe_tls(env_cfg.tls, lst.protocol)}"
+            )
     for env_name in cfg.environments:
         missing = cfg.missing(env_name)
         if missing:
@@ -234,6 +246,37 @@ def describe(cfg: AmbassadorConfig) -> list[str]:
                 f" {', '.join(missing)}: they refuse clients while it is current"
             )
     return lines
+
+
+def _describe_tls(tls: UpstreamTLS | None, protocol: str) -> str:
+    """`` tls=...`` for an environment's line of ``ambassador check`` (empty when plain)."""
+    if tls is None:
+        return ""
+    parts = [f"sslmode={tls.sslmode}"] if protocol == "postgres" else []
+    if protocol != "postgres":
+        parts.append("verify" if tls.verify else "no-verify")
+    if tls.ca_file is not None:
+        parts.append(f"ca={tls.ca_file}")
+    if tls.server_name is not None:
+        parts.append(f"server_name={tls.server_name}")
+    if tls.cert_file is not None:
+        parts.append(f"client_cert={tls.cert_file}")
+    return f" [tls {' '.join(parts)}]"
+
+
+def _describe_http(http: HttpSettings) -> str:
+    r = http.retry
+    parts = [
+        f"request_timeout={http.request_timeout:g}s",
+        f"retries={r.max_retries} on {','.join(str(s) for s in r.on_status)}",
+        f"pool_max_idle={http.pool_max_idle}",
+    ]
+    if http.upstream_host:
+        parts.append(f"upstream_host={http.upstream_host}")
+    if http.inject_headers:
+        injected = ", ".join(f"{name} from {path}" for name, path in http.inject_headers)
+        parts.append(f"inject {injected}")
+    return " ".join(parts)
 
 
 def main() -> None:

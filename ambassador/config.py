@@ -26,6 +26,9 @@ from sidecar_common.netaddr import (
 )
 from sidecar_common.settings import parse_duration, read_toml
 
+from .http.settings import HttpSettings, parse_http_settings
+from .tls import UpstreamTLS, parse_upstream_tls
+
 __all__ = [
     "HEALTH_TYPES",
     "LOG_LEVELS",
@@ -34,6 +37,7 @@ __all__ = [
     "ROLES",
     "AmbassadorConfig",
     "EnvironmentConfig",
+    "EtcdDiscoveryConfig",
     "HealthCheckConfig",
     "LimitsConfig",
     "ListenerConfig",
@@ -109,11 +113,33 @@ class OutlierSettings:
 
 
 @dataclass(frozen=True)
+class EtcdDiscoveryConfig:
+    """``discover = { etcd = URL, prefix = P, environment = E }``: endpoints from etcd.
+
+    The environment's endpoints are the healthy instances the watchers register
+    under ``prefix`` (``<prefix>/<instance>`` with a ``ServiceInstance`` JSON
+    value), of ``environment`` only when it is set (None: any environment).
+    """
+
+    etcd: str
+    prefix: str
+    environment: str | None = None
+
+
+@dataclass(frozen=True)
 class EnvironmentConfig:
-    """The endpoints one listener routes to while this environment is current."""
+    """The endpoints one listener routes to while this environment is current.
+
+    ``endpoints`` is empty when ``discover`` names an etcd prefix instead (the
+    cluster then starts empty and follows what discovery finds). ``tls`` is
+    the resolved upstream TLS: the environment's own ``tls`` key if it has
+    one (``false`` turns it off), else the listener's.
+    """
 
     name: str
     endpoints: tuple[HostPort, ...]
+    tls: UpstreamTLS | None = None
+    discover: EtcdDiscoveryConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -130,6 +156,10 @@ class ListenerConfig:
     outlier: OutlierSettings = field(default_factory=OutlierSettings)
     allow: tuple[IPNetwork, ...] = ()
     bind_public: bool = False
+    #: The listener's own ``tls`` key (environments inherit it unless they set theirs).
+    tls: UpstreamTLS | None = None
+    #: The ``http`` table (``protocol = "http"`` only; defaults otherwise unused).
+    http: HttpSettings = field(default_factory=HttpSettings)
 
 
 @dataclass(frozen=True)
@@ -183,7 +213,11 @@ _LISTENER_KEYS = (
     "outlier",
     "allow",
     "bind_public",
+    "tls",
+    "http",
 )
+_ENV_KEYS = ("endpoints", "tls", "discover")
+_DISCOVER_KEYS = ("etcd", "prefix", "environment")
 _HEALTH_KEYS = tuple(HealthCheckConfig.__dataclass_fields__)
 _LIMIT_KEYS = (*LimitsConfig.__dataclass_fields__, "max_per_endpoint")
 _OUTLIER_KEYS = tuple(OutlierSettings.__dataclass_fields__)
@@ -368,8 +402,38 @@ def _outlier(value: object, path: str) -> OutlierSettings:
     return out
 
 
-def _environments(value: object, path: str) -> dict[str, EnvironmentConfig]:
-    """Each environment name maps to a list of endpoints or to ``{endpoints = [...]}``."""
+def _discover(value: object, path: str) -> EtcdDiscoveryConfig:
+    """``{ etcd = "http://127.0.0.1:2379", prefix = "/services/api", environment = "prod" }``."""
+    table = _table(value, path)
+    _check_keys(table, _DISCOVER_KEYS, path)
+    for required in ("etcd", "prefix"):
+        if required not in table:
+            raise ConfigError(f"{path}.{required}", None, f"the etcd {required}")
+    url = _str(table["etcd"], f"{path}.etcd")
+    scheme, sep, rest = url.partition("://")
+    if scheme not in ("http", "https") or not sep or not rest.strip("/"):
+        raise ConfigError(f"{path}.etcd", url, "an etcd URL like http://127.0.0.1:2379")
+    prefix = _str(table["prefix"], f"{path}.prefix")
+    if not prefix.strip("/"):
+        raise ConfigError(f"{path}.prefix", prefix, "a key prefix like /services/api")
+    environment = (
+        _env_name(table["environment"], f"{path}.environment") if "environment" in table else None
+    )
+    return EtcdDiscoveryConfig(url.rstrip("/"), prefix, environment)
+
+
+def _environments(
+    value: object,
+    path: str,
+    *,
+    protocol: str = "tcp",
+    listener_tls: UpstreamTLS | None = None,
+) -> dict[str, EnvironmentConfig]:
+    """Each environment name maps to a list of endpoints or to a table.
+
+    The table form: ``{endpoints = [...], tls = ...}`` or ``{discover = {...}, tls = ...}``
+    (endpoints and discover are mutually exclusive).
+    """
     table = _table(value, path)
     if not table:
         raise ConfigError(path, value, "at least one environment")
@@ -377,11 +441,27 @@ def _environments(value: object, path: str) -> dict[str, EnvironmentConfig]:
     for name, spec in table.items():
         env_path = f"{path}.{name}"
         _env_name(name, env_path)
+        tls = listener_tls
+        discover: EtcdDiscoveryConfig | None = None
         if isinstance(spec, Mapping):
             spec_table = _norm_keys(spec)
-            _check_keys(spec_table, ("endpoints",), env_path)
+            _check_keys(spec_table, _ENV_KEYS, env_path)
+            if "tls" in spec_table:
+                tls = parse_upstream_tls(spec_table["tls"], f"{env_path}.tls", protocol=protocol)
+            if "discover" in spec_table:
+                if "endpoints" in spec_table:
+                    raise ConfigError(
+                        f"{env_path}.discover",
+                        spec_table["discover"],
+                        "either endpoints or discover, not both",
+                    )
+                discover = _discover(spec_table["discover"], f"{env_path}.discover")
+                envs[name] = EnvironmentConfig(name, (), tls=tls, discover=discover)
+                continue
             if "endpoints" not in spec_table:
-                raise ConfigError(f"{env_path}.endpoints", None, "a list of host:port")
+                raise ConfigError(
+                    f"{env_path}.endpoints", None, "a list of host:port (or a discover table)"
+                )
             items = spec_table["endpoints"]
             items_path = f"{env_path}.endpoints"
         else:
@@ -397,7 +477,7 @@ def _environments(value: object, path: str) -> dict[str, EnvironmentConfig]:
             if hp in endpoints:
                 raise ConfigError(f"{items_path}[{i}]", item, "each endpoint once")
             endpoints.append(hp)
-        envs[name] = EnvironmentConfig(name, tuple(endpoints))
+        envs[name] = EnvironmentConfig(name, tuple(endpoints), tls=tls)
     return envs
 
 
@@ -431,10 +511,25 @@ def _listener(value: object, path: str) -> ListenerConfig:
     if not isinstance(allow_raw, list) or not all(isinstance(a, str) for a in allow_raw):
         raise ConfigError(f"{path}.allow", allow_raw, "a list of networks (CIDR)")
     allow = tuple(parse_networks(allow_raw, setting=f"{path}.allow"))
+    listener_tls = (
+        parse_upstream_tls(table["tls"], f"{path}.tls", protocol=protocol)
+        if "tls" in table
+        else None
+    )
+    if "http" in table and protocol != "http":
+        raise ConfigError(
+            f"{path}.http", table["http"], 'an http table only with protocol = "http"'
+        )
+    http = parse_http_settings(table["http"], f"{path}.http") if "http" in table else HttpSettings()
     return ListenerConfig(
         name=name,
         listen=listen,
-        environments=_environments(table["environments"], f"{path}.environments"),
+        environments=_environments(
+            table["environments"],
+            f"{path}.environments",
+            protocol=protocol,
+            listener_tls=listener_tls,
+        ),
         protocol=protocol,
         policy=policy,
         health_check=health,
@@ -442,6 +537,8 @@ def _listener(value: object, path: str) -> ListenerConfig:
         outlier=_outlier(table.get("outlier", {}), f"{path}.outlier"),
         allow=allow,
         bind_public=bind_public,
+        tls=listener_tls,
+        http=http,
     )
 
 

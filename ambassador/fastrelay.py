@@ -42,7 +42,7 @@ import socket
 import threading
 import time
 from collections.abc import Mapping
-from typing import Final, Literal
+from typing import Final
 
 import trio
 
@@ -82,7 +82,10 @@ _F_SETPIPE_SZ: Final = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _SPLICE_FLAGS: Final = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 _EPOLLIN: Final = select.EPOLLIN if _HAS_SPLICE else 1
 _EPOLLOUT: Final = select.EPOLLOUT if _HAS_SPLICE else 4
-_EPOLLERRHUP: Final = (select.EPOLLERR | select.EPOLLHUP) if _HAS_SPLICE else 24
+_EPOLLERR: Final = select.EPOLLERR if _HAS_SPLICE else 8
+#: Edge-triggered with no events: what a socket we need nothing from is
+#: registered with, so a lasting EPOLLHUP (always reported) does not spin.
+_PARKED: Final = select.EPOLLET if _HAS_SPLICE else 1 << 31
 
 
 def relay_mode(environ: Mapping[str, str] | None = None) -> str:
@@ -110,32 +113,33 @@ def can_splice(stream: trio.abc.Stream) -> bool:
 
 # --------------------------------------------------------------------------- the hub
 
-_Side = Literal["client", "upstream"]
+
+class _Dir:
+    """One direction of a relayed connection: ``src`` socket -> ``dst`` socket.
+
+    Invariant: ``pipe`` is set exactly while ``pending`` > 0 (bytes read from
+    ``src`` that ``dst`` did not take yet); otherwise the hub's spare pipe is
+    used and left empty, so the common case touches no pool at all.
+    """
+
+    __slots__ = ("conn", "dst", "eof", "finished", "inbound", "index", "pending", "pipe", "src")
+
+    def __init__(self, conn: _Conn, index: int) -> None:
+        self.conn = conn
+        self.index = index  # 0: client -> upstream; 1: upstream -> client
+        self.inbound = index == 0
+        self.src = conn.fds[index]
+        self.dst = conn.fds[1 - index]
+        self.pipe: tuple[int, int] | None = None
+        self.pending = 0
+        self.eof = False  # src reached EOF
+        self.finished = False  # EOF forwarded to dst
 
 
 class _Conn:
-    """One relayed connection as the hub sees it: two sockets, two directions.
+    """One relayed connection as the hub sees it: two sockets, two directions."""
 
-    Direction 0 is client -> upstream (``bytes_in``), 1 is upstream -> client.
-    Per direction: the pooled pipe (or -1), the bytes waiting in it, whether the
-    source reached EOF, and whether the direction is finished (EOF forwarded).
-    """
-
-    __slots__ = (
-        "counters",
-        "done",
-        "eof",
-        "fds",
-        "finished",
-        "last",
-        "masks",
-        "outcome",
-        "pending",
-        "pipe_r",
-        "pipe_w",
-        "socks",
-        "streams",
-    )
+    __slots__ = ("counters", "dirs", "done", "fds", "last", "masks", "outcome", "socks", "streams")
 
     def __init__(
         self,
@@ -148,11 +152,7 @@ class _Conn:
         self.socks = (client.socket, upstream.socket)
         self.fds = (client.socket.fileno(), upstream.socket.fileno())
         self.counters = counters
-        self.pipe_r = [-1, -1]
-        self.pipe_w = [-1, -1]
-        self.pending = [0, 0]
-        self.eof = [False, False]
-        self.finished = [False, False]
+        self.dirs = (_Dir(self, 0), _Dir(self, 1))
         self.masks = [_EPOLLIN, _EPOLLIN]
         self.outcome: RelayOutcome | None = None
         self.done = trio.Event()
@@ -160,10 +160,10 @@ class _Conn:
 
 
 class SpliceHub:
-    """All spliced connections of one trio run, driven by one task.
+    """Spliced connections driven by one epoll set: from a thread of its own, or a trio task.
 
     ``add`` registers a connection, ``discard`` takes it out (idempotent);
-    ``run`` is the task (started once per trio run by :func:`_hub`).
+    ``run`` is the task (started once per trio run by :func:`hubs`).
     """
 
     def __init__(self, *, threaded: bool = False) -> None:
@@ -181,6 +181,7 @@ class SpliceHub:
         self.pool: list[tuple[int, int]] = []
         self.pipes_open = 0
         self.closed = False
+        self.spare = self._new_pipe()
 
     # -- bookkeeping ---------------------------------------------------------
 
@@ -215,40 +216,40 @@ class SpliceHub:
                 del self.by_fd[fd]
                 with contextlib.suppress(OSError, ValueError):
                     self.epoll.unregister(fd)
-        for d in (0, 1):
-            if conn.pipe_r[d] >= 0:
-                # Data still in it (cut short): the pipe cannot be reused.
-                self._release_pipe(conn, d, reusable=conn.pending[d] == 0)
+        for d in conn.dirs:
+            if d.pipe is not None:
+                # Data still in it (cut short): this pipe cannot be reused.
+                self._close_pipe(d.pipe)
+                d.pipe = None
 
-    def _acquire_pipe(self, conn: _Conn, d: int) -> None:
+    def _new_pipe(self) -> tuple[int, int]:
         if self.pool:
-            conn.pipe_r[d], conn.pipe_w[d] = self.pool.pop()
-            return
+            return self.pool.pop()
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         with contextlib.suppress(OSError):
             # Bigger pipes mean fewer syscalls in bulk; refused (per-user pipe
             # limit) is fine, the default 64 KiB works.
             fcntl.fcntl(w, _F_SETPIPE_SZ, PIPE_SIZE)
         self.pipes_open += 1
-        conn.pipe_r[d], conn.pipe_w[d] = r, w
+        return r, w
 
-    def _release_pipe(self, conn: _Conn, d: int, *, reusable: bool) -> None:
-        r, w = conn.pipe_r[d], conn.pipe_w[d]
-        conn.pipe_r[d] = conn.pipe_w[d] = -1
-        if reusable and len(self.pool) < POOL_MAX and not self.closed:
-            self.pool.append((r, w))
-            return
-        os.close(r)
-        os.close(w)
+    def _put_pipe(self, pipe: tuple[int, int]) -> None:
+        """An empty pipe back to the pool (or closed when the pool is full)."""
+        if len(self.pool) < POOL_MAX and not self.closed:
+            self.pool.append(pipe)
+        else:
+            self._close_pipe(pipe)
+
+    def _close_pipe(self, pipe: tuple[int, int]) -> None:
+        os.close(pipe[0])
+        os.close(pipe[1])
         self.pipes_open -= 1
 
     def close(self) -> None:
         with self.lock:
             self.closed = True
-            for r, w in self.pool:
-                os.close(r)
-                os.close(w)
-                self.pipes_open -= 1
+            for pipe in [*self.pool, self.spare]:
+                self._close_pipe(pipe)
             self.pool.clear()
             self.epoll.close()
             os.close(self.wake_r)
@@ -297,106 +298,112 @@ class SpliceHub:
         for fd, ev in events:
             entry = by_fd.get(fd)
             if entry is None:
-                continue  # finished earlier in this batch
+                continue  # finished earlier in this batch (or the wake-up pipe)
             conn, idx = entry
             conn.last = now
             try:
-                # The socket at ``idx`` is the source of direction ``idx`` and
-                # the destination of the other one: move both along.
+                # The socket at ``idx`` is the destination of the other
+                # direction (flush what waits for it) and the source of
+                # direction ``idx`` (read on).
                 acted = False
-                if not conn.finished[idx]:
-                    self._pump(conn, idx)
+                other = conn.dirs[1 - idx]
+                if other.pending:
+                    self._pump(other)
                     acted = True
-                other = 1 - idx
-                if conn.outcome is None and not conn.finished[other] and conn.pending[other]:
-                    self._pump(conn, other)
+                this = conn.dirs[idx]
+                if conn.outcome is None and not this.finished and not this.pending:
+                    self._pump(this)
                     acted = True
-                if conn.outcome is None and not acted and ev & _EPOLLERRHUP:
+                if conn.outcome is None and not acted and ev & _EPOLLERR:
                     # An error on a socket we neither read nor write at the
                     # moment (its direction already half-closed): a reset.
+                    # (EPOLLHUP alone is both halves shut down, not an error.)
                     self._reset(conn, idx)
             except Exception as exc:  # pragma: no cover - a bug, not an I/O error
                 log_event(log, "relay bug; connection reset", level=40, error=repr(exc))
                 self._finish(conn, "upstream_reset")
                 abort_stream(conn.streams[0])
                 abort_stream(conn.streams[1])
-                continue
-            if conn.outcome is None:
-                self._update_interest(conn)
 
-    def _pump(self, conn: _Conn, d: int) -> None:
+    def _pump(self, d: _Dir) -> None:
         """Move direction ``d`` forward as far as it goes without blocking."""
-        src_fd = conn.fds[d]
-        dst_fd = conn.fds[1 - d]
-        for _ in range(BURST):
-            if conn.pending[d]:
-                # Flush the pipe to the destination first.
-                try:
-                    sent = os.splice(conn.pipe_r[d], dst_fd, conn.pending[d], flags=_SPLICE_FLAGS)
-                except BlockingIOError:
-                    return
-                except OSError:
-                    self._reset(conn, 1 - d)
-                    return
-                conn.pending[d] -= sent
-                if d == 0:
-                    conn.counters.bytes_in += sent
-                else:
-                    conn.counters.bytes_out += sent
-                if conn.pending[d]:
-                    return  # destination full: wait until writable
-                self._release_pipe(conn, d, reusable=True)
-            if conn.eof[d]:
-                self._forward_eof(conn, d)
-                return
-            if conn.pipe_r[d] < 0:
-                self._acquire_pipe(conn, d)
+        conn = d.conn
+        counters = conn.counters
+        if d.pipe is not None:
+            # Flush what the destination did not take last time.
             try:
-                got = os.splice(src_fd, conn.pipe_w[d], PIPE_SIZE, flags=_SPLICE_FLAGS)
-            except BlockingIOError:
-                if not conn.pending[d]:
-                    self._release_pipe(conn, d, reusable=True)
-                return
-            except OSError:
-                self._reset(conn, d)
-                return
-            if got == 0:
-                conn.eof[d] = True
-                self._release_pipe(conn, d, reusable=True)
-                self._forward_eof(conn, d)
-                return
-            conn.pending[d] = got
-            try:
-                sent = os.splice(conn.pipe_r[d], dst_fd, got, flags=_SPLICE_FLAGS)
+                sent = os.splice(d.pipe[0], d.dst, d.pending, flags=_SPLICE_FLAGS)
             except BlockingIOError:
                 return
             except OSError:
-                self._reset(conn, 1 - d)
+                self._reset(conn, 1 - d.index)
                 return
-            conn.pending[d] = got - sent
-            if d == 0:
-                conn.counters.bytes_in += sent
+            if d.inbound:
+                counters.bytes_in += sent
             else:
-                conn.counters.bytes_out += sent
-            if got != sent:
+                counters.bytes_out += sent
+            d.pending -= sent
+            if d.pending:
+                return  # still full: wait until writable
+            self._put_pipe(d.pipe)
+            d.pipe = None
+            self._update_interest(conn)
+        if d.eof:
+            self._forward_eof(d)
+            return
+        src, dst = d.src, d.dst
+        pipe_r, pipe_w = self.spare
+        for _ in range(BURST):
+            try:
+                got = os.splice(src, pipe_w, PIPE_SIZE, flags=_SPLICE_FLAGS)
+            except BlockingIOError:
+                return
+            except OSError:
+                self._reset(conn, d.index)
+                return
+            if not got:
+                d.eof = True
+                self._forward_eof(d)
+                return
+            try:
+                sent = os.splice(pipe_r, dst, got, flags=_SPLICE_FLAGS)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                # The spare pipe holds the unsent bytes: it goes with the reset.
+                d.pipe, d.pending = self.spare, got
+                self.spare = self._new_pipe()
+                self._reset(conn, 1 - d.index)
+                return
+            if d.inbound:
+                counters.bytes_in += sent
+            else:
+                counters.bytes_out += sent
+            if sent != got:
+                # The destination is full: the bytes wait in this pipe, which
+                # the direction keeps; the hub takes another spare.
+                d.pipe, d.pending = self.spare, got - sent
+                self.spare = self._new_pipe()
+                self._update_interest(conn)
                 return
             if got < PIPE_SIZE:
-                break  # a short read drained the socket: no point asking again now
-        if not conn.pending[d] and conn.pipe_r[d] >= 0:
-            self._release_pipe(conn, d, reusable=True)
+                return  # a short read drained the socket: no point asking again now
 
-    def _forward_eof(self, conn: _Conn, d: int) -> None:
-        """Source ``d`` ended and its pipe is flushed: half-close the destination."""
-        dst = 1 - d
+    def _forward_eof(self, d: _Dir) -> None:
+        """Source of ``d`` ended and its bytes are delivered: half-close the destination."""
+        conn = d.conn
+        dst = 1 - d.index
         try:
             conn.socks[dst].shutdown(socket.SHUT_WR)
         except OSError as exc:
             if exc.errno != errno.EBADF:
                 self._reset(conn, dst)
                 return
-        conn.finished[d] = True
-        if conn.finished[1 - d]:
+        d.finished = True
+        if conn.dirs[dst].finished:
             self._finish(conn, "closed")
+        else:
+            self._update_interest(conn)
 
     def _reset(self, conn: _Conn, side: int) -> None:
         """Socket ``side`` reset (or failed): RST the other one, end the relay."""
@@ -416,17 +423,25 @@ class SpliceHub:
             self.token.run_sync_soon(conn.done.set)
 
     def _update_interest(self, conn: _Conn) -> None:
-        """Level-triggered interest: read a source while its pipe is empty, write while not."""
+        """Level-triggered interest: read a source while its pipe is empty, write while not.
+
+        Called only when a direction changes state (starts or stops waiting
+        for its destination, or ends), never per chunk.
+        """
         for i in (0, 1):
-            other = 1 - i
+            reading = conn.dirs[i]
+            writing = conn.dirs[1 - i]
             mask = 0
-            if not conn.finished[i] and not conn.eof[i] and not conn.pending[i]:
+            if not reading.finished and not reading.eof and not reading.pending:
                 mask |= _EPOLLIN
-            if not conn.finished[other] and conn.pending[other]:
+            if writing.pending:
                 mask |= _EPOLLOUT
+            if not mask:
+                mask = _PARKED
             if mask != conn.masks[i]:
                 conn.masks[i] = mask
-                self.epoll.modify(conn.fds[i], mask)
+                with contextlib.suppress(OSError):
+                    self.epoll.modify(conn.fds[i], mask)
 
 
 _HUBS: trio.lowlevel.RunVar[list[SpliceHub]] = trio.lowlevel.RunVar("ambassador_splice_hubs")

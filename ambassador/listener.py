@@ -9,12 +9,20 @@ them and records what happened:
     endpoint (bounded attempts, failures reported to the cluster) -> relay ->
     one access-log line and the metrics.
 
+Upstream TLS (the ``tls`` key of the listener or the environment) happens in
+``open_upstream``; a PostgreSQL listener with TLS first reads the app's
+startup packet itself (answering its SSLRequest with 'N'), connects and
+negotiates TLS with the server, then sends the startup on. An HTTP listener
+(``protocol = "http"``) hands each admitted connection to its ``HttpProxy``,
+which routes every request on its own (``ambassador.http``).
+
 Every path that cannot serve a client closes it at once (fail fast): a client
 left hanging on a dead backend is worse than one told "no" immediately.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 from collections.abc import Iterable, Mapping
@@ -27,12 +35,16 @@ from sidecar_common.jsonlog import get_logger, log_event
 from sidecar_common.metrics import Registry
 from sidecar_common.netaddr import address_allowed
 
+from . import tls as upstream_tls
 from .breaker import Breaker
 from .cluster import Cluster
 from .config import ListenerConfig
 from .endpoint import EndpointState
+from .http import HttpProxy, Route, serve_http_client
+from .pgtls import PgStartupError, read_client_startup
 from .relay import RelayCounters, abort_stream, relay
 from .switch import EnvSwitch
+from .tls import UpstreamTLS
 
 __all__ = [
     "CONNECT_BUCKETS",
@@ -40,6 +52,7 @@ __all__ = [
     "ListenerRuntime",
     "Metrics",
     "bind_socket",
+    "set_nodelay",
 ]
 
 access_log = get_logger("ambassador.access")
@@ -188,6 +201,21 @@ def bind_socket(
     return sock
 
 
+def set_nodelay(stream: trio.abc.Stream) -> None:
+    """Disable Nagle on the TCP socket under ``stream`` (a TLS stream's too).
+
+    trio's ``SocketStream`` already does this; it is done here again on purpose
+    so that a swapped relay or a stream from elsewhere never falls into the
+    Nagle/delayed-ACK trap (40 ms stalls per small write on a keep-alive
+    connection). Not a socket (memory streams in tests): nothing to do.
+    """
+    sock = getattr(stream, "socket", None)
+    if sock is None:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 def _peer(stream: trio.SocketStream) -> tuple[str, str]:
     """(ip, "ip:port") of the client; ("", "?") when the socket is already gone."""
     try:
@@ -226,6 +254,38 @@ class ListenerRuntime:
         self._idle = trio.Event()
         self._idle.set()
         metrics.runtimes.append(self)
+        #: The HTTP listener's proxy (``protocol = "http"``); None for TCP and PostgreSQL.
+        self.http_proxy: HttpProxy | None = None
+        if config.protocol == "http":
+            self.http_proxy = HttpProxy(
+                config.name,
+                config.http,
+                metrics.registry,
+                self.route,
+                connect_timeout=config.limits.connect_timeout,
+                on_ejection=self._count_ejection,
+            )
+
+    def _count_ejection(self, env: str, ep: EndpointState) -> None:
+        self.metrics.ejections.labels(listener=self.name, env=env, endpoint=ep.name).inc()
+
+    def route(self) -> Route | None:
+        """The HTTP proxy's per-request routing: the current environment's cluster and TLS."""
+        env = self.switch.current
+        cluster = self.clusters.get(env) if env is not None else None
+        if env is None or cluster is None:
+            return None
+        return Route(env, cluster, self.env_tls(env))
+
+    def env_tls(self, env: str) -> UpstreamTLS | None:
+        """The upstream TLS of ``env`` on this listener (resolved by the config)."""
+        env_cfg = self.config.environments.get(env)
+        return env_cfg.tls if env_cfg is not None else None
+
+    async def aclose(self) -> None:
+        """Release what outlives connections (the HTTP proxy's pooled upstream connections)."""
+        if self.http_proxy is not None:
+            await self.http_proxy.aclose()
 
     # ------------------------------------------------------------ reconfiguration
 
@@ -237,6 +297,9 @@ class ListenerRuntime:
         self.breaker.max_connections = limits.max_connections
         self.breaker.max_pending = limits.max_pending
         self.breaker.pending_timeout = limits.pending_timeout
+        if self.http_proxy is not None:
+            # The proxy reads clusters per request through route(); timing follows the config.
+            self.http_proxy.connect_timeout = limits.connect_timeout
 
     def has_usable(self, env: str | None) -> bool:
         cluster = self.clusters.get(env) if env is not None else None
@@ -246,6 +309,10 @@ class ListenerRuntime:
         """Close connections of other environments than ``keep_env`` after ``timeout`` seconds."""
         deadline = trio.current_time() + timeout
         n = 0
+        if self.http_proxy is not None:
+            # HTTP connections are not tied to an environment: each request is
+            # routed when it arrives, so the next one already follows the switch.
+            return 0
         for conn in self.connections:
             if conn.env != keep_env:
                 if not conn.cancel_reason:
@@ -257,6 +324,9 @@ class ListenerRuntime:
     def shutdown_after(self, timeout: float) -> None:
         """Graceful shutdown: connections still open after ``timeout`` are closed."""
         self.accepting = False
+        if self.http_proxy is not None:
+            # Idle keep-alive clients close now, busy ones after their response.
+            self.http_proxy.start_drain()
         deadline = trio.current_time() + timeout
         for conn in self.connections:
             conn.cancel_reason = "shutdown"
@@ -316,6 +386,7 @@ class ListenerRuntime:
         """Serve one client connection from accept to close (never raises on I/O errors)."""
         start = trio.current_time()
         client_ip, client = _peer(stream)
+        set_nodelay(stream)
         env = self.switch.current
         env_label = env or ""
         try:
@@ -336,22 +407,26 @@ class ListenerRuntime:
                 )
                 return
             cluster = self.clusters.get(env) if env is not None else None
-            if env is None or cluster is None:
+            if (env is None or cluster is None) and self.http_proxy is None:
+                # (An HTTP client gets a 503 with a JSON body from the proxy instead.)
                 self._count(env_label, "no_env")
                 self._log(env=env_label, client=client, outcome="no_env", duration=0.0)
                 return
             refused = await self._admit()
             if refused is not None:
                 self.metrics.breaker_rejections.labels(listener=self.name, scope="listener").inc()
-                self._count(env, refused)
+                self._count(env_label, refused)
                 self._log(
-                    env=env,
+                    env=env_label,
                     client=client,
                     outcome=refused,
                     duration=round(trio.current_time() - start, 6),
                 )
                 return
             try:
+                if self.http_proxy is not None:
+                    await self._serve_http(stream, self.http_proxy, client, start)
+                    return
                 # A client that waited in the pending queue goes where the switch
                 # points now, not where it pointed when it arrived.
                 env = self.switch.current
@@ -376,15 +451,48 @@ class ListenerRuntime:
         finally:
             await trio.aclose_forcefully(stream)
 
-    async def open_upstream(self, address: tuple[str, int]) -> trio.abc.HalfCloseableStream:
+    async def _serve_http(
+        self, stream: trio.SocketStream, proxy: HttpProxy, client: str, start: float
+    ) -> None:
+        """An admitted HTTP client: the proxy serves its requests (one access-log line each).
+
+        The ``Connection`` bookkeeping stays, so drain and shutdown deadlines
+        cut a connection that outlives them; the per-connection outcome is
+        counted (``ambassador_connections_total``) but not logged: the
+        per-request lines say more.
+        """
+        env = self.switch.current or ""
+        conn = Connection(env=env, client=client, endpoint="", scope=trio.CancelScope())
+        self.connections.add(conn)
+        self._idle = trio.Event() if self._idle.is_set() else self._idle
+        outcome = "closed"
+        try:
+            with conn.scope:
+                await serve_http_client(stream, proxy, client)
+            if conn.scope.cancelled_caught:
+                outcome = conn.cancel_reason or "cancelled"
+                abort_stream(stream)
+        finally:
+            self.connections.discard(conn)
+            if not self.connections:
+                self._idle.set()
+            self._count(env, outcome)
+
+    async def open_upstream(
+        self, address: tuple[str, int], tls: UpstreamTLS | None = None
+    ) -> trio.abc.HalfCloseableStream:
         """Open the stream to one endpoint; the caller bounds it with the connect timeout.
 
-        The one place a connection to a backend is made: upstream TLS (and the
-        PostgreSQL SSLRequest dance) plugs in here; any ``OSError`` it raises
-        counts as a failed connect (retried on the next endpoint, reported to
-        outlier detection).
+        The one place a connection to a backend is made: plain TCP, TLS, or
+        PostgreSQL's SSLRequest negotiation (``ambassador.tls.open_upstream``).
+        Any ``OSError`` it raises (``UpstreamTLSError`` included: a certificate
+        that does not verify) counts as a failed connect: retried on the next
+        endpoint and reported to outlier detection.
         """
-        return await trio.open_tcp_stream(*address)
+        protocol = "postgres" if self.config.protocol == "postgres" else "tcp"
+        stream = await upstream_tls.open_upstream(address, tls, protocol)
+        set_nodelay(stream)
+        return stream
 
     async def _connect(
         self, env: str, cluster: Cluster
@@ -395,6 +503,7 @@ class ListenerRuntime:
         attempts = 0
         outcome = "no_endpoint"
         connect_time = 0.0
+        tls = self.env_tls(env)
         while attempts < limits.connect_attempts:
             now = trio.current_time()
             ep = cluster.choose(now, exclude=tried)
@@ -412,7 +521,7 @@ class ListenerRuntime:
             t0 = trio.current_time()
             try:
                 with trio.fail_after(limits.connect_timeout):
-                    upstream = await self.open_upstream(ep.address)
+                    upstream = await self.open_upstream(ep.address, tls)
             except (OSError, trio.TooSlowError) as exc:
                 now = trio.current_time()
                 ejected = cluster.connect_failed(ep, now)
@@ -454,9 +563,55 @@ class ListenerRuntime:
             return upstream, ep, "connected", attempts, connect_time
         return None, None, outcome, attempts, connect_time
 
+    async def _read_pg_startup(
+        self, stream: trio.SocketStream, env: str, client: str, start: float
+    ) -> bytes | None:
+        """PostgreSQL with upstream TLS: the app's startup packet, read before connecting.
+
+        The app's SSLRequest is answered 'N' (plaintext on localhost); the
+        ambassador negotiates TLS with the server itself. None when the app
+        left, was silent past the connect timeout, or is not PostgreSQL (all
+        counted and logged here).
+        """
+        outcome = ""
+        startup = b""
+        with trio.move_on_after(self.config.limits.connect_timeout) as scope:
+            try:
+                startup = await read_client_startup(stream)
+            except PgStartupError as exc:
+                outcome = "bad_request"
+                log_event(
+                    log,
+                    "not a PostgreSQL client",
+                    level=logging.WARNING,
+                    listener=self.name,
+                    client=client,
+                    reason=str(exc),
+                )
+        if scope.cancelled_caught:
+            outcome = "client_timeout"
+        elif not outcome and not startup:
+            outcome = "client_gone"
+        if outcome:
+            self._count(env, outcome)
+            self._log(
+                env=env,
+                client=client,
+                outcome=outcome,
+                duration=round(trio.current_time() - start, 6),
+            )
+            return None
+        return startup
+
     async def _serve_admitted(
         self, stream: trio.SocketStream, env: str, cluster: Cluster, client: str, start: float
     ) -> None:
+        startup = b""
+        if self.config.protocol == "postgres" and self.env_tls(env) is not None:
+            got = await self._read_pg_startup(stream, env, client, start)
+            if got is None:
+                return
+            startup = got
         upstream, ep, outcome, attempts, connect_time = await self._connect(env, cluster)
         if upstream is None or ep is None:
             # Fail fast: RST rather than FIN, so a client reading a reply sees
@@ -477,10 +632,23 @@ class ListenerRuntime:
         result_outcome = "error"
         try:
             with conn.scope:
-                result = await relay(
-                    stream, upstream, conn.counters, idle_timeout=self.config.limits.idle_timeout
-                )
-                result_outcome = result.outcome
+                sent = True
+                if startup:
+                    try:
+                        await upstream.send_all(startup)
+                        conn.counters.bytes_in += len(startup)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        sent = False
+                        result_outcome = "upstream_reset"
+                        abort_stream(stream)
+                if sent:
+                    result = await relay(
+                        stream,
+                        upstream,
+                        conn.counters,
+                        idle_timeout=self.config.limits.idle_timeout,
+                    )
+                    result_outcome = result.outcome
             if conn.scope.cancelled_caught:
                 result_outcome = conn.cancel_reason or "cancelled"
                 abort_stream(stream)

@@ -40,7 +40,7 @@ import subprocess
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import trio
 
@@ -61,8 +61,10 @@ from .switch import EnvSwitch, SwitchResult
 
 __all__ = [
     "MIN_GAUGES",
+    "RunSpec",
     "WorkerSpec",
     "bind_reuseport",
+    "exec_run",
     "merge_expositions",
     "run_workers",
     "worker_main",
@@ -647,6 +649,7 @@ def worker_main() -> None:
             port = await nursery.start(serve_admin, app, "127.0.0.1", 0)
             os.write(1, f"port {port}\n".encode())
             nursery.start_soon(_drain_when_parent_exits, lifecycle)
+            nursery.start_soon(_trim_after_start)
             await ambassador.run(lifecycle)
             nursery.cancel_scope.cancel()
 
@@ -666,6 +669,105 @@ async def _drain_when_parent_exits(lifecycle: Any) -> None:
     lifecycle.start_drain("parent exited")
 
 
+# --------------------------------------------------------------------------- lean exec
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """What ``ambassador run`` hands to the lean process it becomes (see :func:`exec_run`)."""
+
+    config: AmbassadorConfig
+    overrides: Mapping[str, object]
+    workers: int = 1
+    #: Seconds connections get after SIGTERM plus the grace the CLI adds.
+    drain_grace: float = 1.0
+    #: How to start this module (``[python, "-m", "ambassador.workers"]``), for workers.
+    command: tuple[str, ...] | None = None
+
+
+def exec_run(
+    cfg: AmbassadorConfig,
+    overrides: Mapping[str, object],
+    *,
+    workers: int = 1,
+    drain_grace: float = 1.0,
+    command: Sequence[str] | None = None,
+) -> NoReturn:
+    """Become a lean ``ambassador`` process: same PID, without the CLI's imports.
+
+    Parsing the command line needs typer, and typer pulls pydantic and click
+    (about 12 MB of the idle RSS, for code that never runs again). So once the
+    config is valid, ``ambassador run`` execs ``python -m ambassador.workers
+    --run FD`` with the parsed config in a memfd: the process keeps its PID
+    (PID 1 in a container, signals) and its environment, and starts with only
+    what serving needs. Listening sockets are bound after the exec, so a busy
+    address is still one ``ambassador: error:`` line and exit status 2.
+    """
+    base = tuple(command or (sys.executable, "-m", "ambassador.workers"))
+    fd = os.memfd_create("ambassador-run", 0)
+    os.write(fd, pickle.dumps(RunSpec(cfg, dict(overrides), workers, drain_grace, base)))
+    os.lseek(fd, 0, os.SEEK_SET)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    argv = [*base, "--run", str(fd)]
+    os.execv(argv[0], argv)
+
+
+def _error_exit(exc: ConfigError) -> NoReturn:
+    """The one-line user error of ``run_app``, without importing typer."""
+    print(f"ambassador: error: {exc}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+def trim_memory() -> None:
+    """Give freed heap back to the OS once start-up garbage is gone (about 1 MB)."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+
+
+async def _trim_after_start() -> None:
+    await trio.sleep(2.0)
+    trim_memory()
+
+
+def run_main(fd: int) -> None:
+    """The lean process: read the spec, bind, serve (one process or the supervisor)."""
+    from sidecar_common.jsonlog import setup_logging
+    from sidecar_common.lifecycle import Lifecycle, run_sidecar
+
+    with os.fdopen(fd, "rb") as fh:
+        spec: RunSpec = pickle.load(fh)
+    cfg = spec.config
+    setup_logging(cfg.log_level)
+    try:
+        if spec.workers > 1:
+            worker_command = [*spec.command, "--worker"] if spec.command else None
+            raise SystemExit(run_workers(cfg, spec.overrides, spec.workers, command=worker_command))
+        from .app import Ambassador, bind_listeners
+
+        sockets = bind_listeners(cfg)
+
+        async def main(lifecycle: Lifecycle) -> None:
+            ambassador = Ambassador(cfg, sockets, overrides=spec.overrides)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_trim_after_start)
+                await ambassador.run(lifecycle)
+                nursery.cancel_scope.cancel()
+
+        raise SystemExit(
+            run_sidecar(
+                main, drain_deadline=cfg.drain_timeout + spec.drain_grace, name="ambassador"
+            )
+        )
+    except ConfigError as exc:
+        _error_exit(exc)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m ambassador.workers --workers N run --config FILE [--env E] [--admin A]``.
 
@@ -676,6 +778,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args == ["--worker"]:
         worker_main()
         return
+    if len(args) == 2 and args[0] == "--run" and args[1].isdigit():
+        run_main(int(args[1]))
+        return
     parser = argparse.ArgumentParser(prog="ambassador")
     parser.add_argument("--workers", type=int, required=True)
     parser.add_argument("command", choices=["run"])
@@ -685,6 +790,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--admin", default=None)
     parser.add_argument("--log-level", default=None)
     parser.add_argument("--worker-command", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--exec", action="store_true", help="become the lean process (exec_run)")
     ns = parser.parse_args(args)
     from sidecar_common.cli import fail
     from sidecar_common.jsonlog import setup_logging
@@ -703,8 +809,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             admin=ns.admin,
             log_level=ns.log_level,
         )
-        setup_logging(cfg.log_level)
         command = json.loads(ns.worker_command) if ns.worker_command else None
+        if ns.exec:
+            exec_run(cfg, overrides, workers=ns.workers, command=command and command[:-1])
+        setup_logging(cfg.log_level)
         raise SystemExit(run_workers(cfg, overrides, ns.workers, command=command))
     except ConfigError as exc:
         fail("ambassador", str(exc))

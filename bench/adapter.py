@@ -166,7 +166,9 @@ def gen_access(rng: random.Random, i: int) -> list[str]:
 
 def gen_syslog(rng: random.Random, i: int) -> list[str]:
     pri = 8 * rng.choice((1, 3, 16)) + rng.choice((3, 4, 5, 6, 6, 6, 7))
-    sd = rng.choice(("-", f'[req@32473 id="{rng.getrandbits(32):08x}" user="u{rng.randrange(99)}"]'))
+    sd = rng.choice(
+        ("-", f'[req@32473 id="{rng.getrandbits(32):08x}" user="u{rng.randrange(99)}"]')
+    )
     return [
         f"<{pri}>1 {_iso(_when(i))} web-{rng.randrange(4)}.example.com "
         f"{rng.choice(('nginx', 'api', 'worker'))} {rng.randrange(100, 30000)} "
@@ -199,7 +201,9 @@ def gen_klog(rng: random.Random, i: int) -> list[str]:
     t = dt.datetime.fromtimestamp(_when(i), dt.UTC)
     sev = rng.choice("IIIIIWE")
     if rng.random() < 0.5:
-        msg = f'"{_sentence(rng, 4)}" pod="default/web-{rng.randrange(9)}" attempt={rng.randrange(5)}'
+        msg = (
+            f'"{_sentence(rng, 4)}" pod="default/web-{rng.randrange(9)}" attempt={rng.randrange(5)}'
+        )
     else:
         msg = _sentence(rng)
     return [

@@ -3,10 +3,12 @@
 The benchmark runs the ambassador through this launcher so that the relay under
 test is chosen by ``AMBASSADOR_RELAY`` (``splice``: ambassador.fastrelay with its
 hub thread; ``splice-loop``: the hub as a trio task; ``stream``: the plain trio
-relay) whatever the listener imports today. It also takes ``--workers N`` (the
-stand-alone entry of ambassador.workers) and ``--worker`` (a worker process),
-so that workers get the same relay. Once the listener calls ``fastrelay.relay``
-and ``ambassador run`` has ``--workers``, this is a thin alias.
+relay) whatever the listener imports today. ``--lean`` runs as ``ambassador run``
+will once the CLI calls ``workers.exec_run`` (it execs a process without typer);
+``--workers N`` is the stand-alone entry of ambassador.workers (also exec'd);
+``--run FD`` and ``--worker`` are the exec'd process and a worker process, so
+they get the same relay. Once the listener calls ``fastrelay.relay`` and
+``ambassador run`` has ``--workers`` and execs, this is a thin alias.
 """
 
 from __future__ import annotations
@@ -30,11 +32,20 @@ def main() -> None:
 
         worker_main()
         return
+    if argv[:1] == ["--run"]:
+        from ambassador.workers import run_main
+
+        run_main(int(argv[1]))
+        return
+    if argv[:1] == ["--lean"]:
+        # ``ambassador run`` as it would be with exec_run wired in the CLI.
+        argv = ["--workers", "1", "--exec", *argv[1:]]
     if argv[:1] == ["--workers"]:
         from ambassador.workers import main as workers_main
 
         command = [sys.executable, __file__, "--worker"]
-        workers_main([*argv, "--worker-command", json.dumps(command)])
+        extra = [] if "--exec" in argv else ["--exec"]
+        workers_main([*argv, *extra, "--worker-command", json.dumps(command)])
         return
     from ambassador.cli import main as cli_main
 

@@ -75,11 +75,13 @@ def peak_kib(pid: int) -> int:
 
 
 def children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as fh:
-            return [int(x) for x in fh.read().split()]
-    except OSError:
-        return []
+    """Child processes of ``pid``, whichever of its threads started them."""
+    kids: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/children") as fh:
+                kids += [int(x) for x in fh.read().split()]
+    return kids
 
 
 # --------------------------------------------------------------------------- backends
@@ -229,6 +231,8 @@ endpoints = ["127.0.0.1:{backends.target(kind)}"]
     argv = [sys.executable, str(ROOT / "bench" / "ambassador_launch.py")]
     if workers > 1:
         argv += ["--workers", str(workers)]
+    elif relay != "stream":
+        argv += ["--lean"]  # as ``ambassador run`` with exec_run (no typer in the process)
     argv += ["run", "--config", str(config)]
     env = {**os.environ, "AMBASSADOR_RELAY": relay, "AMBASSADOR_RELAY_THREADS": str(threads)}
     proc = subprocess.Popen(argv, stdout=out, stderr=out, env=env)

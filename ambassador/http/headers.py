@@ -135,7 +135,10 @@ class IdSource:
     """Random ids (request ids, trace and span ids); seeded in tests, OS randomness otherwise."""
 
     def __init__(self, rng: random.Random | None = None) -> None:
-        self._rng = rng if rng is not None else random.SystemRandom()
+        # Not SystemRandom: that is one getrandom() syscall per id, three per
+        # request. Ids must be unique and unguessable enough to not collide,
+        # not secret; a Mersenne Twister seeded from the OS is plenty.
+        self._rng = rng if rng is not None else random.Random(int.from_bytes(os.urandom(32)))
 
     def bits(self, n: int) -> int:
         value = 0

@@ -161,7 +161,9 @@ def looks_closed(stream: trio.abc.Stream) -> bool:
     if fd < 0:
         return True
     # A borrowed stdlib view of the same descriptor (trio's recv is async).
-    view = socket.socket(fileno=fd)
+    # Family, type and proto given: otherwise the constructor probes the fd
+    # with three syscalls, on every reuse.
+    view = socket.socket(sock.family, sock.type, sock.proto, fileno=fd)
     try:
         view.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
     except BlockingIOError:
@@ -192,10 +194,15 @@ class UpstreamPool:
         self.opened_total = 0
         self.reused_total = 0
 
-    async def acquire(self, key: PoolKey) -> UpstreamConnection:
-        """A reused idle connection or a new one (bound time with a cancel scope).
+    async def acquire(
+        self, key: PoolKey, *, connect_timeout: float | None = None
+    ) -> UpstreamConnection:
+        """A reused idle connection or a new one.
 
-        Raises ``OSError`` (``UpstreamTLSError`` included) when connecting fails.
+        Raises ``OSError`` (``UpstreamTLSError`` included) when connecting fails,
+        ``trio.TooSlowError`` when a new connection takes over ``connect_timeout``.
+        Only a new connection is timed: a reused one costs no cancel scope (on
+        the hot path of a keep-alive proxy, every scope counts).
         """
         while True:
             conn, expired = self.book.checkout(key, trio.current_time())
@@ -209,7 +216,11 @@ class UpstreamPool:
                 continue
             self.reused_total += 1
             return conn
-        stream = await self._connect(key.address, key.tls, "http")
+        if connect_timeout is None:
+            stream = await self._connect(key.address, key.tls, "http")
+        else:
+            with trio.fail_after(connect_timeout):
+                stream = await self._connect(key.address, key.tls, "http")
         self.book.opened(key)
         self.opened_total += 1
         return UpstreamConnection(

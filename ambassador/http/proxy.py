@@ -619,8 +619,7 @@ class HttpProxy:
         reusable = False
         try:
             try:
-                with trio.fail_after(self.connect_timeout):
-                    up = await self.pool.acquire(key)
+                up = await self.pool.acquire(key, connect_timeout=self.connect_timeout)
             except (OSError, trio.TooSlowError) as exc:
                 settled = True
                 self._endpoint_failed(route, ep, "connect")
@@ -694,8 +693,11 @@ class HttpProxy:
             await _up_send(up, head)
         except _UpstreamBroken as exc:
             return _Failed("reset", 502, str(exc)), False, False
-        async with trio.open_nursery() as nursery:
-            if _has_body(req):
+        has_body = _has_body(req)
+        # A nursery (and its cancel scope) only when a body must be pumped
+        # concurrently: most requests have none, and this is the hot path.
+        async with trio.open_nursery() if has_body else _NO_NURSERY as nursery:
+            if has_body:
                 nursery.start_soon(pump_body)
             else:
                 # Nothing to stream: finish the request now, so a retry decision
@@ -781,14 +783,28 @@ class HttpProxy:
         c.queue(
             h11.Response(status_code=response.status_code, headers=headers, reason=response.reason)
         )
+        timeout = self.settings.request_timeout
+        # One scope for the whole body; its deadline moves before each wait on
+        # the network, so it bounds silence, not the body's total time.
+        silence = trio.CancelScope(deadline=trio.current_time() + timeout)
+
+        async def before_wait() -> None:
+            await c.flush()
+            silence.deadline = trio.current_time() + timeout
+
         while True:
-            try:
-                with trio.fail_after(self.settings.request_timeout):
-                    event = await _up_next(up, c.flush)
-            except (_UpstreamBroken, trio.TooSlowError) as exc:
+            event: Any = None
+            failure = ""
+            with silence:
+                try:
+                    event = await _up_next(up, before_wait)
+                except _UpstreamBroken as exc:
+                    failure = str(exc)
+            if silence.cancelled_caught:
+                failure = "upstream body timeout"
+            if failure:
                 # Mid-body: the app must see a broken response, not a short one.
-                reason = "upstream body timeout" if isinstance(exc, trio.TooSlowError) else str(exc)
-                ex.reasons.append(reason)
+                ex.reasons.append(failure)
                 abort_stream(c.stream)
                 return _Done(response.status_code, False, "upstream_reset")
             if isinstance(event, h11.Data):
@@ -842,6 +858,28 @@ class HttpProxy:
         result = await relay(client_stream, up.stream, counters)
         ex.bytes_in, ex.bytes_out = counters.bytes_in, counters.bytes_out
         return _Done(101, False, f"tunnel_{result.outcome}")
+
+
+class _NoNursery:
+    """Stands in for a nursery when nothing runs concurrently (a request without a body).
+
+    Its ``cancel_scope`` is never entered, so cancelling it is a harmless no-op.
+    """
+
+    def __init__(self) -> None:
+        self.cancel_scope = trio.CancelScope()
+
+    async def __aenter__(self) -> _NoNursery:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    def start_soon(self, fn: Callable[..., Awaitable[object]], *args: object) -> None:
+        raise RuntimeError("no nursery: nothing may run concurrently here")
+
+
+_NO_NURSERY = _NoNursery()
 
 
 async def serve_http_client(stream: trio.abc.Stream, ctx: HttpProxy, client: str = "?") -> None:

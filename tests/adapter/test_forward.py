@@ -26,7 +26,7 @@ from adapter.pipeline import Pipeline, PipelineConfig
 from sidecar_common.metrics import Registry, parse_text
 from sidecar_common.retry import Backoff
 from tests.support.fluentd import ForwardReceiver, _ext_hook
-from tests.support.procs import free_port
+from tests.support.procs import free_port, refused_port
 
 ADAPTER = str(Path(sys.executable).with_name("adapter"))
 
@@ -320,28 +320,28 @@ def test_otel_records_carry_their_timestamp_too() -> None:
 
 
 async def test_buffered_and_dropped_records_are_published_as_metrics(tmp_path: Path) -> None:
-    port = free_port()  # nobody listens there
-    out = make_output(connect_tcp("127.0.0.1", port), tmp_path, memory=1, disk=1)
-    out._queue.drop_policy = "drop-oldest"
-    cfg = PipelineConfig(environ={}, multiline=False)
-    disp = Dispatcher(lambda: Pipeline(cfg), out, max_line_bytes=1024)
-    registry = Registry()
-    register_metrics(registry, disp, out)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(out.run)
-        source = disp.open("stdout")
-        await disp.feed(source, b"".join(b'{"msg":"%d"}\n' % i for i in range(30)))
-        await eventually(lambda: out.stats.retried > 0, 20)
-        nursery.cancel_scope.cancel()
-    metrics = parse_text(registry.render())
-    fwd = ("output", "forward")
-    assert metrics[("adapter_lines_total", frozenset({("stream", "stdout")}))] == 30
-    assert metrics[("adapter_records_total", frozenset({("format", "json")}))] == 30
-    # Room for one chunk in memory, none on disk: the two older chunks gave way.
-    dropped = ("adapter_dropped_records_total", frozenset({fwd, ("reason", "drop-oldest")}))
-    assert metrics[dropped] == 20
-    assert metrics[("adapter_buffered_records", frozenset({fwd, ("where", "memory")}))] == 10
-    assert metrics[("adapter_buffered_records", frozenset({fwd, ("where", "disk")}))] == 0
-    assert metrics[("adapter_output_queue_records", frozenset({fwd}))] == 10
-    assert metrics[("adapter_retried_records_total", frozenset({fwd}))] >= 10
-    assert metrics[("adapter_delivered_records_total", frozenset({fwd}))] == 0
+    with refused_port() as port:
+        out = make_output(connect_tcp("127.0.0.1", port), tmp_path, memory=1, disk=1)
+        out._queue.drop_policy = "drop-oldest"
+        cfg = PipelineConfig(environ={}, multiline=False)
+        disp = Dispatcher(lambda: Pipeline(cfg), out, max_line_bytes=1024)
+        registry = Registry()
+        register_metrics(registry, disp, out)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(out.run)
+            source = disp.open("stdout")
+            await disp.feed(source, b"".join(b'{"msg":"%d"}\n' % i for i in range(30)))
+            await eventually(lambda: out.stats.retried > 0, 20)
+            nursery.cancel_scope.cancel()
+        metrics = parse_text(registry.render())
+        fwd = ("output", "forward")
+        assert metrics[("adapter_lines_total", frozenset({("stream", "stdout")}))] == 30
+        assert metrics[("adapter_records_total", frozenset({("format", "json")}))] == 30
+        # Room for one chunk in memory, none on disk: the two older chunks gave way.
+        dropped = ("adapter_dropped_records_total", frozenset({fwd, ("reason", "drop-oldest")}))
+        assert metrics[dropped] == 20
+        assert metrics[("adapter_buffered_records", frozenset({fwd, ("where", "memory")}))] == 10
+        assert metrics[("adapter_buffered_records", frozenset({fwd, ("where", "disk")}))] == 0
+        assert metrics[("adapter_output_queue_records", frozenset({fwd}))] == 10
+        assert metrics[("adapter_retried_records_total", frozenset({fwd}))] >= 10
+        assert metrics[("adapter_delivered_records_total", frozenset({fwd}))] == 0

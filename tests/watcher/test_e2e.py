@@ -147,7 +147,10 @@ def test_key_expires_within_the_ttl_after_sigkill(
         "--service", "orders", "--instance", "pod-k", "--address", "10.0.0.8:8080", "--ttl", "2",
     )  # fmt: skip
     key = "/services/orders/pod-k"
-    wait_until(lambda: etcd.get(key) is not None)
+    # The key may be written before the first probe result (healthy=false): wait for the probe.
+    wait_until(
+        lambda: (value := etcd.get(key)) is not None and ServiceInstance.from_json(value).healthy
+    )
     record = ServiceInstance.from_json(etcd.get(key) or "")
     assert (record.address, record.port, record.healthy) == ("10.0.0.8", 8080, True)
     os.kill(w.proc.pid, signal.SIGKILL)
