@@ -286,6 +286,15 @@ class Pipeline:
             return
         if self._format != "auto":
             self._failed(self._format)
+        elif hold and not tags and not (self._pending and (origin, stream) in self._pending):
+            # An ordinary line after all (an access log's IPv4 address, a timestamp): the
+            # same steps as _line, as feed's fast path takes them.
+            fmt, partial = self._parse(text)
+            if self._holding and fmt in _HOLDABLE:
+                self._hold((origin, stream), partial, fmt, text, None, [text], [], 1, now, wall)
+            else:
+                out.append(self._emit(partial, fmt, stream, origin, text, wall))
+            return
         self._line(text, stream, None, [text], 1, tags, origin, now, wall, out, hold=hold)
 
     def _wrapped(

@@ -118,7 +118,7 @@ def redact_defaults(text: str) -> str:
     low = text.lower()
     if "pass" in low or "pwd" in low or "secret" in low or "token" in low or "key" in low:
         text = _KEYWORD.sub(_keyword, text)
-    if "://" in low and "@" in low:
+    if "@" in text and "://" in text:  # caseless: no need for ``low``; "@" is the cheap test
         text = _URL_PASSWORD.sub(_url_password, text)
     if "bearer" in low or "basic" in low:
         text = _BEARER.sub(_bearer, text)

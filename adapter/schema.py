@@ -63,17 +63,35 @@ def nest_into(doc: Record, key: str, value: Any) -> None:
 
 def to_ecs(partial: dict[str, Any]) -> Record:
     """An ECS document from a partial record (consumed: do not reuse ``partial``)."""
-    doc: Record = {"@timestamp": format_rfc3339(partial.pop("@timestamp"))}
+    timestamp = format_rfc3339(partial.pop("@timestamp"))
     raw_level = partial.pop("log.level", None)
+    level = None
     if raw_level is not None:
         level = normalise(raw_level)
-        if level is not None:
-            doc["log"] = {"level": level}
-        else:
+        if level is None:
             labels = partial.setdefault("labels", {})
             if isinstance(labels, dict):
                 labels.setdefault("level", raw_level)
     message = partial.pop("message", None)
+    # Records of one source have the same fields in the same order, line after line: the
+    # nesting of such a shape is compiled once into one dict display (see _Shapes).
+    shapes = _SHAPES[(level is not None) + 2 * (message is not None)]
+    keys = tuple(partial)
+    build = shapes.plans.get(keys)
+    if build is not None:
+        return build(timestamp, level, message, *partial.values())
+    if len(shapes.plans) < _PLANS_MAX:
+        build = shapes.learn(keys)
+        if build is not None:
+            return build(timestamp, level, message, *partial.values())
+    return _to_ecs(partial, timestamp, level, message)
+
+
+def _to_ecs(partial: dict[str, Any], timestamp: str, level: str | None, message: Any) -> Record:
+    """The general nesting, for any fields (conflicting names go under labels)."""
+    doc: Record = {"@timestamp": timestamp}
+    if level is not None:
+        doc["log"] = {"level": level}
     if message is not None:
         doc["message"] = message
     doc["ecs"] = {"version": ECS_VERSION}
@@ -107,6 +125,100 @@ def to_ecs(partial: dict[str, Any]) -> Record:
             continue
         nest_into(doc, key, value)
     return doc
+
+
+# Shapes: how often a field tuple is seen before it is compiled, and how many are kept.
+_LEARN_AFTER = 4
+_PLANS_MAX = 256
+_SEEN_MAX = 4096
+_FIELDS_MAX = 64
+
+
+class _Var:
+    """A placeholder for an argument while a shape's document is laid out."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+class _Shapes:
+    """Compiled builders for the field tuples seen often, for one (level?, message?) case.
+
+    A builder is made only for a shape whose names cannot collide (no name is a prefix of
+    another, none lands on a value the document already has), so it needs no checks: the
+    general code is laid out once on placeholders and the result written as one dict
+    display, which gives the same document, in the same key order, as :func:`_to_ecs`.
+    """
+
+    def __init__(self, level: bool, message: bool) -> None:
+        self.level = level
+        self.message = message
+        self.plans: dict[tuple[str, ...], Any] = {}
+        self.seen: dict[tuple[str, ...], int] = {}
+
+    def learn(self, keys: tuple[str, ...]) -> Any:
+        n = self.seen.get(keys, 0) + 1
+        if n < _LEARN_AFTER:
+            if len(self.seen) >= _SEEN_MAX:
+                self.seen.clear()
+            self.seen[keys] = n
+            return None
+        self.seen.pop(keys, None)
+        build = self._compile(keys)
+        self.plans[keys] = build
+        return build
+
+    def _compile(self, keys: tuple[str, ...]) -> Any:
+        if len(keys) > _FIELDS_MAX:
+            return None
+        paths = [_path(k) for k in keys]
+        heads = {p[0] for p in paths if len(p) > 1}
+        singles = {p[0] for p in paths if len(p) == 1}
+        if singles & (heads | {"@timestamp", "ecs", "log", "message"}) or heads & {
+            "@timestamp",
+            "message",
+        }:
+            return None
+        # Lay the document out as _to_ecs would, on placeholders; give up on any collision.
+        doc: dict[str, Any] = {"@timestamp": _Var("ts")}
+        if self.level:
+            doc["log"] = {"level": _Var("level")}
+        if self.message:
+            doc["message"] = _Var("message")
+        doc["ecs"] = {"version": ECS_VERSION}
+        for i, path in enumerate(paths):
+            node = doc
+            for part in path[:-1]:
+                nxt = node.setdefault(part, {})
+                if not isinstance(nxt, dict):
+                    return None
+                node = nxt
+            if path[-1] in node:
+                return None
+            node[path[-1]] = _Var(f"v{i}")
+        args = ", ".join(["ts", "level", "message", *(f"v{i}" for i in range(len(keys)))])
+        source = f"def build({args}):\n    return {_render(doc)}\n"
+        namespace: dict[str, Any] = {}
+        exec(compile(source, "<adapter.schema shape>", "exec"), namespace)
+        return namespace["build"]
+
+
+def _render(node: Any) -> str:
+    if isinstance(node, _Var):
+        return node.name
+    if isinstance(node, dict):
+        return "{" + ", ".join(f"{k!r}: {_render(v)}" for k, v in node.items()) + "}"
+    return repr(node)
+
+
+_SHAPES = (
+    _Shapes(False, False),
+    _Shapes(True, False),
+    _Shapes(False, True),
+    _Shapes(True, True),
+)
 
 
 # ECS flat name -> (section, OpenTelemetry name). Section "resource", "attributes" or "top".

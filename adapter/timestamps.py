@@ -94,6 +94,8 @@ class TimestampParser:
         self.zone: tzinfo = load_zone(zone) if isinstance(zone, str) else zone
         self._utc = getattr(self.zone, "key", None) in ("UTC", "Etc/UTC", "Etc/UCT", "UCT")
         self._local: dict[tuple[int, int, int, int, int, int], int] = {}
+        self._gm: dict[tuple[int, int, int, int, int, int], int] = {}
+        self._year: tuple[float, float, int] = (0.0, 0.0, 0)  # [start, end) of wall's year
         self._apache: dict[str, int] = {}
         self._heads: dict[str, tuple[int, int]] = {}  # ISO head -> (seconds if UTC, if in the zone)
 
@@ -106,15 +108,25 @@ class TimestampParser:
         None when the fields are no real date (31 February), so the caller treats the text
         as no timestamp rather than raising.
         """
+        key = (y, mo, d, h, mi, s)
+        utc = offset is not None or self._utc
+        if utc:
+            # Cached: year-less layouts compute two candidate years per line.
+            known = self._gm.get(key)
+            if known is not None:
+                return known - (offset or 0)
         if not (1 <= mo <= 12 and 1 <= d <= 31 and h <= 23 and mi <= 59 and s <= 60 and y >= 1):
             return None
         if d > 28 and d > calendar.monthrange(y, mo)[1]:
             return None
         if s == 60:  # a leap second: fold into the next second's start, as POSIX does
             s = 59
-        if offset is not None or self._utc:
-            return calendar.timegm((y, mo, d, h, mi, s, 0, 0, 0)) - (offset or 0)
-        key = (y, mo, d, h, mi, s)
+        if utc:
+            known = calendar.timegm((y, mo, d, h, mi, s, 0, 0, 0))
+            if len(self._gm) >= _CACHE_MAX:
+                self._gm.clear()
+            self._gm[key] = known
+            return known - (offset or 0)
         cached = self._local.get(key)
         if cached is None:
             if len(self._local) >= _CACHE_MAX:
@@ -143,7 +155,12 @@ class TimestampParser:
         (a December line read in January: last year), or the next year puts it within two
         days of now (a 1 January line read on 31 December by a slightly slow clock).
         """
-        year = time.gmtime(wall).tm_year
+        start, end, year = self._year
+        if not start <= wall < end:
+            year = time.gmtime(wall).tm_year
+            start = calendar.timegm((year, 1, 1, 0, 0, 0, 0, 0, 0))
+            end = start + (366 if calendar.isleap(year) else 365) * 86400
+            self._year = (start, end, year)
         wall_ns = int(wall * NS)
         slack = _YEAR_SLACK * NS
         nxt = self._ns(year + 1, mo, d, h, mi, s, frac, None)

@@ -406,9 +406,12 @@ def _discover(value: object, path: str) -> EtcdDiscoveryConfig:
     """``{ etcd = "http://127.0.0.1:2379", prefix = "/services/api", environment = "prod" }``."""
     table = _table(value, path)
     _check_keys(table, _DISCOVER_KEYS, path)
-    for required in ("etcd", "prefix"):
+    for required, expected in (
+        ("etcd", "an etcd URL like http://127.0.0.1:2379"),
+        ("prefix", "a key prefix like /services/api"),
+    ):
         if required not in table:
-            raise ConfigError(f"{path}.{required}", None, f"the etcd {required}")
+            raise ConfigError(f"{path}.{required}", None, expected)
     url = _str(table["etcd"], f"{path}.etcd")
     scheme, sep, rest = url.partition("://")
     if scheme not in ("http", "https") or not sep or not rest.strip("/"):

@@ -1,28 +1,37 @@
-"""The fast byte relay: zero-copy ``os.splice`` driven by one epoll hub per process.
+"""The fast byte relay: zero-copy ``os.splice`` driven by an epoll hub in its own thread.
 
 A drop-in for :func:`ambassador.relay.relay` (same signature, same results):
 half-close forwarded, resets propagated (the other side gets RST) and reported,
 byte counts exact, idle timeout. The listener keeps doing everything once per
-connection (accept, admission, balancing, connect, logging); only the per-chunk
-work moves here.
+connection in trio (accept, admission, balancing, connect, health, logging);
+only the per-chunk work moves here.
 
-Why a hub and not a task per direction: with one trio task per direction every
-chunk costs a trip through trio's scheduler (register the fd, wake the task,
-switch), which is what makes a naive trio proxy reach only half of HAProxy on
-small request/response traffic. Here every relayed socket sits in one private
-epoll set; a single trio task waits until that set is readable (one
-``wait_readable`` for any number of connections), then handles every ready
-socket in a tight loop with non-blocking syscalls and no allocation per chunk:
+Why a hub and not a trio task per direction: then every chunk costs a trip
+through trio's scheduler (register the fd, wake the task, switch), which is
+what keeps a naive trio proxy at half of HAProxy on small request/response
+traffic. Here every relayed socket sits in one private epoll set, and one loop
+handles every ready socket with non-blocking syscalls and no allocation per
+chunk:
 
     socket --splice--> pipe --splice--> socket
 
-Bytes never enter Python (zero copy). Pipes come from a small pool: a pipe only
-holds data while a destination is slower than its source, so a thousand idle
-connections hold no pipe at all (two file descriptors each, nothing else).
+Bytes never enter Python (zero copy). By default the loop runs in a thread of
+its own blocked in ``epoll_wait`` (the GIL is free while it waits and during
+every splice), so a ready socket wakes it directly instead of going through
+trio's loop; the trio thread only hears of a connection again when it ends
+(``run_sync_soon``). ``AMBASSADOR_RELAY=splice-loop`` runs the same loop as a
+trio task instead (one ``wait_readable`` on the epoll fd for all connections);
+``AMBASSADOR_RELAY_THREADS=N`` spreads connections over N hub threads.
 
-Interest is level-triggered: a source is watched for reading while its pipe is
-empty, a destination for writing while its pipe holds data, so a slow reader
-throttles its writer (back-pressure) and nothing is buffered beyond one pipe.
+Pipes: the hub forwards through one spare pipe, which is empty again after
+every complete forward; a direction keeps a pipe of its own only while its
+destination is slower than its source. A thousand idle connections hold no
+pipe at all (their two sockets, a few small objects, nothing else).
+
+Interest is level-triggered and changed only on transitions: a source is
+watched for reading while nothing of it waits in a pipe, a destination for
+writing while something does, so a slow reader throttles its writer
+(back-pressure) and nothing is buffered beyond one pipe per direction.
 
 Streams that are not plain sockets (TLS, in-memory streams in tests) and
 platforms without ``os.splice`` use the stream relay of :mod:`ambassador.relay`
@@ -46,6 +55,7 @@ from typing import Final
 
 import trio
 
+from sidecar_common.errors import ConfigError
 from sidecar_common.jsonlog import get_logger, log_event
 
 from .relay import RelayCounters, RelayOutcome, RelayResult, abort_stream
@@ -57,6 +67,7 @@ __all__ = [
     "RelayResult",
     "SpliceHub",
     "can_splice",
+    "check_settings",
     "relay",
     "relay_mode",
     "relay_threads",
@@ -93,8 +104,6 @@ def relay_mode(environ: Mapping[str, str] | None = None) -> str:
     env = os.environ if environ is None else environ
     wanted = env.get("AMBASSADOR_RELAY", "splice").strip().lower() or "splice"
     if wanted not in RELAY_MODES:
-        from sidecar_common.errors import ConfigError
-
         raise ConfigError("AMBASSADOR_RELAY", wanted, "splice, splice-loop or stream")
     return wanted if _HAS_SPLICE else "stream"
 
@@ -314,10 +323,16 @@ class SpliceHub:
                 if conn.outcome is None and not this.finished and not this.pending:
                     self._pump(this)
                     acted = True
-                if conn.outcome is None and not acted and ev & _EPOLLERR:
-                    # An error on a socket we neither read nor write at the
-                    # moment (its direction already half-closed): a reset.
-                    # (EPOLLHUP alone is both halves shut down, not an error.)
+                # An error on a socket we neither read nor write at the moment
+                # (its direction already half-closed) is a reset. EPOLLHUP alone
+                # is both halves shut down, not an error; SO_ERROR confirms it (the
+                # event may be stale: polled before the lock, fd since reused).
+                if (
+                    conn.outcome is None
+                    and not acted
+                    and ev & _EPOLLERR
+                    and conn.socks[idx].getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                ):
                     self._reset(conn, idx)
             except Exception as exc:  # pragma: no cover - a bug, not an I/O error
                 log_event(log, "relay bug; connection reset", level=40, error=repr(exc))
@@ -452,10 +467,35 @@ def relay_threads(environ: Mapping[str, str] | None = None) -> int:
     env = os.environ if environ is None else environ
     text = env.get("AMBASSADOR_RELAY_THREADS", "").strip() or "1"
     if not text.isdigit() or not 1 <= int(text) <= 64:
-        from sidecar_common.errors import ConfigError
-
         raise ConfigError("AMBASSADOR_RELAY_THREADS", text, "an integer from 1 to 64")
     return int(text)
+
+
+_MODE: trio.lowlevel.RunVar[tuple[str, int]] = trio.lowlevel.RunVar("ambassador_relay_mode")
+
+
+def check_settings(environ: Mapping[str, str] | None = None) -> tuple[str, int]:
+    """Validate ``AMBASSADOR_RELAY`` and ``AMBASSADOR_RELAY_THREADS`` (``ConfigError``).
+
+    Call it at start-up, so a bad value is the usual one-line error; the relay
+    itself never raises for them.
+    """
+    return relay_mode(environ), relay_threads(environ)
+
+
+def _settings() -> tuple[str, int]:
+    """The relay settings of this trio run, read once (bad values: the defaults, logged)."""
+    try:
+        return _MODE.get()
+    except LookupError:
+        pass
+    try:
+        settings = check_settings()
+    except ConfigError as exc:
+        log_event(log, "bad relay setting; using the defaults", level=30, reason=str(exc))
+        settings = ("splice" if _HAS_SPLICE else "stream", 1)
+    _MODE.set(settings)
+    return settings
 
 
 def hubs() -> list[SpliceHub]:
@@ -464,8 +504,9 @@ def hubs() -> list[SpliceHub]:
         return _HUBS.get()
     except LookupError:
         pass
-    threaded = relay_mode() == "splice"
-    count = relay_threads() if threaded else 1
+    mode, threads = _settings()
+    threaded = mode == "splice"
+    count = threads if threaded else 1
     started = [SpliceHub(threaded=threaded) for _ in range(count)]
     _HUBS.set(started)
     for i, hub in enumerate(started):
@@ -497,7 +538,7 @@ async def relay(
     both streams; on a reset the other side is armed to send RST on close.
     """
     if (
-        relay_mode() == "stream"
+        _settings()[0] == "stream"
         or not isinstance(client, trio.SocketStream)
         or not isinstance(upstream, trio.SocketStream)
         or not can_splice(client)

@@ -564,7 +564,7 @@ class ListenerRuntime:
         return None, None, outcome, attempts, connect_time
 
     async def _read_pg_startup(
-        self, stream: trio.SocketStream, env: str, client: str, start: float
+        self, stream: trio.abc.HalfCloseableStream, env: str, client: str, start: float
     ) -> bytes | None:
         """PostgreSQL with upstream TLS: the app's startup packet, read before connecting.
 
@@ -604,7 +604,12 @@ class ListenerRuntime:
         return startup
 
     async def _serve_admitted(
-        self, stream: trio.SocketStream, env: str, cluster: Cluster, client: str, start: float
+        self,
+        stream: trio.abc.HalfCloseableStream,
+        env: str,
+        cluster: Cluster,
+        client: str,
+        start: float,
     ) -> None:
         startup = b""
         if self.config.protocol == "postgres" and self.env_tls(env) is not None:

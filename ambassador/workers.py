@@ -231,6 +231,10 @@ class _Slot:
     ready: tuple[bool, str] = (False, "starting")
     env: str | None = None
     restarts: int = 0
+    #: Cancelled to ask for a replacement (config reload): see ``Supervisor._supervise``.
+    waiter: trio.CancelScope | None = None
+    #: Bumped each time a worker for this slot has started.
+    generation: int = 0
 
 
 class Supervisor:
@@ -255,6 +259,7 @@ class Supervisor:
         self.registry = Registry()
         self.draining = False
         self._drain = trio.Event()
+        self._workers_nursery: trio.Nursery
         self.env_switches = self.registry.counter(
             "ambassador_env_switches_total",
             "Environment switch requests by result and source.",
@@ -443,6 +448,7 @@ class Supervisor:
             if self.cfg.admin is not None:
                 app = AdminApp(self.registry, ready=self.ready)
                 app.route("GET", "/metrics", self.metrics)
+                app.route("GET", "/readyz", self.readyz)
                 app.route("GET", "/env", self.get_env, loopback_only=True)
                 app.route("PUT", "/env", self.put_env, loopback_only=True)
                 bound = await background.start(
@@ -450,9 +456,12 @@ class Supervisor:
                 )
                 log_event(log, "admin listening", address=f"{self.cfg.admin.host}:{bound}")
             if self.cfg.env_file is not None:
-                await background.start(self._watch_env_file, self.cfg.env_file)
+                await background.start(self._watch_file, self.cfg.env_file, self._env_file_changed)
+            if self.cfg.config_file is not None:
+                await background.start(self._watch_file, self.cfg.config_file, self._config_changed)
             background.start_soon(self._poll_workers)
             async with trio.open_nursery() as workers:
+                self._workers_nursery = workers
                 for slot in self.slots:
                     workers.start_soon(self._supervise, slot)
                 await lifecycle.wait_drain()
@@ -471,17 +480,58 @@ class Supervisor:
             log_event(log, "workers drained")
             background.cancel_scope.cancel()
 
+    async def readyz(self, request: Request) -> Response:
+        """GET /readyz, asked of every worker now (not a cached poll)."""
+        if self.draining:
+            return Response(503, b"draining")
+
+        async def ask(slot: _Slot) -> None:
+            got = await self._get(slot, "/readyz")
+            if got is not None:
+                slot.ready = (got[0] == 200, got[1].strip())
+
+        async with trio.open_nursery() as nursery:
+            for slot in self.slots:
+                nursery.start_soon(ask, slot)
+        ok, reason = self.ready()
+        return Response(200 if ok else 503, (reason or ("ready" if ok else "not ready")).encode())
+
     def _fds(self, slot: _Slot) -> dict[str, list[int]]:
         return {name: [s.fileno() for s in group] for name, group in slot.sockets.items()}
 
     async def _supervise(self, slot: _Slot) -> None:
-        """Run worker ``slot`` until the drain, restarting it when it exits."""
+        """Run worker ``slot`` until the drain: restart it when it exits, replace it on request."""
         attempt = 0
         while not self.draining:
             started = trio.current_time()
-            status = await self._run_worker(slot)
+            proc = await self._start_worker(slot)
+            status: int | None = None
+            replaced = False
+            if proc is not None:
+                slot.waiter = trio.CancelScope()
+                try:
+                    with slot.waiter:
+                        status = await proc.wait()
+                    replaced = slot.waiter.cancelled_caught
+                finally:
+                    slot.waiter = None
+                    slot.process = None
+                    slot.admin_port = None
+                    slot.ready = (False, "exited")
+                    if replaced:
+                        # The old worker drains its connections while the new one
+                        # already accepts on the same socket.
+                        with contextlib.suppress(OSError):
+                            proc.send_signal(signal.SIGTERM)
+                    if proc.returncode is None:
+                        self._workers_nursery.start_soon(self._reap, proc)
+                    else:
+                        await self._close_pipes(proc)
             if self.draining:
                 return
+            if replaced:
+                attempt = 0
+                continue
             ran = trio.current_time() - started
             attempt = 0 if ran >= STABLE_AFTER else attempt + 1
             delay = RESTART_BACKOFF.delay(attempt, self.rng)
@@ -498,7 +548,27 @@ class Supervisor:
             with trio.move_on_after(delay):
                 await self._drain.wait()
 
-    async def _run_worker(self, slot: _Slot) -> int | None:
+    async def _reap(self, proc: trio.Process) -> None:
+        """Wait for a retired worker; nothing may outlive the parent (killed if cancelled)."""
+        try:
+            await proc.wait()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                with trio.CancelScope(shield=True):
+                    await proc.wait()
+            await self._close_pipes(proc)
+
+    async def _close_pipes(self, proc: trio.Process) -> None:
+        with trio.CancelScope(shield=True):
+            if proc.stdin is not None:
+                with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+                    await proc.stdin.aclose()
+            if proc.stdout is not None:
+                await proc.stdout.aclose()
+
+    async def _start_worker(self, slot: _Slot) -> trio.Process | None:
+        """Start the worker of ``slot`` and wait for its admin port; None if it failed."""
         env = self.switch.current
         cfg = dataclasses.replace(self.cfg, env=env, env_file=None, admin=None, config_file=None)
         fds = self._fds(slot)
@@ -510,37 +580,54 @@ class Supervisor:
             pass_fds=[fd for group in fds.values() for fd in group],
             start_new_session=True,
         )
+        assert proc.stdin is not None and proc.stdout is not None
         slot.process = proc
         slot.env = env
         slot.ready = (False, "starting")
-        assert proc.stdin is not None and proc.stdout is not None
+        port = None
         try:
             with contextlib.suppress(trio.BrokenResourceError):
                 await proc.stdin.send_all(pickle.dumps(spec))
-            port = None
             with trio.move_on_after(START_TIMEOUT):
                 port = await _read_port(proc.stdout)
-            if port is None:
-                log_event(log, "worker did not start", level=logging.ERROR, worker=slot.index)
-                proc.kill()
-            else:
-                slot.admin_port = port
-                log_event(log, "worker started", worker=slot.index, pid=proc.pid, admin_port=port)
-                if self.switch.current != env:
-                    await self._push_env_one(slot)
-            return await proc.wait()
         finally:
-            slot.process = None
-            slot.admin_port = None
-            slot.ready = (False, "exited")
-            if proc.returncode is None:
-                # Cancelled (the drain deadline passed): nothing may outlive the parent.
-                proc.kill()
+            if port is None:
+                slot.process = None
+                with contextlib.suppress(OSError):
+                    proc.kill()
                 with trio.CancelScope(shield=True):
                     await proc.wait()
-            with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
-                await proc.stdin.aclose()
-            await proc.stdout.aclose()
+                await self._close_pipes(proc)
+        if port is None:
+            log_event(
+                log,
+                "worker did not start",
+                level=logging.ERROR,
+                worker=slot.index,
+                exit_status=proc.returncode,
+            )
+            return None
+        slot.admin_port = port
+        slot.generation += 1
+        log_event(log, "worker started", worker=slot.index, pid=proc.pid, admin_port=port)
+        if self.switch.current != env:
+            await self._push_env_one(slot)
+        return proc
+
+    async def replace_workers(self) -> None:
+        """Rolling replacement (a reloaded config): one slot at a time, each successor ready first."""
+        for slot in self.slots:
+            if self.draining:
+                return
+            generation = slot.generation
+            if slot.waiter is not None:
+                slot.waiter.cancel()
+            with trio.move_on_after(START_TIMEOUT):
+                while not self.draining and (slot.generation == generation or not slot.ready[0]):
+                    await trio.sleep(0.05)
+                    got = await self._get(slot, "/readyz")
+                    if got is not None:
+                        slot.ready = (got[0] == 200, got[1].strip())
 
     async def _poll_workers(self) -> None:
         """Keep each worker's readiness fresh, and its environment equal to ours."""
@@ -561,9 +648,14 @@ class Supervisor:
             if slot.env != self.switch.current:
                 await self._push_env_one(slot)
 
-    async def _watch_env_file(
-        self, path: Path, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    async def _watch_file(
+        self,
+        path: Path,
+        changed: Any,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
+        """Call ``await changed(path)`` after each (debounced) change of ``path``."""
         from sidecar_common.filewatch import Change, watch_paths
 
         from .app import WATCH_DEBOUNCE, WATCH_INTERVAL
@@ -581,18 +673,68 @@ class Supervisor:
             )
             task_status.started()
             async for _changes in receive:
-                name = await trio.to_thread.run_sync(read_env_file, path)
-                if name is None:
-                    log_event(
-                        log,
-                        "env file missing or empty; keeping the current environment",
-                        level=logging.WARNING,
-                        path=str(path),
-                        env=self.switch.current,
-                    )
-                    continue
-                self.apply_switch(name, "env_file")
-                await self.push_env()
+                await changed(path)
+
+    async def _env_file_changed(self, path: Path) -> None:
+        name = await trio.to_thread.run_sync(read_env_file, path)
+        if name is None:
+            log_event(
+                log,
+                "env file missing or empty; keeping the current environment",
+                level=logging.WARNING,
+                path=str(path),
+                env=self.switch.current,
+            )
+            return
+        self.apply_switch(name, "env_file")
+        await self.push_env()
+
+    async def _config_changed(self, path: Path) -> None:
+        """A reloaded config: switch here if its ``env`` changed, then replace the workers.
+
+        Workers get the whole new config on their next start, so endpoints,
+        limits, health checks... change by a rolling replacement (each old
+        worker drains while its successor already accepts on the same socket).
+        Listener addresses are bound once: changing them needs a restart.
+        """
+        from .config import load_config
+
+        try:
+            new = await trio.to_thread.run_sync(lambda: load_config(path, overrides=self.overrides))
+        except ConfigError as exc:
+            log_event(
+                log,
+                "config reload refused; keeping the running config",
+                level=logging.ERROR,
+                path=str(path),
+                reason=str(exc),
+            )
+            return
+        old = self.cfg
+
+        def shape(cfg: AmbassadorConfig) -> list[tuple[str, str]]:
+            return [(lst.name, str(lst.listen)) for lst in cfg.listeners]
+
+        if shape(new) != shape(old):
+            log_event(
+                log,
+                "listener changes need a restart; kept the running config",
+                level=logging.WARNING,
+                path=str(path),
+            )
+            return
+        self.cfg = dataclasses.replace(
+            new, env_file=old.env_file, admin=old.admin, log_level=old.log_level
+        )
+        self.switch.set_environments(self.cfg.environments)
+        log_event(
+            log, "config reloaded", path=str(path), environments=list(self.switch.environments)
+        )
+        if new.env is not None and new.env != old.env:
+            self.apply_switch(new.env, "config")
+        if dataclasses.replace(self.cfg, env=None) != dataclasses.replace(old, env=None):
+            await self.replace_workers()
+        await self.push_env()
 
 
 async def _read_port(stream: trio.abc.ReceiveStream) -> int | None:
@@ -745,6 +887,9 @@ def run_main(fd: int) -> None:
     cfg = spec.config
     setup_logging(cfg.log_level)
     try:
+        from .fastrelay import check_settings
+
+        check_settings()
         if spec.workers > 1:
             worker_command = [*spec.command, "--worker"] if spec.command else None
             raise SystemExit(run_workers(cfg, spec.overrides, spec.workers, command=worker_command))

@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 VENV_BIN = Path(sys.executable).parent
+GNU_TIME = "/usr/bin/time"  # Debian package "time"
 FORMATS = ("json", "logfmt", "access", "syslog", "python", "klog", "plain")
 # Formats with a syslog-ng counterpart: the parser doing the same job in its config.
 SYSLOG_NG_PARSERS = {
@@ -266,7 +267,13 @@ class Run:
     stderr: str = ""
 
 
-def run_measured(argv: list[str], input_path: Path, out_path: str, cpu: int | None) -> Run:
+def run_measured(
+    argv: list[str],
+    input_path: Path,
+    out_path: str,
+    cpu: int | None,
+    env: dict[str, str] | None = None,
+) -> Run:
     """Run ``argv`` with ``input_path`` fed through a pipe on stdin; wall, CPU and peak RSS.
 
     The feeder (``cat``) is a separate process so the measured one reads a pipe, as it
@@ -275,11 +282,17 @@ def run_measured(argv: list[str], input_path: Path, out_path: str, cpu: int | No
     """
     if cpu is not None and shutil.which("taskset"):
         argv = ["taskset", "-c", str(cpu), *argv]
+    # ru_maxrss of a child forked from this (large) process starts at our own RSS, so the
+    # peak RSS is read from GNU time, itself small, which forks the measured process.
+    rss_file = tempfile.NamedTemporaryFile(prefix="bench-rss-", delete=False)
+    rss_file.close()
+    if os.path.exists(GNU_TIME):
+        argv = [GNU_TIME, "-q", "-f", "%M", "-o", rss_file.name, *argv]
     with open(out_path, "wb") as out, tempfile.TemporaryFile() as err:
         feeder = subprocess.Popen(["cat", str(input_path)], stdout=subprocess.PIPE)
         assert feeder.stdout is not None
         start = time.perf_counter()
-        proc = subprocess.Popen(argv, stdin=feeder.stdout, stdout=out, stderr=err)
+        proc = subprocess.Popen(argv, stdin=feeder.stdout, stdout=out, stderr=err, env=env)
         feeder.stdout.close()
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
@@ -287,7 +300,17 @@ def run_measured(argv: list[str], input_path: Path, out_path: str, cpu: int | No
         feeder.wait()
         err.seek(0)
         stderr = err.read().decode("utf-8", "replace")
-    return Run(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss, proc.returncode, stderr)
+    maxrss = usage.ru_maxrss
+    try:
+        with open(rss_file.name) as fh:
+            maxrss = int(fh.read().split()[-1])
+    except (OSError, ValueError, IndexError):
+        pass  # no GNU time: ru_maxrss (an upper bound)
+    finally:
+        os.unlink(rss_file.name)
+    if proc.returncode != 0 and stderr.startswith("Command exited with non-zero status"):
+        stderr = stderr.split("\n", 1)[-1]
+    return Run(wall, usage.ru_utime + usage.ru_stime, maxrss, proc.returncode, stderr)
 
 
 def adapter_argv(fmt: str) -> list[str]:
@@ -339,6 +362,7 @@ class Variant:
     fmt: str
     argv: Callable[[str], list[str]]  # output path -> argv
     to_stdout: bool = True  # False: the program writes the output path itself (syslog-ng)
+    env: dict[str, str] | None = None  # e.g. PYTHONPATH of a baseline tree
     runs: list[Run] = field(default_factory=list)
     records: int | None = None  # output records of the last checked run
 
@@ -461,25 +485,32 @@ def render(
         f"Start-up and shutdown of the adapter with no input cost {startup_cpu:.2f} CPU-s "
         "(included in both).",
         "",
-        "| format | program | lines/CPU-s | spread | wall lines/s | peak RSS MB | records |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| format | program | lines/CPU-s | spread | steady lines/CPU-s | wall lines/s "
+        "| peak RSS MB | records |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     fixed: dict[str, float] = {}
     for v in variants:
         n = lines_by_fmt[v.fmt]
         rates = [n / r.cpu for r in v.runs if r.cpu > 0]
+        # Steady state: without the start-up cost (measured on empty input, same round).
+        base_cpu = startup_cpu if v.name.startswith(("adapter", "baseline")) else 0.0
+        steady = [n / (r.cpu - base_cpu) for r in v.runs if r.cpu > base_cpu]
         walls = [n / r.wall for r in v.runs if r.wall > 0]
         rss = max((r.maxrss_kib for r in v.runs), default=0) / 1024
         med = _median(rates)
-        if v.name.startswith("adapter --format") and not v.name.endswith("auto"):
-            fixed[v.fmt] = med
+        prog = v.name.split(" ", 1)[0]
+        if v.name.startswith(("adapter --format", "baseline --format")) and not v.name.endswith(
+            "auto"
+        ):
+            fixed[prog + v.fmt] = med
         extra = ""
-        if v.name.endswith("auto") and fixed.get(v.fmt):
-            extra = f" ({(fixed[v.fmt] / med - 1) * 100:+.0f}% time)" if med else ""
+        if v.name.endswith("auto") and fixed.get(prog + v.fmt) and med:
+            extra = f" ({(fixed[prog + v.fmt] / med - 1) * 100:+.0f}% time)"
         records = "" if v.records is None else f"{v.records:,}"
         out.append(
             f"| {v.fmt} | {v.name}{extra} | {med:,.0f} | {_spread(rates)} | "
-            f"{_median(walls):,.0f} | {rss:.1f} | {records} |"
+            f"{_median(steady):,.0f} | {_median(walls):,.0f} | {rss:.1f} | {records} |"
         )
     if long_run is not None:
         n, r = long_run
@@ -537,12 +568,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="also write the raw numbers here")
     p.add_argument("--keep-output", action="store_true", help="write outputs to files, check")
     p.add_argument("--workdir", type=Path)
+    p.add_argument("--tree", type=Path, help="import the adapter from this tree (--inproc-only)")
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        help="also run the adapter from this source tree (PYTHONPATH), e.g. an older commit "
+        "unpacked with git archive, interleaved with the current one: before/after in one run",
+    )
     args = p.parse_args(argv)
     if args.smoke:
         args.lines = min(args.lines, 3000)
         args.rounds = 1
         args.long = 0
         args.keep_output = True
+    if args.tree is not None:
+        sys.path.insert(0, str(args.tree.resolve()))
     formats = [f for f in args.formats.split(",") if f]
     for fmt in formats:
         if fmt not in GENERATORS:
@@ -573,12 +613,34 @@ def main(argv: list[str] | None = None) -> int:
     if args.inproc_only:
         print(json.dumps(inproc_results, indent=1))
         return 0
+    if args.baseline is not None and (args.inproc or args.inproc_only):
+        res = subprocess.run(
+            [sys.executable, __file__, "--inproc-only", "--tree", str(args.baseline)]
+            + ["--formats", ",".join(formats), "--lines", str(args.lines)]
+            + ["--workdir", str(workdir)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        for fmt, r in json.loads(res.stdout).items():
+            inproc_results[f"{fmt} (baseline)"] = r
 
     variants: list[Variant] = []
     for fmt in formats:
         variants.append(Variant(f"adapter --format {fmt}", fmt, lambda _o, f=fmt: adapter_argv(f)))
         if not args.no_auto:
             variants.append(Variant("adapter --format auto", fmt, lambda _o: adapter_argv("auto")))
+        if args.baseline is not None:
+            env = {**os.environ, "PYTHONPATH": str(args.baseline.resolve())}
+            for mode in (fmt, "auto") if not args.no_auto else (fmt,):
+                variants.append(
+                    Variant(
+                        f"baseline --format {mode}",
+                        fmt,
+                        lambda _o, m=mode: adapter_argv(m),
+                        env=env,
+                    )
+                )
         if syslog_ng and fmt in SYSLOG_NG_PARSERS:
             variants.append(
                 Variant(
@@ -598,7 +660,7 @@ def main(argv: list[str] | None = None) -> int:
         for v in rotated(variants, rnd):
             out = str(workdir / f"out-{len(v.runs)}.json") if args.keep_output else os.devnull
             stdout = out if v.to_stdout else os.devnull
-            r = run_measured(v.argv(out), inputs[v.fmt], stdout, args.cpu)
+            r = run_measured(v.argv(out), inputs[v.fmt], stdout, args.cpu, v.env)
             if r.rc != 0:
                 failures.append(f"{v.name} on {v.fmt}: exit {r.rc}: {r.stderr[-500:]}")
                 continue

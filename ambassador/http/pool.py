@@ -87,9 +87,15 @@ class PoolBook(Generic[K, T]):
         slot = self._slots.get(key)
         if slot is None:
             return []
-        keep = [(t, c) for t, c in slot.idle if now - t < self.idle_timeout]
-        expired = [c for t, c in slot.idle if now - t >= self.idle_timeout]
-        slot.idle = keep
+        idle = slot.idle
+        # Oldest first: the expired ones are a prefix (usually empty: no copy then).
+        n = 0
+        while n < len(idle) and now - idle[n][0] >= self.idle_timeout:
+            n += 1
+        if n == 0:
+            return []
+        expired = [c for _, c in idle[:n]]
+        del idle[:n]
         return expired
 
     def expire(self, now: float) -> list[T]:

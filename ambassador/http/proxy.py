@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -168,9 +169,10 @@ async def _up_next(
         up.conn.receive_data(bytes(data))
 
 
-async def _up_send(up: UpstreamConnection, event: Any) -> None:
+async def _up_send(up: UpstreamConnection, *events: Any) -> None:
+    """Serialize ``events`` and send them upstream in one write."""
     try:
-        data = up.conn.send(event)
+        data = b"".join(up.conn.send(event) or b"" for event in events)
     except h11.LocalProtocolError as exc:
         raise _UpstreamBroken(f"cannot send upstream: {exc}") from None
     if data:
@@ -638,7 +640,10 @@ class HttpProxy:
                     pass  # a pooled connection the server had closed: not the endpoint's fault
                 else:
                     settled = True
-                    reason = result.failure if isinstance(result, _Failed) else "5xx"
+                    # Metric reasons: connect | reset | timeout | 5xx (a retried
+                    # 5xx is a "status" failure to the retry policy; same thing).
+                    failure = result.failure if isinstance(result, _Failed) else "5xx"
+                    reason = "5xx" if failure == "status" else failure
                     self._endpoint_failed(route, ep, reason)
             return result
         finally:
@@ -689,20 +694,23 @@ class HttpProxy:
         # What the exchange ends as if the pump cancels it (the app went away mid-body).
         result: _Done | _Failed = _Done(499, False, "client_gone")
         failed = False
+        has_body = _has_body(req)
         try:
-            await _up_send(up, head)
+            if has_body:
+                await _up_send(up, head)
+            else:
+                # The hot path: head and end of message in one write, no body pump,
+                # so a retry decision never waits on a task not yet scheduled.
+                await _up_send(up, head, h11.EndOfMessage())
+                body.consumed = True
+                body_done.set()
         except _UpstreamBroken as exc:
             return _Failed("reset", 502, str(exc)), False, False
-        has_body = _has_body(req)
         # A nursery (and its cancel scope) only when a body must be pumped
-        # concurrently: most requests have none, and this is the hot path.
+        # concurrently: most requests have none.
         async with trio.open_nursery() if has_body else _NO_NURSERY as nursery:
             if has_body:
                 nursery.start_soon(pump_body)
-            else:
-                # Nothing to stream: finish the request now, so a retry decision
-                # never waits on a task that has not been scheduled yet.
-                await pump_body()
             response: h11.Response | None = None
             try:
                 with trio.move_on_after(settings.request_timeout) as head_wait:
@@ -792,33 +800,35 @@ class HttpProxy:
             await c.flush()
             silence.deadline = trio.current_time() + timeout
 
-        while True:
-            event: Any = None
-            failure = ""
-            with silence:
+        failure = ""
+        with silence:
+            while True:
                 try:
                     event = await _up_next(up, before_wait)
                 except _UpstreamBroken as exc:
                     failure = str(exc)
-            if silence.cancelled_caught:
-                failure = "upstream body timeout"
-            if failure:
-                # Mid-body: the app must see a broken response, not a short one.
-                ex.reasons.append(failure)
-                abort_stream(c.stream)
-                return _Done(response.status_code, False, "upstream_reset")
-            if isinstance(event, h11.Data):
-                ex.bytes_out += len(event.data)
-                c.queue(h11.Data(data=event.data))
-                if len(c._out) >= CHUNK:
-                    await c.flush()
-            elif isinstance(event, h11.EndOfMessage):
-                await c.send(h11.EndOfMessage())
-                keep = c.conn.our_state is h11.DONE and not self.draining
-                return _Done(response.status_code, keep)
-            else:
-                abort_stream(c.stream)
-                return _Done(response.status_code, False, "upstream_reset")
+                    break
+                # Writes to the app are not the upstream's silence: unbounded here.
+                silence.deadline = math.inf
+                if isinstance(event, h11.Data):
+                    ex.bytes_out += len(event.data)
+                    c.queue(h11.Data(data=event.data))
+                    if len(c._out) >= CHUNK:
+                        await c.flush()
+                elif isinstance(event, h11.EndOfMessage):
+                    await c.send(h11.EndOfMessage())
+                    keep = c.conn.our_state is h11.DONE and not self.draining
+                    return _Done(response.status_code, keep)
+                else:
+                    failure = f"unexpected upstream event {type(event).__name__}"
+                    break
+                silence.deadline = trio.current_time() + timeout
+        if silence.cancelled_caught:
+            failure = "upstream body timeout"
+        # Mid-body: the app must see a broken response, not a short one.
+        ex.reasons.append(failure)
+        abort_stream(c.stream)
+        return _Done(response.status_code, False, "upstream_reset")
 
     async def _tunnel(
         self,

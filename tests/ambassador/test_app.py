@@ -137,3 +137,52 @@ async def test_reload_applies_endpoints_and_environments_and_switches(
     v = values(amb)
     assert v[("ambassador_env_switches_total",
               frozenset({("result", "switched"), ("source", "config")}))] == 1  # fmt: skip
+
+
+DISCOVER = """
+env = "prod"
+[[listeners]]
+name = "api"
+listen = "127.0.0.1:0"
+protocol = "http"
+health_check = {{ type = "none" }}
+http = {{ request_timeout = "{timeout}" }}
+[listeners.environments]
+dev = ["127.0.0.1:6001"]
+[listeners.environments.prod.discover]
+etcd = "http://127.0.0.1:1"
+prefix = "{prefix}"
+"""
+
+
+async def test_reload_keeps_discovered_endpoints_and_the_running_http_settings(
+    nursery: trio.Nursery,
+) -> None:
+    cfg = config(DISCOVER.format(timeout="5s", prefix="/services/api"))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    try:
+        amb = Ambassador(cfg, {"api": [sock]})
+        amb._background = nursery
+        rt = amb.runtimes["api"]
+        prod = rt.clusters["prod"]
+        # A discovered environment starts empty: discovery fills it.
+        assert prod.endpoints == []
+        assert amb.ready() == (False, "listener api: no healthy endpoint in prod")
+        prod.set_addresses([("10.0.0.7", 8080)], trio.current_time())
+        proxy = rt.http_proxy
+        assert proxy is not None and proxy.settings.request_timeout == 5.0
+        # Same discovery, another http table: addresses stay, the proxy keeps its settings.
+        amb.reload(config(DISCOVER.format(timeout="9s", prefix="/services/api")))
+        assert rt.clusters["prod"] is prod
+        assert [ep.address for ep in prod.endpoints] == [("10.0.0.7", 8080)]
+        assert rt.http_proxy is proxy and rt.config.http.request_timeout == 5.0
+        # prod becomes a static list: the discovered addresses give way to it.
+        static = DISCOVER.format(timeout="5s", prefix="/x").replace(
+            '[listeners.environments.prod.discover]\netcd = "http://127.0.0.1:1"\nprefix = "/x"',
+            'prod = ["127.0.0.1:6009"]',
+        )
+        amb.reload(config(static))
+        assert [ep.address for ep in rt.clusters["prod"].endpoints] == [("127.0.0.1", 6009)]
+    finally:
+        sock.close()

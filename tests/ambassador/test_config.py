@@ -424,3 +424,159 @@ def test_check_output_marks_current_and_warns_about_gaps() -> None:
         "warning: environment prod has no endpoints on listener(s) cache: "
         "they refuse clients while it is current",
     ]
+
+
+# --------------------------------------------------------------------------- L7, TLS, discovery
+
+L7 = """
+[[listeners]]
+name = "pg"
+listen = "127.0.0.1:5432"
+protocol = "postgres"
+tls = {{ sslmode = "require" }}
+[listeners.environments]
+dev = {{ endpoints = ["127.0.0.1:6001"], tls = false }}
+test = ["127.0.0.1:6002"]
+prod = {{ endpoints = ["127.0.0.1:6003"], tls = {{ sslmode = "verify-full", ca_file = "{ca}" }} }}
+
+[[listeners]]
+name = "api"
+listen = "127.0.0.1:8080"
+protocol = "http"
+[listeners.http]
+request_timeout = "5s"
+upstream_host = "api.internal"
+inject_headers = {{ Authorization = "/run/secrets/api-token" }}
+retry = {{ max_retries = 1 }}
+[listeners.environments]
+dev = ["127.0.0.1:9001"]
+[listeners.environments.prod.discover]
+etcd = "http://127.0.0.1:2379"
+prefix = "/services/api"
+environment = "prod"
+"""
+
+
+def test_tls_http_and_discover_keys(tmp_path: Path) -> None:
+    from ambassador.config import EtcdDiscoveryConfig
+    from ambassador.tls import UpstreamTLS
+
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not checked here beyond existing\n")
+    cfg = parse_config(tomllib.loads(L7.format(ca=ca)), overrides={"env": "prod"})
+    pg, api = cfg.listeners
+    assert pg.tls == UpstreamTLS(sslmode="require")
+    # tls = false turns the listener's TLS off for one environment; no key inherits it.
+    assert pg.environments["dev"].tls is None
+    assert pg.environments["test"].tls == UpstreamTLS(sslmode="require")
+    assert pg.environments["prod"].tls == UpstreamTLS(ca_file=ca, sslmode="verify-full")
+    assert api.http.request_timeout == 5.0
+    assert api.http.upstream_host == "api.internal"
+    assert api.http.inject_headers == (("authorization", Path("/run/secrets/api-token")),)
+    assert api.http.retry.max_retries == 1
+    assert pg.http.request_timeout == 30.0  # defaults where the table is absent
+    prod = api.environments["prod"]
+    assert prod.endpoints == ()
+    assert prod.discover == EtcdDiscoveryConfig("http://127.0.0.1:2379", "/services/api", "prod")
+    assert api.environments["dev"].discover is None
+    assert describe(cfg) == [
+        "environments: dev, test, prod",
+        "current: prod (from start)",
+        "listener pg: 127.0.0.1:5432 protocol=postgres policy=peak_ewma health=tcp",
+        "    dev -> 127.0.0.1:6001",
+        "    test -> 127.0.0.1:6002 [tls sslmode=require]",
+        f"  * prod -> 127.0.0.1:6003 [tls sslmode=verify-full ca={ca}]",
+        "listener api: 127.0.0.1:8080 protocol=http policy=peak_ewma health=tcp",
+        "    http: request_timeout=5s retries=1 on 502,503,504 pool_max_idle=16"
+        " upstream_host=api.internal inject authorization from /run/secrets/api-token",
+        "    dev -> 127.0.0.1:9001",
+        "  * prod -> etcd http://127.0.0.1:2379 prefix /services/api environment=prod",
+        "warning: environment test has no endpoints on listener(s) api: "
+        "they refuse clients while it is current",
+    ]
+
+
+def _env(spec: str, *, protocol: str = "tcp", listener: str = "") -> str:
+    return (
+        f'[[listeners]]\nname = "x"\nlisten = "127.0.0.1:1"\nprotocol = "{protocol}"\n'
+        f"{listener}\n[listeners.environments]\ndev = {spec}\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        pytest.param(
+            _env(
+                '{ endpoints = ["127.0.0.1:2"], discover = { etcd = "http://e:2379", '
+                'prefix = "/s" } }'
+            ),
+            "invalid value for listeners[0].environments.dev.discover: "
+            "{'etcd': 'http://e:2379', 'prefix': '/s'} (expected either endpoints or discover, "
+            "not both)",
+            id="endpoints-and-discover",
+        ),
+        pytest.param(
+            _env('{ discover = { prefix = "/s" } }'),
+            "invalid value for listeners[0].environments.dev.discover.etcd: None "
+            "(expected an etcd URL like http://127.0.0.1:2379)",
+            id="discover-needs-etcd",
+        ),
+        pytest.param(
+            _env('{ discover = { etcd = "127.0.0.1:2379", prefix = "/s" } }'),
+            "invalid value for listeners[0].environments.dev.discover.etcd: '127.0.0.1:2379' "
+            "(expected an etcd URL like http://127.0.0.1:2379)",
+            id="discover-etcd-url",
+        ),
+        pytest.param(
+            _env('{ discover = { etcd = "http://e:2379", prefix = "/" } }'),
+            "invalid value for listeners[0].environments.dev.discover.prefix: '/' "
+            "(expected a key prefix like /services/api)",
+            id="discover-prefix",
+        ),
+        pytest.param(
+            _env('{ discover = { etcd = "http://e:2379", prefix = "/s", env = "prod" } }'),
+            "invalid value for listeners[0].environments.dev.discover.env: 'prod' "
+            "(expected a known key (environment, etcd, prefix))",
+            id="discover-typo",
+        ),
+        pytest.param(
+            _env('{ endpoints = ["127.0.0.1:2"], tsl = true }'),
+            "invalid value for listeners[0].environments.dev.tsl: True "
+            "(expected a known key (discover, endpoints, tls))",
+            id="env-typo",
+        ),
+        pytest.param(
+            _env('["127.0.0.1:2"]', listener='tls = { sslmode = "require" }'),
+            "invalid value for listeners[0].tls.sslmode: 'require' "
+            '(expected sslmode only with protocol = "postgres")',
+            id="sslmode-needs-postgres",
+        ),
+        pytest.param(
+            _env('{ endpoints = ["127.0.0.1:2"], tls = { ca_file = "/nonexistent/ca.pem" } }'),
+            "invalid value for listeners[0].environments.dev.tls.ca_file: '/nonexistent/ca.pem' "
+            "(expected an existing readable file)",
+            id="missing-ca",
+        ),
+        pytest.param(
+            _env('["127.0.0.1:2"]', listener="http = { request_timeout = 5 }"),
+            "invalid value for listeners[0].http: {'request_timeout': 5} "
+            '(expected an http table only with protocol = "http")',
+            id="http-needs-http",
+        ),
+        pytest.param(
+            _env(
+                '["127.0.0.1:2"]',
+                protocol="http",
+                listener="http = { retry = { max_retries = 11 } }",
+            ),
+            "invalid value for listeners[0].http.retry.max_retries: 11 "
+            "(expected an integer between 0 and 10)",
+            id="http-retry-range",
+        ),
+    ],
+)
+def test_bad_l7_config_names_the_key(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse(text)
+    assert str(info.value) == message

@@ -20,7 +20,14 @@ import trio
 import trio.testing
 
 from ambassador import fastrelay
-from ambassador.fastrelay import RelayCounters, RelayResult, can_splice, relay, relay_mode
+from ambassador.fastrelay import (
+    RelayCounters,
+    RelayResult,
+    can_splice,
+    check_settings,
+    relay,
+    relay_mode,
+)
 from sidecar_common.errors import ConfigError
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "splice"), reason="needs os.splice (Linux)")
@@ -332,6 +339,40 @@ async def test_stream_mode_forced_by_env(monkeypatch: pytest.MonkeyPatch) -> Non
     assert results == [RelayResult("closed", 1, 0)]
     for s in (app, client, upstream, backend):
         await s.aclose()
+
+
+async def test_two_hub_threads_share_the_connections(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AMBASSADOR_RELAY", "splice")
+    monkeypatch.setenv("AMBASSADOR_RELAY_THREADS", "2")
+    pairs = [(await tcp_pair(), await tcp_pair()) for _ in range(2)]
+    results: list[RelayResult] = []
+    async with trio.open_nursery() as n:
+        for (_, client), (upstream, _) in pairs:
+
+            async def run(c: trio.SocketStream = client, u: trio.SocketStream = upstream) -> None:
+                results.append(await relay(c, u, RelayCounters()))
+
+            n.start_soon(run)
+        await trio.sleep(0.1)
+        both = fastrelay._HUBS.get()
+        assert len(both) == 2 and all(h.threaded and len(h.by_fd) == 2 for h in both)
+        for i, ((app, _), (_, backend)) in enumerate(pairs):
+            await app.send_all(b"hub %d" % i)
+            assert await read_exactly(backend, 5) == b"hub %d" % i
+            await app.send_eof()
+            await backend.send_eof()
+    assert results == [RelayResult("closed", 5, 0)] * 2
+    for ends in pairs:
+        for pair in ends:
+            for s in pair:
+                await s.aclose()
+
+
+def test_relay_settings() -> None:
+    assert check_settings({}) == ("splice", 1)
+    assert check_settings({"AMBASSADOR_RELAY_THREADS": " 2 "}) == ("splice", 2)
+    with pytest.raises(ConfigError, match="AMBASSADOR_RELAY_THREADS"):
+        check_settings({"AMBASSADOR_RELAY_THREADS": "0"})
 
 
 def test_relay_mode_setting() -> None:

@@ -10,9 +10,11 @@ from __future__ import annotations
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from ambassador.app import build_cluster
 from ambassador.config import EnvironmentConfig, HealthCheckConfig, LimitsConfig, ListenerConfig
@@ -151,3 +153,168 @@ async def test_environment_missing_on_this_listener_refuses(rig_factory: RigFact
     assert rig.value("ambassador_connections_total", listener="t", env="prod",
                      outcome="no_env") == 1  # fmt: skip
     assert rig.value("ambassador_current_env", env="prod") == 1
+
+
+# ------------------------------------------------------------ TLS, PostgreSQL, HTTP wiring
+
+
+def _pg_startup(user: bytes = b"app") -> bytes:
+    import struct
+
+    body = struct.pack("!i", 196608) + b"user\x00" + user + b"\x00\x00"
+    return struct.pack("!i", len(body) + 4) + body
+
+
+class RecordingRuntime(ListenerRuntime):
+    """``open_upstream`` replaced by an in-memory server that records what it was given."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.opened: list[tuple[tuple[str, int], object]] = []
+        self.server_side: list[Any] = []
+
+    async def open_upstream(
+        self, address: tuple[str, int], tls: object = None
+    ) -> trio.abc.HalfCloseableStream:
+        self.opened.append((address, tls))
+        ours, theirs = trio.testing.memory_stream_pair()
+        self.server_side.append(theirs)
+        return ours
+
+
+def _runtime(protocol: str, envs: dict[str, EnvironmentConfig]) -> RecordingRuntime:
+    config = ListenerConfig(
+        name="db",
+        listen=HostPort("127.0.0.1", 0),
+        environments=envs,
+        protocol=protocol,  # type: ignore[arg-type]
+        health_check=HealthCheckConfig(type="none"),
+    )
+    metrics = Metrics(Registry())
+    switch = EnvSwitch(list(envs), next(iter(envs)))
+    metrics.switch = switch
+    clusters = {e: build_cluster(config, e, random.Random(1), trio.current_time()) for e in envs}
+    return RecordingRuntime(config, clusters, switch, metrics)
+
+
+async def test_postgres_with_tls_answers_n_and_sends_the_startup_first() -> None:
+    from ambassador.pgtls import SSL_REQUEST
+    from ambassador.tls import UpstreamTLS
+
+    tls = UpstreamTLS(sslmode="require")
+    rt = _runtime(
+        "postgres",
+        {
+            "prod": EnvironmentConfig("prod", (HostPort("10.0.0.1", 5432),), tls=tls),
+            "dev": EnvironmentConfig("dev", (HostPort("10.0.0.2", 5432),)),
+        },
+    )
+    app, proxy_side = trio.testing.memory_stream_pair()
+    startup = _pg_startup()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(rt._serve_admitted, proxy_side, "prod", rt.clusters["prod"], "app", 0.0)
+        await app.send_all(SSL_REQUEST)
+        # Answered by the ambassador before any upstream connection exists.
+        assert await app.receive_some(1) == b"N"
+        assert rt.opened == []
+        await app.send_all(startup + b"Q-query")
+        await trio.testing.wait_all_tasks_blocked()
+        assert rt.opened == [(("10.0.0.1", 5432), tls)]
+        server = rt.server_side[0]
+        got = b""
+        while len(got) < len(startup) + 7:
+            got += await server.receive_some()
+        assert got == startup + b"Q-query"
+        await server.send_all(b"R-auth-ok")
+        assert await app.receive_some() == b"R-auth-ok"
+        await app.send_eof()
+        await server.send_eof()
+    conn_bytes = rt.closed_bytes_in["prod"]
+    assert conn_bytes == len(startup) + 7
+
+
+async def test_postgres_without_tls_relays_transparently() -> None:
+    from ambassador.pgtls import SSL_REQUEST
+
+    rt = _runtime("postgres", {"dev": EnvironmentConfig("dev", (HostPort("10.0.0.2", 5432),))})
+    app, proxy_side = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(rt._serve_admitted, proxy_side, "dev", rt.clusters["dev"], "app", 0.0)
+        await app.send_all(SSL_REQUEST)
+        await trio.testing.wait_all_tasks_blocked()
+        # Connected at once, no TLS, and the app's SSLRequest goes to the server untouched.
+        assert rt.opened == [(("10.0.0.2", 5432), None)]
+        assert await rt.server_side[0].receive_some() == SSL_REQUEST
+        await app.send_eof()
+        await rt.server_side[0].send_eof()
+
+
+async def test_postgres_tls_not_a_postgres_client_is_closed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from ambassador.tls import UpstreamTLS
+
+    envs = {
+        "prod": EnvironmentConfig(
+            "prod", (HostPort("10.0.0.1", 5432),), tls=UpstreamTLS(sslmode="require")
+        )
+    }
+    rt = _runtime("postgres", envs)
+    app, proxy_side = trio.testing.memory_stream_pair()
+    await app.send_all(b"GET / HTTP/1.1\r\n\r\n")
+    await rt._serve_admitted(proxy_side, "prod", rt.clusters["prod"], "app", 0.0)
+    assert rt.opened == []
+    # A silent client: cut after the connect timeout, never connected upstream.
+    _app2, proxy2 = trio.testing.memory_stream_pair()
+    await rt._serve_admitted(proxy2, "prod", rt.clusters["prod"], "app", 0.0)
+    assert rt.opened == []
+    text = rt.metrics.registry.render()
+    assert 'outcome="bad_request"' in text and 'outcome="client_timeout"' in text
+
+
+async def test_http_listener_routes_per_request_and_drains_the_proxy() -> None:
+    from ambassador.tls import UpstreamTLS
+
+    tls = UpstreamTLS()
+    rt = _runtime(
+        "http",
+        {
+            "dev": EnvironmentConfig("dev", (HostPort("127.0.0.1", 1),)),
+            "prod": EnvironmentConfig("prod", (HostPort("127.0.0.1", 2),), tls=tls),
+        },
+    )
+    assert rt.http_proxy is not None
+    route = rt.route()
+    assert route is not None and (route.env, route.cluster, route.tls) == (
+        "dev",
+        rt.clusters["dev"],
+        None,
+    )
+    rt.switch.set("prod", "test")
+    route = rt.route()
+    assert route is not None and (route.env, route.tls) == ("prod", tls)
+    # An HTTP connection is not tied to an environment: a switch drains nothing.
+    assert rt.drain_env("prod", 0.0) == 0
+    rt.shutdown_after(1.0)
+    assert rt.http_proxy.draining
+    await rt.aclose()
+
+
+async def test_accepted_and_upstream_sockets_have_nodelay(rig_factory: RigFactory) -> None:
+    import socket
+
+    from ambassador.listener import set_nodelay
+
+    rig = await rig_factory(LimitsConfig())
+    stream = await rig.runtime.open_upstream(("127.0.0.1", rig.backend_port))
+    assert stream.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)  # type: ignore[attr-defined]
+    raw = socket.socket()
+    try:
+        raw.connect(("127.0.0.1", rig.backend_port))
+        sock_stream = trio.SocketStream(trio.socket.from_stdlib_socket(raw))
+        sock_stream.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
+        set_nodelay(sock_stream)
+        assert sock_stream.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        raw.close()
+    await stream.aclose()

@@ -263,3 +263,97 @@ def test_bad_workers_flag_is_one_line(tmp_path: Path) -> None:
     assert res.returncode == 2
     assert res.stderr.strip().count("\n") == 0
     assert "--workers" in res.stderr
+
+
+# --------------------------------------------------------------------------- lean exec
+
+
+def _one_listener_config(tmp: Path, port: int, admin: int, backend_port: int) -> Path:
+    config = tmp / "lean.toml"
+    config.write_text(
+        f"""
+admin = "127.0.0.1:{admin}"
+[[listeners]]
+name = "app"
+listen = "127.0.0.1:{port}"
+[listeners.environments.prod]
+endpoints = ["127.0.0.1:{backend_port}"]
+"""
+    )
+    return config
+
+
+def test_exec_run_serves_from_a_lean_process_with_the_same_pid(tmp_path: Path) -> None:
+    backend = EchoServer()
+    port, admin = free_port(), free_port()
+    config = _one_listener_config(tmp_path, port, admin, backend.port)
+    log_path = tmp_path / "lean.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ambassador.workers", "--workers", "1", "--exec", "run",
+             "--config", str(config)],
+            stdout=subprocess.DEVNULL, stderr=log_file, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+
+            def ready() -> bool:
+                assert proc.poll() is None, log_path.read_text()
+                try:
+                    return http("GET", f"http://127.0.0.1:{admin}/readyz")[0] == 200
+                except OSError:
+                    return False
+
+            wait_until(ready, timeout=30, what="lean ambassador ready")
+            # Same PID, new program: the CLI process became the lean one.
+            cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
+            assert b"--run" in cmdline and b"run" not in cmdline[cmdline.index(b"--run") + 2 :]
+            assert echo_once(port, b"lean") == b"lean" + TRAILER
+
+            def counted() -> dict[Any, float] | None:
+                v = metrics(admin)
+                done = sample(v, "ambassador_received_bytes_total", listener="app", env="prod")
+                return v if done == 4 else None
+
+            m = wait_until(counted, what="bytes counted")
+            assert sample(m, "ambassador_sent_bytes_total", listener="app", env="prod") == 4 + len(
+                TRAILER
+            )
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
+        finally:
+            if proc.poll() is None:
+                stop_pid(proc.pid, sig=signal.SIGKILL, proc=proc)
+            backend.close()
+
+
+def test_exec_run_busy_address_is_one_line_exit_2(tmp_path: Path) -> None:
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    port = busy.getsockname()[1]
+    config = _one_listener_config(tmp_path, port, free_port(), 1)
+    try:
+        res = subprocess.run(
+            [sys.executable, "-m", "ambassador.workers", "--workers", "1", "--exec", "run",
+             "--config", str(config)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        busy.close()
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.startswith("ambassador: error: ")
+    assert res.stderr.strip().count("\n") == 0
+    assert f"127.0.0.1:{port}" in res.stderr
+
+
+def test_bad_relay_setting_is_one_line_exit_2(tmp_path: Path) -> None:
+    config = _one_listener_config(tmp_path, free_port(), free_port(), 1)
+    res = subprocess.run(
+        [sys.executable, "-m", "ambassador.workers", "--workers", "1", "--exec", "run",
+         "--config", str(config)],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "AMBASSADOR_RELAY": "zero-copy"},
+    )  # fmt: skip
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip().count("\n") == 0
+    assert "AMBASSADOR_RELAY" in res.stderr

@@ -1,7 +1,9 @@
 """The benchmark's smoke mode runs in the tests, so the harness cannot rot.
 
 It checks the harness works end to end (every variant starts, every workload
-produces a number, the report renders); it asserts nothing about speed.
+produces a number, the report renders with its targets table); it asserts
+nothing about speed. The ambassador runs as the benchmark runs it: the fast
+relay, the lean exec'd process, and --workers 2.
 """
 
 from __future__ import annotations
@@ -12,34 +14,33 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+VARIANTS = ("direct", "ambassador", "ambassador-w2", "haproxy", "envoy")
 
 
 def test_bench_smoke(tmp_path: Path) -> None:
     out = tmp_path / "report.md"
     raw = tmp_path / "raw.json"
     res = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "run.py"),
-            "--smoke",
-            "--out",
-            str(out),
-            "--json",
-            str(raw),
-            "--variants",
-            "direct,ambassador,haproxy,envoy",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--out", str(out),
+         "--json", str(raw), "--variants", ",".join(VARIANTS)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
     data = json.loads(raw.read_text())
+    assert set(data["results"]) == {
+        "pgbench-s1", "pgbench-s16", "pgbench-c4", "iperf-1", "iperf-4", "wrk-l4",
+    }  # fmt: skip
     for workload, by_variant in data["results"].items():
+        assert set(by_variant) == set(VARIANTS)
         for variant, values in by_variant.items():
             assert values and all(v > 0 for v in values), (workload, variant, values)
-    for variant in ("ambassador", "haproxy", "envoy"):
+    for variant in VARIANTS[1:]:
         assert data["memory"][variant]["idle"] > 0
+        assert data["memory"][variant]["idle_conns"] > 0
+    # --workers 2 is measured as the parent and its two workers together.
+    assert data["memory"]["ambassador-w2"]["idle"] > data["memory"]["ambassador"]["idle"]
     report = out.read_text()
     assert "| pgbench -S, 16 clients, TPS |" in report
     assert "**" in report  # ratios against direct are rendered
+    assert "Targets of issue 4" in report
+    assert "- command: `.venv/bin/python bench/run.py --smoke" in report
