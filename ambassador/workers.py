@@ -615,14 +615,19 @@ class Supervisor:
         return proc
 
     async def replace_workers(self) -> None:
-        """Rolling replacement (a reloaded config): one slot at a time, each successor ready first."""
+        """Replace every worker (a reloaded config) and wait until the successors are ready.
+
+        All at once: each old worker stops accepting at once and drains its
+        connections while its successor accepts on the same socket (connections
+        arriving in between wait in the accept queue), so no client sees the old
+        and the new config side by side for longer than a worker's start.
+        """
+        generations = [slot.generation for slot in self.slots]
         for slot in self.slots:
-            if self.draining:
-                return
-            generation = slot.generation
             if slot.waiter is not None:
                 slot.waiter.cancel()
-            with trio.move_on_after(START_TIMEOUT):
+        with trio.move_on_after(START_TIMEOUT):
+            for slot, generation in zip(self.slots, generations, strict=True):
                 while not self.draining and (slot.generation == generation or not slot.ready[0]):
                     await trio.sleep(0.05)
                     got = await self._get(slot, "/readyz")
@@ -732,9 +737,11 @@ class Supervisor:
         )
         if new.env is not None and new.env != old.env:
             self.apply_switch(new.env, "config")
+        # Running workers follow the switch at once (those whose config lacks the
+        # new environment refuse it, and are replaced next).
+        await self.push_env()
         if dataclasses.replace(self.cfg, env=None) != dataclasses.replace(old, env=None):
             await self.replace_workers()
-        await self.push_env()
 
 
 async def _read_port(stream: trio.abc.ReceiveStream) -> int | None:
