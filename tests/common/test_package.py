@@ -26,6 +26,9 @@ def test_unknown_name_is_an_attribute_error() -> None:
 
 def test_importing_the_package_pulls_in_nothing_heavy() -> None:
     # A sidecar's idle memory is a budget: the package itself must stay cheap to import.
-    code = "import sys, sidecar_common; print(sorted(m for m in ('trio', 'h11', 'asyncpg') if m in sys.modules))"
+    code = (
+        "import sys, sidecar_common; "
+        "print(sorted(m for m in ('trio', 'h11', 'asyncpg') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
