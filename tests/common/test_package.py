@@ -11,7 +11,7 @@ import sidecar_common
 def test_every_public_name_resolves_to_its_module_object() -> None:
     for name in sidecar_common.__all__:
         value = getattr(sidecar_common, name)
-        if isinstance(value, type) or callable(value) and hasattr(value, "__code__"):
+        if isinstance(value, type) or (callable(value) and hasattr(value, "__code__")):
             assert value.__module__.startswith("sidecar_common."), name
         else:  # constants and type aliases
             assert value is not None, name
