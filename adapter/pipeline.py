@@ -174,9 +174,14 @@ class Pipeline:
                 self._unwrapping(text, [], origin, stream, now, wall, out)
                 return out
             key = (origin, stream)
-            if self._pending and key in self._pending:
-                self._line(text, stream, None, [text], 1, [], origin, now, wall, out, hold=True)
-                return out
+            pending = self._pending.get(key) if self._pending else None
+            if pending is not None:  # as in _line
+                if multiline.continues(pending, text, self._continuation):
+                    multiline.append(pending, text, text, 1, now + self.config.flush_timeout)
+                    self.stats.multiline_joins += 1
+                    return out
+                del self._pending[key]
+                out.append(self._finish_pending(pending))
             parser = self._parser
             if parser is None:
                 fmt, partial = self._parse(text)
@@ -452,6 +457,17 @@ class Pipeline:
         )
 
     def _finish_pending(self, p: Pending) -> Record:
+        if (
+            not p.lines
+            and p.state == "log"
+            and p.count == 1
+            and not p.tags
+            and p.wrapper_ns is None
+        ):
+            # One line that nothing continued (most held lines): no joining to do.
+            return self._emit(
+                p.partial, p.fmt, p.key[1], p.key[0], p.originals[0], self._ctx.wall, p.read_ns
+            )
         partial = multiline.finish(p)
         if p.state != "log" and p.count > 1 and "multiline" not in p.tags:
             p.tags.append("multiline")
@@ -507,13 +523,22 @@ class Pipeline:
         return to_ecs(partial)
 
     def _emit(
-        self, partial: Partial, fmt: str, stream: str, origin: str | None, text: str, wall: float
+        self,
+        partial: Partial,
+        fmt: str,
+        stream: str,
+        origin: str | None,
+        text: str,
+        wall: float,
+        read_ns: int | None = None,
     ) -> Record:
         """:meth:`_record` for the common case: one plain input line, no tags, no wrapper."""
         if self._otel:
-            return self._record(partial, fmt, stream, None, [text], 1, [], origin, wall)
+            return self._record(
+                partial, fmt, stream, None, [text], 1, [], origin, wall, read_ns=read_ns
+            )
         if "@timestamp" not in partial:
-            partial["@timestamp"] = wall_ns(wall)
+            partial["@timestamp"] = read_ns if read_ns is not None else wall_ns(wall)
         if "traceparent" in partial or "trace.id" in partial or "span.id" in partial:
             lift_trace(partial)
         if self._static:

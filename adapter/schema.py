@@ -77,14 +77,27 @@ def to_ecs(partial: dict[str, Any]) -> Record:
     # nesting of such a shape is compiled once into one dict display (see _Shapes).
     shapes = _SHAPES[(level is not None) + 2 * (message is not None)]
     keys = tuple(partial)
-    build = shapes.plans.get(keys)
+    build = shapes.plans.get(keys, _UNSEEN)
+    if build is _UNSEEN:  # (None: seen, and left to the general code)
+        build = shapes.learn(keys) if len(shapes.plans) < _PLANS_MAX else None
     if build is not None:
-        return build(timestamp, level, message, *partial.values())
-    if len(shapes.plans) < _PLANS_MAX:
-        build = shapes.learn(keys)
-        if build is not None:
-            return build(timestamp, level, message, *partial.values())
+        doc: Record = build(timestamp, level, message, *partial.values())
+        return doc
     return _to_ecs(partial, timestamp, level, message)
+
+
+def _to_ecs_reference(partial: dict[str, Any]) -> Record:
+    """:func:`to_ecs` without compiled shapes (what the tests hold the compiled ones to)."""
+    timestamp = format_rfc3339(partial.pop("@timestamp"))
+    raw_level = partial.pop("log.level", None)
+    level = None
+    if raw_level is not None:
+        level = normalise(raw_level)
+        if level is None:
+            labels = partial.setdefault("labels", {})
+            if isinstance(labels, dict):
+                labels.setdefault("level", raw_level)
+    return _to_ecs(partial, timestamp, level, partial.pop("message", None))
 
 
 def _to_ecs(partial: dict[str, Any], timestamp: str, level: str | None, message: Any) -> Record:
@@ -132,6 +145,9 @@ _LEARN_AFTER = 4
 _PLANS_MAX = 256
 _SEEN_MAX = 4096
 _FIELDS_MAX = 64
+
+
+_UNSEEN = object()
 
 
 class _Var:

@@ -260,6 +260,8 @@ class Supervisor:
         self.draining = False
         self._drain = trio.Event()
         self._workers_nursery: trio.Nursery
+        #: The final counters of workers that are gone (replaced or drained).
+        self.retired = ""
         self.env_switches = self.registry.counter(
             "ambassador_env_switches_total",
             "Environment switch requests by result and source.",
@@ -394,7 +396,9 @@ class Supervisor:
             for slot in self.slots:
                 nursery.start_soon(scrape, slot)
         own = self.registry.render()
-        merged = merge_expositions(texts, skip=PARENT_FAMILIES | self._own_families())
+        merged = merge_expositions(
+            [*texts, self.retired], skip=PARENT_FAMILIES | self._own_families()
+        )
         return Response(200, (own + merged).encode(), CONTENT_TYPE)
 
     def _own_families(self) -> set[str]:
@@ -560,12 +564,35 @@ class Supervisor:
             await self._close_pipes(proc)
 
     async def _close_pipes(self, proc: trio.Process) -> None:
+        """Close the worker's stdin (its stdout belongs to :meth:`_collect`)."""
         with trio.CancelScope(shield=True):
             if proc.stdin is not None:
                 with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
                     await proc.stdin.aclose()
-            if proc.stdout is not None:
+
+    async def _collect(self, proc: trio.Process) -> None:
+        """Read a worker's stdout to EOF; keep the final counts it writes when it drained."""
+        assert proc.stdout is not None
+        chunks: list[bytes | bytearray] = []
+        try:
+            while chunk := await proc.stdout.receive_some(65536):
+                chunks.append(chunk)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+        finally:
+            with trio.CancelScope(shield=True):
                 await proc.stdout.aclose()
+        data = b"".join(chunks)
+        if data.startswith(b"metrics\n"):
+            self.retire_metrics(data[len(b"metrics\n") :].decode("utf-8", "replace"))
+
+    def retire_metrics(self, text: str) -> None:
+        """Fold a gone worker's final counters and histograms into the merged /metrics."""
+        try:
+            gauges = {f for f, t in parse_exposition(text).types.items() if t == "gauge"}
+        except MetricsParseError:
+            return
+        self.retired = merge_expositions([self.retired, text], skip=gauges | PARENT_FAMILIES)
 
     async def _start_worker(self, slot: _Slot) -> trio.Process | None:
         """Start the worker of ``slot`` and wait for its admin port; None if it failed."""
@@ -597,6 +624,7 @@ class Supervisor:
                     proc.kill()
                 with trio.CancelScope(shield=True):
                     await proc.wait()
+                    await proc.stdout.aclose()
                 await self._close_pipes(proc)
         if port is None:
             log_event(
@@ -609,6 +637,7 @@ class Supervisor:
             return None
         slot.admin_port = port
         slot.generation += 1
+        self._workers_nursery.start_soon(self._collect, proc)
         log_event(log, "worker started", worker=slot.index, pid=proc.pid, admin_port=port)
         if self.switch.current != env:
             await self._push_env_one(slot)
@@ -801,10 +830,21 @@ def worker_main() -> None:
             nursery.start_soon(_trim_after_start)
             await ambassador.run(lifecycle)
             nursery.cancel_scope.cancel()
+        # Drained and the admin server closed: the final counts, for the parent
+        # to keep once this worker is gone (its /metrics stays exact across
+        # replacements).
+        _write_all(1, b"metrics\n" + ambassador.registry.render().encode())
 
     raise SystemExit(
         run_sidecar(main, drain_deadline=spec.config.drain_timeout + 1.0, name="ambassador")
     )
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    with contextlib.suppress(OSError):  # the parent is gone: nobody to tell
+        while view:
+            view = view[os.write(fd, view) :]
 
 
 async def _drain_when_parent_exits(lifecycle: Any) -> None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import os
 import platform
@@ -48,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 
 VENV_BIN = Path(sys.executable).parent
 GNU_TIME = "/usr/bin/time"  # Debian package "time"
+NOTES_MARKER = "<!-- notes: kept when bench/adapter.py rewrites this file -->"
 FORMATS = ("json", "logfmt", "access", "syslog", "python", "klog", "plain")
 # Formats with a syslog-ng counterpart: the parser doing the same job in its config.
 SYSLOG_NG_PARSERS = {
@@ -284,10 +286,10 @@ def run_measured(
         argv = ["taskset", "-c", str(cpu), *argv]
     # ru_maxrss of a child forked from this (large) process starts at our own RSS, so the
     # peak RSS is read from GNU time, itself small, which forks the measured process.
-    rss_file = tempfile.NamedTemporaryFile(prefix="bench-rss-", delete=False)
-    rss_file.close()
+    fd, rss_path = tempfile.mkstemp(prefix="bench-rss-")
+    os.close(fd)
     if os.path.exists(GNU_TIME):
-        argv = [GNU_TIME, "-q", "-f", "%M", "-o", rss_file.name, *argv]
+        argv = [GNU_TIME, "-q", "-f", "%M", "-o", rss_path, *argv]
     with open(out_path, "wb") as out, tempfile.TemporaryFile() as err:
         feeder = subprocess.Popen(["cat", str(input_path)], stdout=subprocess.PIPE)
         assert feeder.stdout is not None
@@ -302,12 +304,12 @@ def run_measured(
         stderr = err.read().decode("utf-8", "replace")
     maxrss = usage.ru_maxrss
     try:
-        with open(rss_file.name) as fh:
+        with open(rss_path) as fh:
             maxrss = int(fh.read().split()[-1])
     except (OSError, ValueError, IndexError):
         pass  # no GNU time: ru_maxrss (an upper bound)
     finally:
-        os.unlink(rss_file.name)
+        os.unlink(rss_path)
     if proc.returncode != 0 and stderr.startswith("Command exited with non-zero status"):
         stderr = stderr.split("\n", 1)[-1]
     return Run(wall, usage.ru_utime + usage.ru_stime, maxrss, proc.returncode, stderr)
@@ -317,12 +319,13 @@ def adapter_argv(fmt: str) -> list[str]:
     return [str(VENV_BIN / "adapter"), "run", "--format", fmt]
 
 
+SYSLOG_NG_TEMPLATE = "$(format-json --scope rfc5424 --scope dot-nv-pairs)"
 SYSLOG_NG_CONF = """@version: 3.38
 @include "scl.conf"
 options {{ stats_freq(0); }};
 source s_in {{ stdin(flags(no-parse)); }};
 {parser}
-destination d_out {{ file("{out}" template("$(format-json --scope rfc5424 --scope dot-nv-pairs)\\n")); }};
+destination d_out {{ file("{out}" template("{template}\\n")); }};
 log {{ source(s_in); {parser_ref} destination(d_out); }};
 """
 
@@ -337,6 +340,7 @@ def syslog_ng_argv(fmt: str, workdir: Path, out: str) -> list[str]:
             parser=f"parser p_in {{ {SYSLOG_NG_PARSERS[fmt]}; }};",
             parser_ref="parser(p_in);",
             out=out,
+            template=SYSLOG_NG_TEMPLATE,
         )
     )
     return [
@@ -354,13 +358,20 @@ def syslog_ng_argv(fmt: str, workdir: Path, out: str) -> list[str]:
     ]
 
 
+Argv = Callable[[str], list[str]]
+
+
+def _fixed(argv: list[str]) -> Argv:
+    return lambda _out: argv
+
+
 @dataclass
 class Variant:
     """One thing measured: a program on one format's input."""
 
     name: str  # e.g. "adapter --format json", "adapter --format auto", "syslog-ng"
     fmt: str
-    argv: Callable[[str], list[str]]  # output path -> argv
+    argv: Argv  # output path -> argv
     to_stdout: bool = True  # False: the program writes the output path itself (syslog-ng)
     env: dict[str, str] | None = None  # e.g. PYTHONPATH of a baseline tree
     runs: list[Run] = field(default_factory=list)
@@ -404,8 +415,9 @@ def inproc(fmt: str, path: Path, *, profile: bool = False) -> dict[str, float]:
         for record in records:
             encode_json(record)
         t2 = time.process_time()
-        out[f"{mode == 'auto' and 'auto' or 'fixed'}_feed"] = t1 - t0
-        out[f"{mode == 'auto' and 'auto' or 'fixed'}_encode"] = t2 - t1
+        which = "auto" if mode == "auto" else "fixed"
+        out[f"{which}_feed"] = t1 - t0
+        out[f"{which}_encode"] = t2 - t1
     if profile:
         import cProfile
         import pstats
@@ -528,16 +540,16 @@ def render(
             "| format | fixed: feed lines/s | encode lines/s | both | auto: feed lines/s | both |",
             "|---|---:|---:|---:|---:|---:|",
         ]
-        for fmt, r in inproc_results.items():
-            n = r["lines"]
+        for fmt, ip in inproc_results.items():
+            count = ip["lines"]
 
-            def rate(t: float, n: float = n) -> str:
-                return f"{n / t:,.0f}" if t > 0 else "-"
+            def rate(t: float, count: float = count) -> str:
+                return f"{count / t:,.0f}" if t > 0 else "-"
 
             out.append(
-                f"| {fmt} | {rate(r['fixed_feed'])} | {rate(r['fixed_encode'])} | "
-                f"{rate(r['fixed_feed'] + r['fixed_encode'])} | {rate(r['auto_feed'])} | "
-                f"{rate(r['auto_feed'] + r['auto_encode'])} |"
+                f"| {fmt} | {rate(ip['fixed_feed'])} | {rate(ip['fixed_encode'])} | "
+                f"{rate(ip['fixed_feed'] + ip['fixed_encode'])} | {rate(ip['auto_feed'])} | "
+                f"{rate(ip['auto_feed'] + ip['auto_encode'])} |"
             )
     return "\n".join(out) + "\n"
 
@@ -557,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lines", type=int, default=200_000, help="input lines per format")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--formats", default=",".join(FORMATS))
-    p.add_argument("--cpu", type=int, default=os.cpu_count() - 1 if os.cpu_count() else 0)
+    p.add_argument("--cpu", type=int, default=(os.cpu_count() or 1) - 1)
     p.add_argument("--no-auto", action="store_true", help="skip the --format auto runs")
     p.add_argument("--no-syslog-ng", action="store_true", help="skip the syslog-ng peer")
     p.add_argument("--long", type=int, default=1_000_000, help="lines of the RSS run (0: skip)")
@@ -605,31 +617,37 @@ def main(argv: list[str] | None = None) -> int:
     if args.inproc or args.inproc_only:
         for fmt in formats:
             inproc_results[fmt] = inproc(fmt, inputs[fmt], profile=args.profile)
-            r = inproc_results[fmt]
+            ip = inproc_results[fmt]
+            fixed_s = ip["fixed_feed"] + ip["fixed_encode"]
+            auto_s = ip["auto_feed"] + ip["auto_encode"]
             log(
-                f"in-process {fmt}: fixed {r['lines'] / (r['fixed_feed'] + r['fixed_encode']):,.0f}"
-                f" lines/s, auto {r['lines'] / (r['auto_feed'] + r['auto_encode']):,.0f} lines/s"
+                f"in-process {fmt}: fixed {ip['lines'] / fixed_s:,.0f} lines/s, "
+                f"auto {ip['lines'] / auto_s:,.0f} lines/s"
             )
     if args.inproc_only:
         print(json.dumps(inproc_results, indent=1))
         return 0
     if args.baseline is not None and (args.inproc or args.inproc_only):
         res = subprocess.run(
-            [sys.executable, __file__, "--inproc-only", "--tree", str(args.baseline)]
-            + ["--formats", ",".join(formats), "--lines", str(args.lines)]
-            + ["--workdir", str(workdir)],
+            [
+                sys.executable,
+                __file__,
+                *("--inproc-only", "--tree", str(args.baseline)),
+                *("--formats", ",".join(formats), "--lines", str(args.lines)),
+                *("--workdir", str(workdir)),
+            ],
             capture_output=True,
             text=True,
             check=True,
         )
-        for fmt, r in json.loads(res.stdout).items():
-            inproc_results[f"{fmt} (baseline)"] = r
+        for fmt, ip in json.loads(res.stdout).items():
+            inproc_results[f"{fmt} (baseline)"] = ip
 
     variants: list[Variant] = []
     for fmt in formats:
-        variants.append(Variant(f"adapter --format {fmt}", fmt, lambda _o, f=fmt: adapter_argv(f)))
+        variants.append(Variant(f"adapter --format {fmt}", fmt, _fixed(adapter_argv(fmt))))
         if not args.no_auto:
-            variants.append(Variant("adapter --format auto", fmt, lambda _o: adapter_argv("auto")))
+            variants.append(Variant("adapter --format auto", fmt, _fixed(adapter_argv("auto"))))
         if args.baseline is not None:
             env = {**os.environ, "PYTHONPATH": str(args.baseline.resolve())}
             for mode in (fmt, "auto") if not args.no_auto else (fmt,):
@@ -637,7 +655,7 @@ def main(argv: list[str] | None = None) -> int:
                     Variant(
                         f"baseline --format {mode}",
                         fmt,
-                        lambda _o, m=mode: adapter_argv(m),
+                        _fixed(adapter_argv(mode)),
                         env=env,
                     )
                 )
@@ -646,7 +664,7 @@ def main(argv: list[str] | None = None) -> int:
                 Variant(
                     "syslog-ng",
                     fmt,
-                    lambda o, f=fmt: syslog_ng_argv(f, workdir, o),
+                    functools.partial(syslog_ng_argv, fmt, workdir),
                     to_stdout=False,
                 )
             )
@@ -688,6 +706,10 @@ def main(argv: list[str] | None = None) -> int:
         path.unlink()
 
     report = render(variants, lines_by_fmt, startup, long_run, inproc_results, args, command)
+    # Hand-written analysis below the marker survives a re-run.
+    old = args.out.read_text() if args.out.exists() else ""
+    if NOTES_MARKER in old:
+        report += "\n" + old[old.index(NOTES_MARKER) :]
     args.out.write_text(report)
     log(f"wrote {args.out}")
     if args.json:

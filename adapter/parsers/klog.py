@@ -16,7 +16,7 @@ KLOG = re.compile(
     r"([IWEFD])(\d\d)(\d\d) (\d\d):(\d\d):(\d\d)\.(\d{6}) +(\d+) ([^:\]\s]+):(\d+)\] ?(.*)",
     re.DOTALL,
 )
-_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
+_QUOTED = re.compile(r'"([^"\\]*(?:\\.[^"\\]*)*)"')
 _LEVEL = {"I": "info", "W": "warn", "E": "error", "F": "fatal", "D": "debug"}
 
 

@@ -13,13 +13,15 @@ import re
 from adapter.levels import SYSLOG_NAMES
 from adapter.parsers.base import ParseContext, Partial
 
+# Quoted and bracketed parts are written unrolled (``[^"\\]*(?:\\.[^"\\]*)*``): the same
+# language as ``(?:[^"\\]|\\.)*`` with one regex step per run of characters, not per character.
 _PRI = re.compile(r"<(\d{1,3})>")
 _RFC5424 = re.compile(
-    r"(\d{1,2}) (\S+) (\S+) (\S+) (\S+) (\S+) (-|(?:\[(?:[^\]\\]|\\.)*\])+)(?: (.*))?",
+    r"(\d{1,2}) (\S+) (\S+) (\S+) (\S+) (\S+) (-|(?:\[[^\]\\]*(?:\\.[^\]\\]*)*\])+)(?: (.*))?",
     re.DOTALL,
 )
-_SD_ELEMENT = re.compile(r"\[([^\s\]=]+)((?:\s+[^\s=\]]+=\"(?:[^\"\\]|\\.)*\")*)\s*\]")
-_SD_PARAM = re.compile(r"([^\s=\]]+)=\"((?:[^\"\\]|\\.)*)\"")
+_SD_ELEMENT = re.compile(r"\[([^\s\]=]+)((?:\s+[^\s=\]]+=\"[^\"\\]*(?:\\.[^\"\\]*)*\")*)\s*\]")
+_SD_PARAM = re.compile(r"([^\s=\]]+)=\"([^\"\\]*(?:\\.[^\"\\]*)*)\"")
 # After the timestamp: optional hostname, then the tag with optional [pid], then ": ".
 _TAGGED = re.compile(
     r" (?:([^\s:\[\]]+|\[[0-9a-fA-F:.]+\]) )?([^\s:\[\]]+)(?:\[([^\]]*)\])?: ?(.*)", re.DOTALL

@@ -5,6 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from adapter import schema
 from adapter.pipeline import Pipeline, PipelineConfig, encode_json
 from adapter.schema import ECS_VERSION, nest_into, to_ecs, to_otel
 
@@ -119,3 +123,70 @@ def test_encode_json_edge_cases() -> None:
     lone.decode("utf-8")
     assert json.loads(encode_json({"n": float("inf"), "big": 2**70})) == {"n": None, "big": 2**70}
     assert b"\n" not in encode_json({"m": "a\nb"})
+
+
+# The compiled shape builders must give exactly the general nesting's document (same keys,
+# same order), whatever the field names, including the colliding ones they refuse to compile.
+_NAMES = st.sampled_from(
+    [
+        "labels",
+        "stream",
+        "tags",
+        "log",
+        "ecs",
+        "message.x",
+        "log.file.path",
+        "log.logger",
+        "ecs.version",
+        "ecs.extra",
+        "http.request.method",
+        "http.request",
+        "http.response.status_code",
+        "a.b.c.d",
+        "a.b",
+        "a",
+        "url.path",
+        "source.ip",
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    keys=st.lists(_NAMES, max_size=8, unique=True),
+    level=st.sampled_from([None, "INFO", "nonsense"]),
+    message=st.sampled_from([None, "m"]),
+)
+def test_compiled_shapes_match_the_general_nesting(
+    keys: list[str], level: str | None, message: str | None
+) -> None:
+    def partial() -> dict[str, Any]:
+        p: dict[str, Any] = {"@timestamp": 1_704_164_645_123_000_000}
+        if level is not None:
+            p["log.level"] = level
+        if message is not None:
+            p["message"] = message
+        for i, key in enumerate(keys):
+            p[key] = {"k": i} if key == "labels" else f"v{i}"
+        return p
+
+    expected = json.dumps(schema._to_ecs_reference(partial()))
+    for _ in range(schema._LEARN_AFTER + 2):  # past the point where the shape is compiled
+        assert json.dumps(to_ecs(partial())) == expected
+
+
+def test_a_repeated_shape_is_compiled_and_a_colliding_one_is_not() -> None:
+    clean = ("http.request.method", "url.path", "labels", "stream")
+    colliding = ("a", "a.b", "stream")
+    for _ in range(schema._LEARN_AFTER + 1):
+        for keys in (clean, colliding):
+            doc = to_ecs(
+                {"@timestamp": 0, "log.level": "info", "message": "m", **dict.fromkeys(keys, "v")}
+            )
+            assert doc["message"] == "m" and doc["log"] == {"level": "info"}
+    shapes = schema._SHAPES[3]  # with a level and a message
+    assert shapes.plans[clean] is not None
+    assert shapes.plans[colliding] is None
+    assert to_ecs(
+        {"@timestamp": 0, "log.level": "info", "message": "m", **dict.fromkeys(colliding, "v")}
+    )["labels"] == {"a.b": "v"}

@@ -95,7 +95,7 @@ class Workers:
     def __init__(self, tmp: Path, backend_port: int, workers: int = 2) -> None:
         self.port = free_port()
         self.admin = free_port()
-        config = tmp / "ambassador.toml"
+        self.config = config = tmp / "ambassador.toml"
         config.write_text(
             f"""
 admin = "127.0.0.1:{self.admin}"
@@ -240,6 +240,40 @@ def test_two_workers_end_to_end(tmp_path: Path) -> None:
         assert json.loads(body)["env"] == "green"
         for _ in range(10):
             assert echo_once(w.port, b"still here") == b"still here" + TRAILER
+
+        # A changed config file: the parent switches (source "config") and replaces
+        # both workers; the merged counters keep what the old workers counted.
+        assert http("PUT", f"http://127.0.0.1:{w.admin}/env", b"blue")[0] == 200
+        before = metrics(w.admin)
+        bytes_before = {
+            env: sample(before, "ambassador_received_bytes_total", listener="app", env=env)
+            for env in ("blue", "green")
+        }
+        old_pids = {ev["pid"] for ev in w.live_workers().values()}
+        w.config.write_text(
+            w.config.read_text().replace('env = "blue"', 'env = "green"\ndns_refresh = "7s"')
+        )
+
+        def replaced() -> bool:
+            pids = {ev["pid"] for ev in w.live_workers().values()}
+            return len(pids) == 2 and not pids & old_pids and w.ready()
+
+        wait_until(replaced, timeout=30, what="both workers replaced")
+
+        def counts_kept() -> dict[Any, float] | None:
+            m = metrics(w.admin)
+            got = {
+                env: sample(m, "ambassador_received_bytes_total", listener="app", env=env)
+                for env in ("blue", "green")
+            }
+            return m if got == bytes_before else None
+
+        m = wait_until(counts_kept, timeout=15, what="counters kept across the replacement")
+        assert sample(m, "ambassador_env_switches_total", result="switched", source="config") == 1
+        for ev in w.live_workers().values():
+            status, body = http("GET", f"http://127.0.0.1:{ev['admin_port']}/env")
+            assert json.loads(body)["env"] == "green"
+        assert echo_once(w.port, b"new config") == b"new config" + TRAILER
 
         # SIGTERM drains everything and exits 0; no worker outlives the parent.
         pids = [ev["pid"] for ev in w.live_workers().values()]
