@@ -27,62 +27,38 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
 from sidecar_common.admin import AdminApp, AdminError, serve_admin
 from sidecar_common.errors import ConfigError
-from sidecar_common.filewatch import Change, watch_paths
 from sidecar_common.jsonlog import get_logger, log_event
 from sidecar_common.lifecycle import Lifecycle
 from sidecar_common.metrics import Registry
 
+from . import control
 from .admin_routes import install_env_routes
 from .cluster import Cluster
-from .config import (
-    AmbassadorConfig,
-    ListenerConfig,
-    load_config,
-    read_env_file,
-    resolve_initial_env,
-)
+from .config import AmbassadorConfig, ListenerConfig, read_env_file, resolve_initial_env
 from .endpoint import EndpointState
 from .health import HealthConfig, Transition
 from .healthcheck import run_health_checks
-from .listener import ListenerRuntime, Metrics, bind_socket
+from .listener import ListenerRuntime, Metrics
 from .outlier import OutlierConfig
-from .pgbridge import AsyncioBridge, open_asyncio_bridge
 from .switch import EnvSwitch, SwitchResult
+
+if TYPE_CHECKING:
+    from .pgbridge import AsyncioBridge
 
 __all__ = ["Ambassador", "bind_listeners", "build_cluster"]
 
 log = get_logger("ambassador")
 
-#: How often watched files are polled, and how long a change must be stable.
-#: Together well under the one second a switch may take.
-WATCH_INTERVAL = 0.2
-WATCH_DEBOUNCE = 0.3
-
 
 def bind_listeners(cfg: AmbassadorConfig) -> dict[str, list[socket.socket]]:
     """Bind every listener's socket now; a busy or foreign address is a ``ConfigError``."""
-    bound: dict[str, list[socket.socket]] = {}
-    try:
-        for i, lst in enumerate(cfg.listeners):
-            setting = "--listen" if cfg.config_file is None else f"listeners[{i}].listen"
-            try:
-                bound[lst.name] = [bind_socket(lst.listen.host, lst.listen.port)]
-            except OSError as exc:
-                reason = exc.strerror or str(exc)
-                raise ConfigError(
-                    setting, str(lst.listen), f"an address to listen on; {reason}"
-                ) from None
-    except BaseException:
-        for socks in bound.values():
-            for s in socks:
-                s.close()
-        raise
-    return bound
+    return control.bind_listeners(cfg)[0]
 
 
 def build_cluster(lst: ListenerConfig, env: str, rng: random.Random, now: float) -> Cluster:
@@ -157,30 +133,8 @@ class Ambassador:
 
     def apply_switch(self, name: str, source: str) -> SwitchResult:
         """Switch the environment from any source: decide, log, count, drain."""
-        result = self.switch.set(name, source)
-        self.metrics.env_switches.labels(result=result.result, source=source).inc()
-        if result.refused:
-            log_event(
-                log,
-                "environment switch refused",
-                level=logging.WARNING,
-                event="env_switch",
-                result=result.result,
-                requested=result.requested,
-                source=source,
-                env=result.current,
-                reason=result.reason,
-            )
-        elif result.changed:
-            log_event(
-                log,
-                "environment switched",
-                event="env_switch",
-                result=result.result,
-                previous=result.previous,
-                env=result.current,
-                source=source,
-            )
+        result = control.apply_switch(self.switch, self.metrics.env_switches, log, name, source)
+        if result.changed:
             missing = [rt.name for rt in self.runtimes.values() if name not in rt.clusters]
             if missing:
                 log_event(
@@ -239,7 +193,10 @@ class Ambassador:
             )
         async with contextlib.AsyncExitStack() as stack:
             if any(lst.health_check.type == "postgres" for lst in cfg.listeners):
-                # One asyncio thread for every asyncpg health check of the process.
+                # One asyncio thread for every asyncpg health check of the process;
+                # imported only here (asyncio + asyncpg: ~4.5 MB resident).
+                from .pgbridge import open_asyncio_bridge
+
                 self._bridge = await stack.enter_async_context(open_asyncio_bridge())
             await self._serve(lifecycle, cfg)
 
@@ -252,9 +209,17 @@ class Ambassador:
                 for env, cluster in rt.clusters.items():
                     self._start_cluster_tasks(rt.config, env, cluster)
             if cfg.env_file is not None:
-                await background.start(self._watch_env_file, cfg.env_file)
+                await background.start(
+                    control.watch_file,
+                    cfg.env_file,
+                    functools.partial(self._env_file_changed, cfg.env_file),
+                )
             if cfg.config_file is not None:
-                await background.start(self._watch_config, cfg.config_file)
+                await background.start(
+                    control.watch_file,
+                    cfg.config_file,
+                    functools.partial(self._config_changed, cfg.config_file),
+                )
             async with trio.open_nursery() as connections:
                 async with trio.open_nursery() as accepting:
                     for rt in self.runtimes.values():
@@ -358,64 +323,15 @@ class Ambassador:
             rng=self.rng,
         )
 
-    async def _watch_env_file(
-        self, path: Path, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        send, receive = trio.open_memory_channel[list[Change]](1)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(
-                lambda task_status: watch_paths(
-                    [path],
-                    send_channel=send,
-                    interval=WATCH_INTERVAL,
-                    debounce=WATCH_DEBOUNCE,
-                    task_status=task_status,
-                )
-            )
-            task_status.started()
-            async for _changes in receive:
-                name = await trio.to_thread.run_sync(read_env_file, path)
-                if name is None:
-                    log_event(
-                        log,
-                        "env file missing or empty; keeping the current environment",
-                        level=logging.WARNING,
-                        path=str(path),
-                        env=self.switch.current,
-                    )
-                    continue
-                self.apply_switch(name, "env_file")
+    async def _env_file_changed(self, path: Path) -> None:
+        name = await control.read_env_choice(path, self.switch.current, log)
+        if name is not None:
+            self.apply_switch(name, "env_file")
 
-    async def _watch_config(
-        self, path: Path, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        send, receive = trio.open_memory_channel[list[Change]](1)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(
-                lambda task_status: watch_paths(
-                    [path],
-                    send_channel=send,
-                    interval=WATCH_INTERVAL,
-                    debounce=WATCH_DEBOUNCE,
-                    task_status=task_status,
-                )
-            )
-            task_status.started()
-            async for _changes in receive:
-                try:
-                    new = await trio.to_thread.run_sync(
-                        lambda: load_config(path, overrides=self.overrides)
-                    )
-                except ConfigError as exc:
-                    log_event(
-                        log,
-                        "config reload refused; keeping the running config",
-                        level=logging.ERROR,
-                        path=str(path),
-                        reason=str(exc),
-                    )
-                    continue
-                self.reload(new)
+    async def _config_changed(self, path: Path) -> None:
+        new = await control.reload_config(path, self.overrides, log)
+        if new is not None:
+            self.reload(new)
 
     def reload(self, new: AmbassadorConfig) -> None:
         """Apply a changed config file: endpoints and environments now, listeners on restart."""

@@ -1,8 +1,10 @@
 """Command line of the ambassador sidecar: ``ambassador run`` and ``ambassador check``.
 
 The commands only build an ``AmbassadorConfig`` (every user error becomes one
-``ConfigError`` line and exit status 2 through ``run_app``) and hand it to
-``app.Ambassador``; no routing logic lives here.
+``ConfigError`` line and exit status 2 through ``run_app``); ``run`` then hands
+it to ``workers.exec_run``, which becomes a lean process (same PID, without
+typer and pydantic) that binds and serves, one process or ``--workers N``.
+No routing logic lives here.
 """
 
 from __future__ import annotations
@@ -14,8 +16,6 @@ import typer
 
 from sidecar_common.cli import run_app
 from sidecar_common.errors import ConfigError
-from sidecar_common.jsonlog import setup_logging
-from sidecar_common.lifecycle import Lifecycle, run_sidecar
 from sidecar_common.netaddr import parse_host_port
 
 from .config import (
@@ -157,10 +157,17 @@ def run(
         float | None,
         typer.Option("--drain-timeout", min=0, help="Seconds connections get after SIGTERM."),
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            envvar="AMBASSADOR_WORKERS",
+            min=1,
+            help="Processes sharing each listen port (SO_REUSEPORT).",
+        ),
+    ] = 1,
 ) -> None:
     """Forward local ports to the current environment's backends."""
-    from .app import Ambassador, bind_listeners
-
     cfg, overrides = build_config(
         config=config,
         listen=listen,
@@ -175,15 +182,11 @@ def run(
         health_check=health_check,
         drain_timeout=drain_timeout,
     )
-    setup_logging(cfg.log_level)
-    sockets = bind_listeners(cfg)
+    # Serving needs none of the CLI's imports (typer, click, pydantic: ~12 MB):
+    # become a lean process with the same PID that binds and serves.
+    from .workers import exec_run
 
-    async def main(lifecycle: Lifecycle) -> None:
-        ambassador = Ambassador(cfg, sockets, overrides=overrides)
-        await ambassador.run(lifecycle)
-
-    status = run_sidecar(main, drain_deadline=cfg.drain_timeout + DRAIN_GRACE, name="ambassador")
-    raise typer.Exit(status)
+    exec_run(cfg, overrides, workers=workers, drain_grace=DRAIN_GRACE)
 
 
 @app.command()

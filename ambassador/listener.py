@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,10 +39,12 @@ from . import tls as upstream_tls
 from .breaker import Breaker
 from .cluster import Cluster
 from .config import ListenerConfig
+from .control import register_switch_metrics
 from .endpoint import EndpointState
+from .fastrelay import relay
 from .http import HttpProxy, Route, serve_http_client
 from .pgtls import PgStartupError, read_client_startup
-from .relay import RelayCounters, abort_stream, relay
+from .relay import RelayCounters, abort_stream
 from .switch import EnvSwitch
 from .tls import UpstreamTLS
 
@@ -81,11 +83,7 @@ class Metrics:
             ("listener", "env"),
             buckets=CONNECT_BUCKETS,
         )
-        self.env_switches = registry.counter(
-            "ambassador_env_switches_total",
-            "Environment switch requests by result and source.",
-            ("result", "source"),
-        )
+        self.env_switches = register_switch_metrics(registry, lambda: self.switch)
         self.ejections = registry.counter(
             "ambassador_ejections_total",
             "Endpoints ejected by passive outlier detection.",
@@ -121,11 +119,6 @@ class Metrics:
             "1 when the endpoint is usable (healthy and not ejected), else 0.",
             self._healthy,
         )
-        registry.gauge_callback(
-            "ambassador_current_env",
-            "1 for the current environment, 0 for the other choices.",
-            self._current_env,
-        )
 
     def _active(self) -> Iterable[tuple[dict[str, str], float]]:
         for rt in self.runtimes:
@@ -153,12 +146,6 @@ class Metrics:
                 for ep in cluster.endpoints:
                     labels = {"listener": rt.name, "env": env, "endpoint": ep.name}
                     yield labels, 1.0 if ep.usable(now) else 0.0
-
-    def _current_env(self) -> Iterable[tuple[dict[str, str], float]]:
-        if self.switch is None:
-            return
-        for env in self.switch.environments:
-            yield {"env": env}, 1.0 if env == self.switch.current else 0.0
 
 
 @dataclass(eq=False)
@@ -361,6 +348,29 @@ class ListenerRuntime:
     def _log(self, **fields: Any) -> None:
         log_event(access_log, "connection", listener=self.name, **fields)
 
+    def _ended(
+        self, env: str, client: str, outcome: str, start: float | None = None, **fields: Any
+    ) -> None:
+        """A connection is over: count its outcome and write its access-log line.
+
+        ``start`` None: it ended at accept (duration 0).
+        """
+        self._count(env, outcome)
+        duration = 0.0 if start is None else round(trio.current_time() - start, 6)
+        self._log(env=env, client=client, outcome=outcome, duration=duration, **fields)
+
+    @contextlib.contextmanager
+    def _tracked(self, conn: Connection) -> Iterator[Connection]:
+        """``conn`` is open (drain, shutdown and the live metrics see it) while inside."""
+        self.connections.add(conn)
+        self._idle = trio.Event() if self._idle.is_set() else self._idle
+        try:
+            yield conn
+        finally:
+            self.connections.discard(conn)
+            if not self.connections:
+                self._idle.set()
+
     async def _admit(self) -> str | None:
         """Listener circuit breaker with a bounded pending queue; None when admitted.
 
@@ -392,12 +402,10 @@ class ListenerRuntime:
         try:
             if not self.accepting:
                 # Accepted just before the listening socket closed: refuse, do not start.
-                self._count(env_label, "shutdown")
-                self._log(env=env_label, client=client, outcome="shutdown", duration=0.0)
+                self._ended(env_label, client, "shutdown")
                 return
             if self.config.allow and not address_allowed(client_ip, self.config.allow):
-                self._count(env_label, "denied")
-                self._log(env=env_label, client=client, outcome="denied", duration=0.0)
+                self._ended(env_label, client, "denied")
                 log_event(
                     log,
                     "client not in allow list",
@@ -409,19 +417,12 @@ class ListenerRuntime:
             cluster = self.clusters.get(env) if env is not None else None
             if (env is None or cluster is None) and self.http_proxy is None:
                 # (An HTTP client gets a 503 with a JSON body from the proxy instead.)
-                self._count(env_label, "no_env")
-                self._log(env=env_label, client=client, outcome="no_env", duration=0.0)
+                self._ended(env_label, client, "no_env")
                 return
             refused = await self._admit()
             if refused is not None:
                 self.metrics.breaker_rejections.labels(listener=self.name, scope="listener").inc()
-                self._count(env_label, refused)
-                self._log(
-                    env=env_label,
-                    client=client,
-                    outcome=refused,
-                    duration=round(trio.current_time() - start, 6),
-                )
+                self._ended(env_label, client, refused, start)
                 return
             try:
                 if self.http_proxy is not None:
@@ -432,8 +433,7 @@ class ListenerRuntime:
                 env = self.switch.current
                 cluster = self.clusters.get(env) if env is not None else None
                 if env is None or cluster is None:
-                    self._count(env or "", "no_env")
-                    self._log(env=env or "", client=client, outcome="no_env", duration=0.0)
+                    self._ended(env or "", client, "no_env")
                     return
                 await self._serve_admitted(stream, env, cluster, client, start)
             finally:
@@ -463,19 +463,14 @@ class ListenerRuntime:
         """
         env = self.switch.current or ""
         conn = Connection(env=env, client=client, endpoint="", scope=trio.CancelScope())
-        self.connections.add(conn)
-        self._idle = trio.Event() if self._idle.is_set() else self._idle
         outcome = "closed"
         try:
-            with conn.scope:
+            with self._tracked(conn), conn.scope:
                 await serve_http_client(stream, proxy, client)
             if conn.scope.cancelled_caught:
                 outcome = conn.cancel_reason or "cancelled"
                 abort_stream(stream)
         finally:
-            self.connections.discard(conn)
-            if not self.connections:
-                self._idle.set()
             self._count(env, outcome)
 
     async def open_upstream(
@@ -593,13 +588,7 @@ class ListenerRuntime:
         elif not outcome and not startup:
             outcome = "client_gone"
         if outcome:
-            self._count(env, outcome)
-            self._log(
-                env=env,
-                client=client,
-                outcome=outcome,
-                duration=round(trio.current_time() - start, 6),
-            )
+            self._ended(env, client, outcome, start)
             return None
         return startup
 
@@ -622,61 +611,53 @@ class ListenerRuntime:
             # Fail fast: RST rather than FIN, so a client reading a reply sees
             # an error at once and not an empty answer.
             abort_stream(stream)
-            self._count(env, outcome)
-            self._log(
-                env=env,
-                client=client,
-                outcome=outcome,
-                attempts=attempts,
-                duration=round(trio.current_time() - start, 6),
-            )
+            self._ended(env, client, outcome, start, attempts=attempts)
             return
         conn = Connection(env=env, client=client, endpoint=ep.name, scope=trio.CancelScope())
-        self.connections.add(conn)
-        self._idle = trio.Event() if self._idle.is_set() else self._idle
         result_outcome = "error"
-        try:
-            with conn.scope:
-                sent = True
-                if startup:
-                    try:
-                        await upstream.send_all(startup)
-                        conn.counters.bytes_in += len(startup)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        sent = False
-                        result_outcome = "upstream_reset"
-                        abort_stream(stream)
-                if sent:
-                    result = await relay(
-                        stream,
-                        upstream,
-                        conn.counters,
-                        idle_timeout=self.config.limits.idle_timeout,
-                    )
-                    result_outcome = result.outcome
-            if conn.scope.cancelled_caught:
-                result_outcome = conn.cancel_reason or "cancelled"
-                abort_stream(stream)
-                abort_stream(upstream)
-        finally:
-            if result_outcome == "error" and conn.cancel_reason:
-                result_outcome = conn.cancel_reason
-            await trio.aclose_forcefully(upstream)
-            cluster.connection_closed(ep)
-            self.connections.discard(conn)
-            if not self.connections:
-                self._idle.set()
-            self.closed_bytes_in[env] = self.closed_bytes_in.get(env, 0) + conn.counters.bytes_in
-            self.closed_bytes_out[env] = self.closed_bytes_out.get(env, 0) + conn.counters.bytes_out
-            self._count(env, result_outcome)
-            self._log(
-                env=env,
-                client=client,
-                endpoint=ep.name,
-                attempts=attempts,
-                connect_time=round(connect_time, 6),
-                duration=round(trio.current_time() - start, 6),
-                bytes_in=conn.counters.bytes_in,
-                bytes_out=conn.counters.bytes_out,
-                outcome=result_outcome,
-            )
+        with self._tracked(conn):
+            try:
+                with conn.scope:
+                    sent = True
+                    if startup:
+                        try:
+                            await upstream.send_all(startup)
+                            conn.counters.bytes_in += len(startup)
+                        except (trio.BrokenResourceError, trio.ClosedResourceError):
+                            sent = False
+                            result_outcome = "upstream_reset"
+                            abort_stream(stream)
+                    if sent:
+                        result = await relay(
+                            stream,
+                            upstream,
+                            conn.counters,
+                            idle_timeout=self.config.limits.idle_timeout,
+                        )
+                        result_outcome = result.outcome
+                if conn.scope.cancelled_caught:
+                    result_outcome = conn.cancel_reason or "cancelled"
+                    abort_stream(stream)
+                    abort_stream(upstream)
+            finally:
+                if result_outcome == "error" and conn.cancel_reason:
+                    result_outcome = conn.cancel_reason
+                await trio.aclose_forcefully(upstream)
+                cluster.connection_closed(ep)
+                self.closed_bytes_in[env] = (
+                    self.closed_bytes_in.get(env, 0) + conn.counters.bytes_in
+                )
+                self.closed_bytes_out[env] = (
+                    self.closed_bytes_out.get(env, 0) + conn.counters.bytes_out
+                )
+                self._ended(
+                    env,
+                    client,
+                    result_outcome,
+                    start,
+                    endpoint=ep.name,
+                    attempts=attempts,
+                    connect_time=round(connect_time, 6),
+                    bytes_in=conn.counters.bytes_in,
+                    bytes_out=conn.counters.bytes_out,
+                )

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -56,7 +57,8 @@ from sidecar_common.metrics import (
 )
 from sidecar_common.retry import Backoff
 
-from .config import AmbassadorConfig, read_env_file, resolve_initial_env
+from . import control
+from .config import AmbassadorConfig, resolve_initial_env
 from .switch import EnvSwitch, SwitchResult
 
 __all__ = [
@@ -116,30 +118,7 @@ def bind_reuseport(cfg: AmbassadorConfig, workers: int) -> list[dict[str, list[s
 
     Port 0 binds the first socket anywhere and the others to the same port.
     """
-    from .listener import bind_socket
-
-    per_worker: list[dict[str, list[socket.socket]]] = [{} for _ in range(workers)]
-    try:
-        for i, lst in enumerate(cfg.listeners):
-            setting = "--listen" if cfg.config_file is None else f"listeners[{i}].listen"
-            port = lst.listen.port
-            for w in range(workers):
-                try:
-                    sock = bind_socket(lst.listen.host, port, reuse_port=True)
-                except OSError as exc:
-                    reason = exc.strerror or str(exc)
-                    raise ConfigError(
-                        setting, str(lst.listen), f"an address to listen on; {reason}"
-                    ) from None
-                port = sock.getsockname()[1]
-                per_worker[w][lst.name] = [sock]
-    except BaseException:
-        for socks in per_worker:
-            for group in socks.values():
-                for s in group:
-                    s.close()
-        raise
-    return per_worker
+    return control.bind_listeners(cfg, copies=workers)
 
 
 # --------------------------------------------------------------------------- metrics
@@ -262,11 +241,7 @@ class Supervisor:
         self._workers_nursery: trio.Nursery
         #: The final counters of workers that are gone (replaced or drained).
         self.retired = ""
-        self.env_switches = self.registry.counter(
-            "ambassador_env_switches_total",
-            "Environment switch requests by result and source.",
-            ("result", "source"),
-        )
+        self.env_switches = control.register_switch_metrics(self.registry, lambda: self.switch)
         self.restarts = self.registry.counter(
             "ambassador_worker_restarts_total",
             "Worker processes restarted after they exited unexpectedly.",
@@ -276,44 +251,12 @@ class Supervisor:
             "Worker processes running now.",
             lambda: [({}, float(sum(s.process is not None for s in self.slots)))],
         )
-        self.registry.gauge_callback(
-            "ambassador_current_env",
-            "1 for the current environment, 0 for the other choices.",
-            lambda: [
-                ({"env": e}, 1.0 if e == self.switch.current else 0.0)
-                for e in self.switch.environments
-            ],
-        )
 
     # ------------------------------------------------------------ switching
 
     def apply_switch(self, name: str, source: str) -> SwitchResult:
         """Decide, log and count a switch once; the workers follow (see :meth:`push_env`)."""
-        result = self.switch.set(name, source)
-        self.env_switches.labels(result=result.result, source=source).inc()
-        if result.refused:
-            log_event(
-                log,
-                "environment switch refused",
-                level=logging.WARNING,
-                event="env_switch",
-                result=result.result,
-                requested=result.requested,
-                source=source,
-                env=result.current,
-                reason=result.reason,
-            )
-        elif result.changed:
-            log_event(
-                log,
-                "environment switched",
-                event="env_switch",
-                result=result.result,
-                previous=result.previous,
-                env=result.current,
-                source=source,
-            )
-        return result
+        return control.apply_switch(self.switch, self.env_switches, log, name, source)
 
     async def push_env(self) -> None:
         """Bring every running worker to the current environment (concurrently)."""
@@ -460,9 +403,15 @@ class Supervisor:
                 )
                 log_event(log, "admin listening", address=f"{self.cfg.admin.host}:{bound}")
             if self.cfg.env_file is not None:
-                await background.start(self._watch_file, self.cfg.env_file, self._env_file_changed)
+                path = self.cfg.env_file
+                await background.start(
+                    control.watch_file, path, functools.partial(self._env_file_changed, path)
+                )
             if self.cfg.config_file is not None:
-                await background.start(self._watch_file, self.cfg.config_file, self._config_changed)
+                path = self.cfg.config_file
+                await background.start(
+                    control.watch_file, path, functools.partial(self._config_changed, path)
+                )
             background.start_soon(self._poll_workers)
             async with trio.open_nursery() as workers:
                 self._workers_nursery = workers
@@ -682,43 +631,9 @@ class Supervisor:
             if slot.env != self.switch.current:
                 await self._push_env_one(slot)
 
-    async def _watch_file(
-        self,
-        path: Path,
-        changed: Any,
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Call ``await changed(path)`` after each (debounced) change of ``path``."""
-        from sidecar_common.filewatch import Change, watch_paths
-
-        from .app import WATCH_DEBOUNCE, WATCH_INTERVAL
-
-        send, receive = trio.open_memory_channel[list[Change]](1)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(
-                lambda task_status: watch_paths(
-                    [path],
-                    send_channel=send,
-                    interval=WATCH_INTERVAL,
-                    debounce=WATCH_DEBOUNCE,
-                    task_status=task_status,
-                )
-            )
-            task_status.started()
-            async for _changes in receive:
-                await changed(path)
-
     async def _env_file_changed(self, path: Path) -> None:
-        name = await trio.to_thread.run_sync(read_env_file, path)
+        name = await control.read_env_choice(path, self.switch.current, log)
         if name is None:
-            log_event(
-                log,
-                "env file missing or empty; keeping the current environment",
-                level=logging.WARNING,
-                path=str(path),
-                env=self.switch.current,
-            )
             return
         self.apply_switch(name, "env_file")
         await self.push_env()
@@ -731,18 +646,8 @@ class Supervisor:
         worker drains while its successor already accepts on the same socket).
         Listener addresses are bound once: changing them needs a restart.
         """
-        from .config import load_config
-
-        try:
-            new = await trio.to_thread.run_sync(lambda: load_config(path, overrides=self.overrides))
-        except ConfigError as exc:
-            log_event(
-                log,
-                "config reload refused; keeping the running config",
-                level=logging.ERROR,
-                path=str(path),
-                reason=str(exc),
-            )
+        new = await control.reload_config(path, self.overrides, log)
+        if new is None:
             return
         old = self.cfg
 
@@ -963,8 +868,10 @@ def run_main(fd: int) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m ambassador.workers --workers N run --config FILE [--env E] [--admin A]``.
 
-    The stand-alone entry (bench, tests) until ``ambassador run --workers`` exists;
-    ``--worker`` is a worker process (spec on stdin).
+    The stand-alone entry the benchmark's launcher uses (``ambassador run
+    --workers N`` is the user's; both end in :func:`run_main` / :func:`run_workers`);
+    ``--worker`` is a worker process (spec on stdin), ``--run FD`` the lean
+    process :func:`exec_run` becomes.
     """
     args = list(sys.argv[1:] if argv is None else argv)
     if args == ["--worker"]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import random
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,6 +130,11 @@ def parse_traceparent(value: bytes) -> tuple[str, str, str] | None:
     return trace_id, parent_id, flags
 
 
+# RFC 4122 variant (10xx) and version 4, as the uuid module sets them.
+_UUID_CLEAR = ~((0xC000 << 48) | (0xF000 << 64)) & ((1 << 128) - 1)
+_UUID_V4 = (0x8000 << 48) | (4 << 76)
+
+
 class IdSource:
     """Random ids (request ids, trace and span ids); seeded in tests, OS randomness otherwise."""
 
@@ -147,7 +151,11 @@ class IdSource:
         return value
 
     def request_id(self) -> str:
-        return str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
+        """A UUID 4 string, as ``str(uuid.UUID(int=bits, version=4))`` but without the object."""
+        n = self._rng.getrandbits(128)
+        n = (n & _UUID_CLEAR) | _UUID_V4
+        h = f"{n:032x}"
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
     def trace_id(self) -> str:
         return f"{self.bits(128):032x}"

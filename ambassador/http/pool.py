@@ -142,6 +142,12 @@ class UpstreamConnection:
     stream: trio.abc.HalfCloseableStream
     conn: h11.Connection
     requests: int = 0
+    #: The plain TCP socket for the proxy's direct reads/writes; None: use the stream.
+    sock: trio.socket.SocketType | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        if type(self.stream) is trio.SocketStream:
+            self.sock = self.stream.socket
 
 
 Connector = Callable[

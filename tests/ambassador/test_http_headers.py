@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import uuid
 from pathlib import Path
 
 import pytest
@@ -235,3 +236,14 @@ def test_request_policy_invariants(headers: list[tuple[bytes, bytes]]) -> None:
             assert name not in {b"keep-alive", b"te", b"trailer", b"proxy-connection"}
             injected_or_ours = name in (b"authorization", b"x-request-id", b"traceparent", b"host")
             assert injected_or_ours or name not in named
+
+
+@given(st.integers(min_value=0, max_value=2**32))
+def test_request_ids_are_the_uuid4_strings_of_the_same_bits(seed: int) -> None:
+    # The request id is formatted without a uuid.UUID object (per-request cost);
+    # it must be exactly what str(uuid.UUID(int=bits, version=4)) gives.
+    ids, rng = IdSource(random.Random(seed)), random.Random(seed)
+    for _ in range(5):
+        rid = ids.request_id()
+        assert rid == str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        assert uuid.UUID(rid).version == 4
