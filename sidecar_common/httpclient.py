@@ -38,6 +38,20 @@ USER_AGENT = "sidecars/0.1"
 HeaderList = list[tuple[str, str]]
 
 
+def header_value(headers: Iterable[tuple[str, str]], name: str) -> str | None:
+    """The last value of header ``name`` (case-insensitive) in lowercased-name ``headers``.
+
+    The one lookup for the admin server's requests and the client's responses:
+    both keep h11's lowercased names, and a repeated header's last value wins.
+    """
+    name = name.lower()
+    found = None
+    for k, v in headers:
+        if k == name:
+            found = v
+    return found
+
+
 class HttpClientError(SidecarError):
     """The request could not be completed: bad URL, connect failure, broken
     connection, protocol violation by the server, or a body over the cap.
@@ -54,12 +68,7 @@ class HttpResponse:
 
     def header(self, name: str) -> str | None:
         """The last value of header ``name`` (case-insensitive), or None."""
-        name = name.lower()
-        found = None
-        for k, v in self.headers:
-            if k == name:
-                found = v
-        return found
+        return header_value(self.headers, name)
 
     def json(self) -> object:
         """The body parsed as JSON; ``HttpClientError`` if it is not JSON."""

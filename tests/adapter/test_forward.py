@@ -27,6 +27,7 @@ from sidecar_common.metrics import Registry, parse_text
 from sidecar_common.retry import Backoff
 from tests.support.fluentd import ForwardReceiver, _ext_hook
 from tests.support.procs import free_port, refused_port
+from tests.support.wait import eventually
 
 ADAPTER = str(Path(sys.executable).with_name("adapter"))
 
@@ -42,13 +43,15 @@ def chunk_files(directory: Path) -> list[Path]:
     return sorted(directory.glob("*.chunk"))
 
 
-async def eventually(predicate: Any, seconds: float) -> None:
-    """Wait (real time, polling) until ``predicate()``; fail after ``seconds``."""
-    for _ in range(int(seconds / 0.02)):
-        if predicate():
-            return
-        await trio.sleep(0.02)
-    raise AssertionError(f"not true after {seconds} s")
+async def write_and_drain(
+    out: ForwardOutput, batch: list[dict[str, Any]], *, within: float
+) -> None:
+    """One life of the output: run it, write ``batch``, drain for ``within`` s, stop."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(out.run)
+        await out.write(batch)
+        await out.drain(trio.current_time() + within)
+        nursery.cancel_scope.cancel()
 
 
 def make_output(connect: Any, tmp_path: Path | None, **kw: Any) -> ForwardOutput:
@@ -160,17 +163,17 @@ async def test_collector_down_buffers_to_disk_and_delivers_in_order(tmp_path: Pa
             await nursery.start(out.run)
             sent += records(0, 50)
             await out.write(records(0, 50))
-            await eventually(lambda: out.stats.delivered >= 50, 20)
+            await eventually(lambda: out.stats.delivered >= 50, limit=20)
             receiver.stop()  # the collector goes away mid-stream
             for start in range(50, 250, 25):
                 sent += records(start, 25)
                 await out.write(records(start, 25))
                 await trio.sleep(0.01)
-            await eventually(lambda: out.stats.buffered_disk > 0, 20)
+            await eventually(lambda: out.stats.buffered_disk > 0, limit=20)
             assert any(chunk_files(tmp_path))
             assert out.reachable is False
             receiver.start()  # back on the same port
-            await eventually(lambda: out.stats.delivered >= 250, 30)
+            await eventually(lambda: out.stats.delivered >= 250, limit=30)
             await out.drain(trio.current_time() + 5)
             nursery.cancel_scope.cancel()
     finally:
@@ -194,7 +197,7 @@ async def test_dropped_acks_mean_resends_never_loss(tmp_path: Path) -> None:
             assert len({cid for cid, _ in receiver.chunks}) == 1
             assert out.stats.delivered == 0
             receiver.drop_acks = False
-            await eventually(lambda: out.stats.delivered >= 30, 30)
+            await eventually(lambda: out.stats.delivered >= 30, limit=30)
             await out.drain(trio.current_time() + 5)
             nursery.cancel_scope.cancel()
     finally:
@@ -212,11 +215,7 @@ async def test_exit_leaves_chunks_on_disk_and_next_start_delivers_first(tmp_path
     port = receiver.port
     receiver.stop()  # nobody listening
     out = make_output(connect_tcp("127.0.0.1", port), tmp_path)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(out.run)
-        await out.write(records(0, 25))
-        await out.drain(trio.current_time() + 0.5)
-        nursery.cancel_scope.cancel()
+    await write_and_drain(out, records(0, 25), within=0.5)
     assert out.stats.delivered == 0 and out.stats.buffered_disk == 25
     assert len(list(chunk_files(tmp_path))) == 3
 
@@ -224,11 +223,7 @@ async def test_exit_leaves_chunks_on_disk_and_next_start_delivers_first(tmp_path
     try:
         again = make_output(connect_tcp("127.0.0.1", port), tmp_path)
         assert again.load() == 25
-        async with trio.open_nursery() as nursery:
-            await nursery.start(again.run)
-            await again.write(records(25, 5))
-            await again.drain(trio.current_time() + 20)
-            nursery.cancel_scope.cancel()
+        await write_and_drain(again, records(25, 5), within=20)
     finally:
         receiver.stop()
     assert receiver.unique_records() == records(0, 30)
@@ -241,11 +236,7 @@ async def test_exit_without_buffer_dir_counts_drops() -> None:
     port = receiver.port
     receiver.stop()
     out = make_output(connect_tcp("127.0.0.1", port), None)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(out.run)
-        await out.write(records(0, 12))
-        await out.drain(trio.current_time() + 0.3)
-        nursery.cancel_scope.cancel()
+    await write_and_drain(out, records(0, 12), within=0.3)
     assert out.stats.dropped == {"shutdown": 12}
 
 
@@ -266,11 +257,7 @@ async def test_unix_socket(tmp_path: Path) -> None:
     path = tmp_path / "fluent.sock"
     with ForwardReceiver(path=path) as receiver:
         out = make_output(connect_unix(path), None)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(out.run)
-            await out.write(records(0, 15))
-            await out.drain(trio.current_time() + 10)
-            nursery.cancel_scope.cancel()
+        await write_and_drain(out, records(0, 15), within=10)
     assert receiver.records() == records(0, 15)
     assert receiver.events[0].tag == "app.test"
     assert receiver.events[0].time == pytest.approx(1714564800.25)
@@ -331,7 +318,7 @@ async def test_buffered_and_dropped_records_are_published_as_metrics(tmp_path: P
             await nursery.start(out.run)
             source = disp.open("stdout")
             await disp.feed(source, b"".join(b'{"msg":"%d"}\n' % i for i in range(30)))
-            await eventually(lambda: out.stats.retried > 0, 20)
+            await eventually(lambda: out.stats.retried > 0, limit=20)
             nursery.cancel_scope.cancel()
         metrics = parse_text(registry.render())
         fwd = ("output", "forward")

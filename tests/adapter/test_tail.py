@@ -135,6 +135,21 @@ async def test_copytruncate_reads_again_from_the_start(tmp_path: Path, harness: 
     assert await poll(tailer, harness) == [("app.log", "d2")]
 
 
+async def restart_once(log: Path, checkpoint: Path) -> list[tuple[str, str]]:
+    """One short life of the adapter: resume from ``checkpoint``, read ``log`` once, stop;
+    the records it sent."""
+    h = Harness()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(h.output.run)
+        tailer = Tailer([str(log)], h.dispatcher, checkpoint=checkpoint)
+        tailer._resume()
+        await tailer.poll_once()
+        await tailer.finish()
+        await h.settle()
+        nursery.cancel_scope.cancel()
+    return h.take()
+
+
 async def test_restart_from_checkpoint_neither_loses_nor_repeats(tmp_path: Path) -> None:
     log = tmp_path / "app.log"
     checkpoint = tmp_path / "tail.pos"
@@ -155,16 +170,8 @@ async def test_restart_from_checkpoint_neither_loses_nor_repeats(tmp_path: Path)
     assert (entry.path, entry.offset) == (str(log), len("l1\nl2\n"))
 
     append(log, "ed line\nl4\n")  # written while the adapter was down
-    second = Harness()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(second.output.run)
-        tailer = Tailer([str(log)], second.dispatcher, checkpoint=checkpoint)
-        tailer._resume()
-        await tailer.poll_once()
-        await tailer.finish()
-        await second.settle()
-        nursery.cancel_scope.cancel()
-    assert second.take() == [("app.log", "unfinished line"), ("app.log", "l4")]
+    second = await restart_once(log, checkpoint)
+    assert second == [("app.log", "unfinished line"), ("app.log", "l4")]
     (entry,) = load_checkpoint(checkpoint).values()
     assert entry.offset == log.stat().st_size
 
@@ -173,30 +180,14 @@ async def test_restart_finds_a_file_rotated_while_down(tmp_path: Path) -> None:
     log = tmp_path / "app.log"
     checkpoint = tmp_path / "tail.pos"
     log.write_text("r1\n")
-    first = Harness()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(first.output.run)
-        tailer = Tailer([str(log)], first.dispatcher, checkpoint=checkpoint)
-        tailer._resume()
-        await tailer.poll_once()
-        await tailer.finish()
-        await first.settle()
-        nursery.cancel_scope.cancel()
-    assert first.take() == [("app.log", "r1")]
+    first = await restart_once(log, checkpoint)
+    assert first == [("app.log", "r1")]
 
     append(log, "r2 before rotation\n")
     log.rename(tmp_path / "app.log.1")  # out of the glob's sight
     log.write_text("s1 after rotation\n")
-    second = Harness()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(second.output.run)
-        tailer = Tailer([str(log)], second.dispatcher, checkpoint=checkpoint)
-        tailer._resume()
-        await tailer.poll_once()
-        await tailer.finish()
-        await second.settle()
-        nursery.cancel_scope.cancel()
-    assert sorted(m for _, m in second.take()) == ["r2 before rotation", "s1 after rotation"]
+    second = await restart_once(log, checkpoint)
+    assert sorted(m for _, m in second) == ["r2 before rotation", "s1 after rotation"]
 
 
 async def test_periodic_checkpoint_never_covers_a_pending_record(

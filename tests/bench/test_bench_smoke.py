@@ -2,8 +2,10 @@
 
 It checks the harness works end to end (every variant starts, every workload
 produces a number, the report renders with its targets table); it asserts
-nothing about speed. The ambassador runs as the benchmark runs it: the fast
-relay, the lean exec'd process, and --workers 2.
+nothing about speed. The ambassador runs as users run it (``ambassador run``:
+the fast relay, the lean exec'd process, and --workers 2), and wrk-l7 goes
+through each proxy's HTTP-aware listener (the ambassador's protocol = "http",
+HAProxy mode http, Envoy's http_connection_manager).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr[-3000:]
     data = json.loads(raw.read_text())
     assert set(data["results"]) == {
-        "pgbench-s1", "pgbench-s16", "pgbench-c4", "iperf-1", "iperf-4", "wrk-l4",
+        "pgbench-s1", "pgbench-s16", "pgbench-c4", "iperf-1", "iperf-4", "wrk-l4", "wrk-l7",
     }  # fmt: skip
     for workload, by_variant in data["results"].items():
         assert set(by_variant) == set(VARIANTS)
@@ -43,4 +45,9 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert "| pgbench -S, 16 clients, TPS |" in report
     assert "**" in report  # ratios against direct are rendered
     assert "Targets of issue 4" in report
+    assert "| wrk 1 KiB via L7 (HTTP), 32 conns, req/s |" in report
+    assert "| wrk 1 KiB via L7 >= Envoy (issue 8) |" in report
+    assert "| proxy CPU per request, us (wrk 1 KiB via L7 (HTTP), 32 conns) |" in report
+    for variant in VARIANTS[1:]:  # direct has no proxy process
+        assert all(v > 0 for v in data["cpu_us_per_request"]["wrk-l7"][variant]), variant
     assert "- command: `.venv/bin/python bench/run.py --smoke" in report

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from functools import partial
 
 import h11
@@ -25,6 +26,7 @@ from sidecar_common.admin import (
     serve_admin,
 )
 from sidecar_common.metrics import CONTENT_TYPE, Registry, parse_text
+from tests.support.wait import eventually
 
 # --------------------------------------------------------------------------- helpers
 
@@ -128,29 +130,25 @@ async def read_to_eof(stream: trio.abc.ReceiveStream) -> bytes:
     return b"".join(chunks)
 
 
-async def raw_exchange(port: int, data: bytes) -> bytes:
-    """Send raw bytes on a fresh real connection and return all until EOF."""
+@asynccontextmanager
+async def connected(port: int) -> AsyncIterator[trio.SocketStream]:
+    """A fresh real connection to the server on ``port``, all of the block bounded by 10 s."""
     with trio.fail_after(10):
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         async with stream:
-            await stream.send_all(data)
-            return await read_to_eof(stream)
+            yield stream
+
+
+async def raw_exchange(port: int, data: bytes) -> bytes:
+    """Send raw bytes on a fresh real connection and return all until EOF."""
+    async with connected(port) as stream:
+        await stream.send_all(data)
+        return await read_to_eof(stream)
 
 
 async def get(port: int, path: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
-    with trio.fail_after(10):
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
-        async with stream:
-            return await H11Client(stream).request(method, path)
-
-
-async def wait_for(predicate: object, what: str) -> None:
-    """Poll a condition the server reaches asynchronously (no speed assertion)."""
-    assert callable(predicate)
-    with trio.fail_after(10):
-        # The server reaches the state in its own task; nothing to wait on but time.
-        while not predicate():  # noqa: ASYNC110
-            await trio.sleep(0.01)
+    async with connected(port) as stream:
+        return await H11Client(stream).request(method, path)
 
 
 # --------------------------------------------------------------------------- dispatch core
@@ -237,7 +235,7 @@ async def test_header_timeout_exact_virtual_time(
         await trio.sleep(1)
     assert await read_to_eof(stream) == b""
     assert trio.current_time() - t0 == pytest.approx(3.0)
-    await wait_for(lambda: app.connections.value == 0, "connection released")
+    await eventually(lambda: app.connections.value == 0, limit=10, what="connection released")
 
 
 async def test_idle_keepalive_timeout_virtual_time(
@@ -385,45 +383,39 @@ async def test_probes_and_metrics_over_tcp(nursery: trio.Nursery) -> None:
 
 async def test_custom_route_404_405_and_500_over_tcp(nursery: trio.Nursery) -> None:
     port, _, registry, _ = await start_real(nursery)
-    with trio.fail_after(10):
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
-        async with stream:
-            client = H11Client(stream)
-            status, headers, body = await client.request("POST", "/echo?x=1&y=two", body=b"hello")
-            assert status == 200
-            assert headers["content-type"] == "application/json"
-            assert json.loads(body) == {
-                "method": "POST",
-                "query": {"x": "1", "y": "two"},
-                "body": "hello",
-                "client": "127.0.0.1",
-            }
-            assert (await client.request("GET", "/missing"))[0] == 404
-            status, headers, _ = await client.request("GET", "/echo")
-            assert (status, headers["allow"]) == (405, "POST")
-            assert (await client.request("GET", "/broken"))[0] == 500
-            # still serving on the same connection after a handler bug
-            assert (await client.request("PUT", "/env", body=b"A=1"))[0] == 200
+    async with connected(port) as stream:
+        client = H11Client(stream)
+        status, headers, body = await client.request("POST", "/echo?x=1&y=two", body=b"hello")
+        assert status == 200
+        assert headers["content-type"] == "application/json"
+        assert json.loads(body) == {
+            "method": "POST",
+            "query": {"x": "1", "y": "two"},
+            "body": "hello",
+            "client": "127.0.0.1",
+        }
+        assert (await client.request("GET", "/missing"))[0] == 404
+        status, headers, _ = await client.request("GET", "/echo")
+        assert (status, headers["allow"]) == (405, "POST")
+        assert (await client.request("GET", "/broken"))[0] == 500
+        # still serving on the same connection after a handler bug
+        assert (await client.request("PUT", "/env", body=b"A=1"))[0] == 200
     assert requests_counted(registry, "other", 404) == 1
     assert requests_counted(registry, "/echo", 405) == 1
 
 
 async def test_keepalive_two_requests_one_connection(nursery: trio.Nursery) -> None:
     port, app, _, _ = await start_real(nursery)
-    with trio.fail_after(10):
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
-        async with stream:
-            client = H11Client(stream)
-            assert (await client.request("GET", "/healthz"))[0] == 200
-            assert app.connections.value == 1
-            assert (await client.request("GET", "/readyz"))[0] == 503
-            assert app.connections.value == 1
-            # Connection: close is honoured: the server closes after the answer.
-            status, _, _ = await client.request(
-                "GET", "/healthz", headers=[("connection", "close")]
-            )
-            assert status == 200
-            assert await read_to_eof(stream) == b""
+    async with connected(port) as stream:
+        client = H11Client(stream)
+        assert (await client.request("GET", "/healthz"))[0] == 200
+        assert app.connections.value == 1
+        assert (await client.request("GET", "/readyz"))[0] == 503
+        assert app.connections.value == 1
+        # Connection: close is honoured: the server closes after the answer.
+        status, _, _ = await client.request("GET", "/healthz", headers=[("connection", "close")])
+        assert status == 200
+        assert await read_to_eof(stream) == b""
 
 
 @pytest.mark.parametrize(
@@ -460,13 +452,11 @@ async def test_oversized_headers_get_431_and_close(nursery: trio.Nursery) -> Non
 
 async def test_slow_client_is_cut_off_after_header_timeout(nursery: trio.Nursery) -> None:
     port, app, _, _ = await start_real(nursery, AdminLimits(header_timeout=0.3))
-    with trio.fail_after(10):
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
-        async with stream:
-            await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
-            # the head never completes: the server closes without an answer
-            assert await read_to_eof(stream) == b""
-    await wait_for(lambda: app.connections.value == 0, "slot released")
+    async with connected(port) as stream:
+        await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        # the head never completes: the server closes without an answer
+        assert await read_to_eof(stream) == b""
+    await eventually(lambda: app.connections.value == 0, limit=10, what="slot released")
     assert (await get(port, "/healthz"))[0] == 200
 
 
@@ -479,7 +469,7 @@ async def test_connection_flood_gets_503_then_service_recovers(nursery: trio.Nur
     with trio.fail_after(20):
         for _ in range(cap):
             held.append(await trio.open_tcp_stream("127.0.0.1", port))
-        await wait_for(lambda: app.connections.value == cap, "all slots taken")
+        await eventually(lambda: app.connections.value == cap, limit=10, what="all slots taken")
         # The flood: every connection over the cap gets a 503 and is closed at once.
         for _ in range(10):
             answer = await raw_exchange(port, b"")
@@ -490,7 +480,7 @@ async def test_connection_flood_gets_503_then_service_recovers(nursery: trio.Nur
         assert status == 200
         for s in held:
             await s.aclose()
-        await wait_for(lambda: app.connections.value == 0, "slots released")
+        await eventually(lambda: app.connections.value == 0, limit=10, what="slots released")
         assert (await get(port, "/readyz"))[0] == 503  # served again, by the app
         assert (await get(port, "/healthz"))[0] == 200
 

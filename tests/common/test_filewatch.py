@@ -2,8 +2,9 @@
 
 The on-disk tests reproduce kubelet's AtomicWriter exactly (timestamped
 directory, ``..data`` symlink, ``..data_tmp`` renamed over it, old directory
-removed) and an editor's save, and run them against ``watch_paths`` with the
-real clock, a short poll interval and a short debounce.
+removed: ``demo.configmap.write_configmap``, the project's one copy) and an
+editor's save, and run them against ``watch_paths`` with the real clock, a short poll
+interval and a short debounce.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
+from demo.configmap import write_configmap
 from sidecar_common import filewatch
 from sidecar_common.filewatch import Change, ChangeTracker, DigestCache, snapshot_paths, watch_paths
 
@@ -190,43 +192,13 @@ DEBOUNCE = 0.1
 QUIET = 0.6
 
 
-class AtomicWriter:
-    """kubelet's AtomicWriter, step by step (pkg/volume/util/atomic_writer.go)."""
-
-    def __init__(self, target: Path) -> None:
-        self.target = target
-        self.counter = 0
-        target.mkdir(parents=True, exist_ok=True)
-
-    def _new_dir(self, files: dict[str, bytes]) -> str:
-        self.counter += 1
-        name = f"..2026_11_25_20_30_{self.counter:02d}.{123 + self.counter}"
-        ts = self.target / name
-        ts.mkdir()
-        for key, data in files.items():
-            (ts / key).parent.mkdir(parents=True, exist_ok=True)
-            (ts / key).write_bytes(data)
-        return name
-
-    def write(self, files: dict[str, bytes]) -> None:
-        data_link = self.target / "..data"
-        old = os.readlink(data_link) if data_link.is_symlink() else None
-        name = self._new_dir(files)
-        tmp = self.target / "..data_tmp"
-        os.symlink(name, tmp)
-        os.rename(tmp, data_link)
-        for key in files:
-            top = key.split("/")[0]
-            link = self.target / top
-            if not link.is_symlink():
-                os.symlink(f"..data/{top}", link)
-        if old is not None:
-            for root, dirs, names in os.walk(self.target / old, topdown=False):
-                for n in names:
-                    os.unlink(os.path.join(root, n))
-                for n in dirs:
-                    os.rmdir(os.path.join(root, n))
-            os.rmdir(self.target / old)
+def timestamped_dirs(volume: Path) -> list[str]:
+    """The volume's timestamped data directories (kubelet's ``..<time>``), not its links."""
+    return sorted(
+        p.name
+        for p in volume.iterdir()
+        if p.name.startswith("..") and p.name not in ("..data", "..data_tmp")
+    )
 
 
 async def collect_batches(
@@ -256,27 +228,25 @@ async def collect_batches(
 
 async def test_configmap_atomic_writer_update_fires_exactly_once(tmp_path: Path) -> None:
     vol = tmp_path / "config"
-    writer = AtomicWriter(vol)
-    writer.write({"app.conf": b"level=info\n", "extra.conf": b"same\n"})
+    write_configmap(vol, {"app.conf": "level=info\n", "extra.conf": "same\n"})
+    [first] = timestamped_dirs(vol)
 
     def update() -> None:
-        writer.write({"app.conf": b"level=debug\n", "extra.conf": b"same\n"})
+        write_configmap(vol, {"app.conf": "level=debug\n", "extra.conf": "same\n"})
 
     batches = await collect_batches([vol], update)
     assert batches == [[Change(str(vol / "app.conf"), sha(b"level=info\n"), sha(b"level=debug\n"))]]
     # The old timestamped directory is gone: the update really was a swap.
-    assert sorted(p.name for p in vol.iterdir() if p.name.startswith("..2026")) == [
-        "..2026_11_25_20_30_02.125"
-    ]
+    assert timestamped_dirs(vol) == [os.readlink(vol / "..data")]
+    assert first not in timestamped_dirs(vol)
 
 
 async def test_configmap_single_key_watched_through_its_symlink(tmp_path: Path) -> None:
     vol = tmp_path / "secret"
-    writer = AtomicWriter(vol)
-    writer.write({"token": b"old"})
+    write_configmap(vol, {"token": "old"})
 
     def update() -> None:
-        writer.write({"token": b"new"})
+        write_configmap(vol, {"token": "new"})
 
     batches = await collect_batches([vol / "token"], update)
     assert batches == [[Change(str(vol / "token"), sha(b"old"), sha(b"new"))]]
@@ -284,9 +254,8 @@ async def test_configmap_single_key_watched_through_its_symlink(tmp_path: Path) 
 
 async def test_configmap_rewrite_with_same_content_fires_nothing(tmp_path: Path) -> None:
     vol = tmp_path / "config"
-    writer = AtomicWriter(vol)
-    writer.write({"app.conf": b"x"})
-    batches = await collect_batches([vol], lambda: writer.write({"app.conf": b"x"}))
+    write_configmap(vol, {"app.conf": "x"})
+    batches = await collect_batches([vol], lambda: write_configmap(vol, {"app.conf": "x"}))
     assert batches == []
 
 
@@ -336,7 +305,7 @@ async def test_missing_path_is_waited_for_then_fires_once(tmp_path: Path) -> Non
     vol = tmp_path / "later"
 
     def appear() -> None:
-        AtomicWriter(vol).write({"k": b"v"})
+        write_configmap(vol, {"k": "v"})
 
     batches = await collect_batches([vol / "k"], appear)
     assert batches == [[Change(str(vol / "k"), None, sha(b"v"))]]

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from sidecar_common import jsonlog
 from sidecar_common.errors import ConfigError
 from sidecar_common.jsonlog import JsonFormatter, get_logger, log_event, setup_logging
 from sidecar_common.netaddr import HostPort
@@ -161,3 +162,111 @@ def test_log_event_with_exc_info(stream: io.StringIO) -> None:
     assert (line["error.type"], line["attempt"]) == ("ConnectionRefusedError", 2)
     assert "Connection refused" in line["error.message"]
     assert "ConnectionRefusedError" in line["error.stack_trace"]
+
+
+# --------------------------------------------------------------------------- log_event's fast path
+
+
+@pytest.fixture
+def format_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Messages our formatter formatted (the slow path); the fast path bypasses it."""
+    calls: list[str] = []
+    original = JsonFormatter.format
+
+    def spy(self: JsonFormatter, record: logging.LogRecord) -> str:
+        calls.append(record.getMessage())
+        return original(self, record)
+
+    monkeypatch.setattr(JsonFormatter, "format", spy)
+    return calls
+
+
+ACCESS_FIELDS: dict[str, Any] = {
+    "listener": "api",
+    "env": "prod",
+    "method": "GET",
+    "path": "/v1/x?y=1",
+    "status": 200,
+    "duration": 0.000731,
+    "bytes_in": 0,
+    "upstream": "10.0.0.7:8080",
+    "ok": True,
+    "nothing": None,
+    "message": "collides with the head",
+    "reason": 'quote " backslash \\ newline \n tab \t ctl \x01',
+}
+
+
+def test_fast_path_line_equals_the_formatters(stream: io.StringIO, format_calls: list[str]) -> None:
+    log = get_logger("ambassador.access")
+    log_event(log, "request", **ACCESS_FIELDS)
+    assert format_calls == []  # the fast path wrote it
+    [fast] = lines(stream)
+    # The same event through the record machinery and our formatter.
+    record = log.makeRecord(log.name, logging.INFO, __file__, 1, "request", (), None)
+    record._sidecar_fields = ACCESS_FIELDS
+    # Half a millisecond in: the float round trip must not fall to the previous one.
+    stamp = datetime.fromisoformat(fast["time"].replace("Z", "+00:00")).timestamp()
+    record.created = stamp + 0.0005
+    slow = json.loads(JsonFormatter().format(record))
+    assert fast == slow
+    assert list(fast) == list(slow)  # same key order: the head first
+    assert fast["field.message"] == "collides with the head"
+    assert RFC3339_MS_Z.match(fast["time"])
+
+
+@pytest.mark.parametrize(
+    "value",
+    [Path("/x"), HostPort("10.0.0.7", 5432), ["a"], b"raw", float("nan"), "snow \u2603"],
+)
+def test_values_the_fast_path_would_render_differently_take_the_slow_path(
+    stream: io.StringIO, format_calls: list[str], value: object
+) -> None:
+    log_event(get_logger("ambassador.access"), "request", value=value)
+    assert format_calls == ["request"]
+    [line] = lines(stream)
+    assert line["message"] == "request" and "value" in line
+    assert stream.getvalue().isascii()  # non-ASCII is escaped, as before
+
+
+def test_fast_path_still_feeds_other_handlers_a_record(
+    stream: io.StringIO, format_calls: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="ambassador.access")
+    log_event(get_logger("ambassador.access"), "request", status=204)
+    assert format_calls == []
+    [record] = [r for r in caplog.records if r.name == "ambassador.access"]
+    assert record.getMessage() == "request"
+    assert record.levelno == logging.INFO
+    # The record names log_event's caller, as logger.log(stacklevel=2) did.
+    assert record.funcName == "test_fast_path_still_feeds_other_handlers_a_record"
+    assert record._sidecar_fields == {"status": 204}  # type: ignore[attr-defined]
+    assert lines(stream)[0]["status"] == 204
+
+
+def test_fast_path_keeps_filters_levels_and_propagation(
+    stream: io.StringIO, format_calls: list[str]
+) -> None:
+    log = get_logger("jsonlog.test.filtered")
+    log.addFilter(lambda record: getattr(record, "_sidecar_fields", {}).get("keep", True))
+    try:
+        log_event(log, "dropped by the filter", keep=False)
+        log_event(log, "kept by the filter", keep=True)
+    finally:
+        log.filters.clear()
+    assert [line["message"] for line in lines(stream)] == ["kept by the filter"]
+    root_handler = jsonlog._handler
+    assert root_handler is not None
+    root_handler.setLevel(logging.ERROR)
+    try:
+        log_event(get_logger("jsonlog.test"), "below the handler's level", level=logging.INFO)
+        log_event(get_logger("jsonlog.test"), "at it", level=logging.ERROR)
+    finally:
+        root_handler.setLevel(logging.NOTSET)
+    quiet = get_logger("jsonlog.test.quiet")
+    quiet.propagate = False
+    try:
+        log_event(quiet, "goes nowhere")
+    finally:
+        quiet.propagate = True
+    assert [line["message"] for line in lines(stream)] == ["kept by the filter", "at it"]

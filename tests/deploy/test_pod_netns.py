@@ -36,9 +36,11 @@ from pathlib import Path
 import pytest
 
 from demo.configmap import write_configmap
+from demo.procs import Proc
 from demo.records import Record, RecordStream, backend_of, field, reached
+from tests.support.etcd import etcd_argv
 from tests.support.netns import Host, Pod, pod_network
-from tests.support.pod import NsProc, NsProcs, etcd_get, ns_http, wait_until
+from tests.support.pod import STOP_TIMEOUT, NsProcs, etcd_get, ns_http, wait_until
 from tests.support.postgres import PostgresCluster, RunAs, init_cluster
 from tests.support.procs import require_binary
 
@@ -68,9 +70,9 @@ class PodStory:
     etcd_url: str
     pod_ip: str
     app_pid: int
-    ambassador: NsProc
-    adapter: NsProc
-    watcher: NsProc
+    ambassador: Proc
+    adapter: Proc
+    watcher: Proc
     records: RecordStream
 
     def http(self, method: str, url: str, body: str | None = None) -> tuple[int, str]:
@@ -95,18 +97,9 @@ def _start_postgres(root: Path, name: str, host: Host, run_as: RunAs) -> Postgre
 def _start_etcd(procs: NsProcs, host: Host, datadir: Path) -> str:
     url = f"http://{host.address}:{ETCD_PORT}"
     peer = "http://127.0.0.1:2380"
-    procs.start(
-        "etcd",
-        host.ns,
-        [
-            require_binary("etcd"),
-            "--name", "pod-etcd", "--data-dir", str(datadir),
-            "--listen-client-urls", url, "--advertise-client-urls", url,
-            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-            "--initial-cluster", f"pod-etcd={peer}", "--initial-cluster-state", "new",
-            "--log-level", "warn", "--logger", "zap",
-        ],
-    )  # fmt: skip
+    procs.start_in(
+        "etcd", host.ns, etcd_argv(require_binary("etcd"), "pod-etcd", datadir, url, peer)
+    )
     return url
 
 
@@ -178,13 +171,15 @@ def _start_pod(
         "--env-file", str(switch_dir / "environment"), "--admin", "127.0.0.1:9101",
         "--health-check", "postgres",
     ]  # fmt: skip
-    ambassador = procs.start("ambassador", pod.ns, argv, env={"AMBASSADOR_ENV": "dev", **downward})
+    ambassador = procs.start_in(
+        "ambassador", pod.ns, argv, env={"AMBASSADOR_ENV": "dev", **downward}
+    )
     wait_until(
         "ambassador ready", lambda: _ready(pod.ns, "127.0.0.1:9101"), timeout=STEP, procs=procs
     )
 
     pid_file = tmp / "app.pid"
-    adapter = procs.start(
+    adapter = procs.start_in(
         "adapter",
         pod.ns,
         [
@@ -208,7 +203,7 @@ def _start_pod(
     records = RecordStream(adapter.popen.stdout)
     wait_until("the app's pid file", lambda: _has_pid(pid_file), timeout=STEP, procs=procs)
 
-    watcher = procs.start(
+    watcher = procs.start_in(
         "watcher",
         pod.ns,
         [
@@ -321,7 +316,7 @@ def test_pod_on_one_machine(pod_story: PodStory) -> None:
     assert (doc["address"], doc["port"]) == (story.pod_ip, 8080), doc
     assert (doc["service"], doc["instance"]) == (SERVICE, DOWNWARD["POD_NAME"]), doc
     assert doc["healthy"] is True and doc["environment"] == "dev", doc
-    assert story.watcher.stop() == 0, story.procs.report()
+    assert story.watcher.stop(STOP_TIMEOUT) == 0, story.procs.report()
     # The TTL is 60 s: a key gone now was deregistered (lease revoked), not left to expire.
     wait_until(
         "the instance key gone after SIGTERM",
@@ -331,11 +326,11 @@ def test_pod_on_one_machine(pod_story: PodStory) -> None:
     )
 
     # 6. The pod terminates: the adapter forwards SIGTERM to the app and exits with its status.
-    assert story.adapter.stop() == 0, story.procs.report()
+    assert story.adapter.stop(STOP_TIMEOUT) == 0, story.procs.report()
     story.records.join(5)
     assert story.records.closed
     assert any(str(r.get("message")).startswith("stopping after") for r in story.records.snapshot())
-    assert story.ambassador.stop() == 0, story.procs.report()
+    assert story.ambassador.stop(STOP_TIMEOUT) == 0, story.procs.report()
 
 
 def test_not_root_skips_with_the_reason_but_fails_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,8 +13,6 @@ import base64
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -25,18 +23,35 @@ from typing import Any
 
 import pytest
 
+from .procs import free_port, stop_pid
+
+__all__ = ["EtcdServer", "b64", "etcd", "etcd_argv", "free_port", "range_value"]
+
 INSTALL_HINT = "etcd binary not found: apt-get install etcd-server"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
+
+
+def range_value(answer: dict[str, Any]) -> str | None:
+    """The first value in a ``/v3/kv/range`` answer of the JSON gateway, or None if absent."""
+    kvs = answer.get("kvs", [])
+    if not kvs:
+        return None
+    return base64.b64decode(kvs[0].get("value", "")).decode()
+
+
+def etcd_argv(binary: str, name: str, data_dir: Path, client_url: str, peer_url: str) -> list[str]:
+    """A single-member etcd serving clients at ``client_url`` (the tests' and the pod's)."""
+    return [
+        binary,
+        "--name", name, "--data-dir", str(data_dir),
+        "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
+        "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
+        "--initial-cluster", f"{name}={peer_url}", "--initial-cluster-state", "new",
+        "--log-level", "warn", "--logger", "zap",
+    ]  # fmt: skip
 
 
 class EtcdServer:
@@ -52,30 +67,9 @@ class EtcdServer:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 20.0) -> None:
-        peer = f"http://127.0.0.1:{self.peer_port}"
-        args = [
-            self.binary,
-            "--name",
-            "test",
-            "--data-dir",
-            str(self.data_dir),
-            "--listen-client-urls",
-            self.url,
-            "--advertise-client-urls",
-            self.url,
-            "--listen-peer-urls",
-            peer,
-            "--initial-advertise-peer-urls",
-            peer,
-            "--initial-cluster",
-            f"test={peer}",
-            "--initial-cluster-state",
-            "new",
-            "--log-level",
-            "warn",
-            "--logger",
-            "zap",
-        ]
+        args = etcd_argv(
+            self.binary, "test", self.data_dir, self.url, f"http://127.0.0.1:{self.peer_port}"
+        )
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         try:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
@@ -100,12 +94,7 @@ class EtcdServer:
             return
         self.proc = None
         if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
+            stop_pid(proc.pid, proc=proc)
 
     def log_tail(self) -> str:
         try:
@@ -128,10 +117,7 @@ class EtcdServer:
 
     def get(self, key: str) -> str | None:
         """The value at ``key`` as text, or None if absent."""
-        kvs = self.call("/v3/kv/range", {"key": b64(key)}).get("kvs", [])
-        if not kvs:
-            return None
-        return base64.b64decode(kvs[0].get("value", "")).decode()
+        return range_value(self.call("/v3/kv/range", {"key": b64(key)}))
 
     def get_prefix(self, prefix: str) -> dict[str, str]:
         end = prefix[:-1] + chr(ord(prefix[-1]) + 1)

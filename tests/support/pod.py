@@ -9,70 +9,28 @@ never from the root namespace (a 10.231.x address there would leave the machine)
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import json
-import os
-import signal
 import subprocess
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from demo.procs import Proc, Procs
+
+from .etcd import b64, range_value
 from .procs import require_binary
+from .wait import wait_until as shared_wait_until
+
+#: Seconds each process gets to exit after SIGTERM before it is killed.
+STOP_TIMEOUT = 15.0
 
 
-@dataclass
-class NsProc:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-chars:]
-        except OSError:
-            return "(no log)"
-
-    def log_events(self, message: str) -> list[dict[str, Any]]:
-        """This process's own JSON log events (its stderr) with this ``message``."""
-        found = []
-        for line in self.tail(10**7).splitlines():
-            try:
-                doc = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(doc, dict) and doc.get("message") == message:
-                found.append(doc)
-        return found
-
-    def stop(self, timeout: float = 15.0) -> int:
-        """SIGTERM by PID, SIGKILL after ``timeout``; the exit status (negative: killed)."""
-        if self.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.popen.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.kill(self.popen.pid, signal.SIGKILL)
-                self.popen.wait()
-        return self.popen.returncode
-
-
-@dataclass
-class NsProcs:
+class NsProcs(Procs):
     """Every process a test started in its namespaces; ``stop_all`` in reverse order."""
 
-    logdir: Path
-    procs: list[NsProc] = field(default_factory=list)
+    def __init__(self, logdir: Path) -> None:
+        super().__init__(logdir, STOP_TIMEOUT)
 
-    def start(
+    def start_in(
         self,
         name: str,
         ns: str,
@@ -80,28 +38,17 @@ class NsProcs:
         *,
         env: dict[str, str] | None = None,
         stdout_pipe: bool = False,
-    ) -> NsProc:
-        log = self.logdir / f"{name}.log"
-        with open(log, "ab") as err:
-            popen = subprocess.Popen(
-                ["ip", "netns", "exec", ns, *argv],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE if stdout_pipe else err,
-                stderr=err,
-                env={**os.environ, **(env or {})},
-            )
-        proc = NsProc(name, popen, log)
-        self.procs.append(proc)
-        return proc
-
-    def stop_all(self) -> None:
-        for proc in reversed(self.procs):
-            proc.stop()
+    ) -> Proc:
+        """Start ``argv`` inside network namespace ``ns``."""
+        return self.start(
+            name, ["ip", "netns", "exec", ns, *argv], env=env, stdout_pipe=stdout_pipe
+        )
 
     def report(self) -> str:
         """Every process's log tail, for a failure message."""
         return "\n".join(
-            f"--- {p.name} (pid {p.pid}, status {p.popen.poll()}):\n{p.tail()}" for p in self.procs
+            f"--- {p.name} (pid {p.pid}, status {p.popen.poll()}):\n{p.log_text()[-3000:]}"
+            for p in self.procs
         )
 
 
@@ -135,29 +82,23 @@ def ns_http(
         return 0, res.stdout + res.stderr
 
 
-def _b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()
-
-
 def etcd_get(ns: str, url: str, key: str) -> str | None:
     """The value at ``key`` from etcd's JSON gateway, asked from inside ``ns``; None if absent."""
-    status, body = ns_http(ns, "POST", f"{url}/v3/kv/range", json.dumps({"key": _b64(key)}))
+    status, body = ns_http(ns, "POST", f"{url}/v3/kv/range", json.dumps({"key": b64(key)}))
     if status != 200:
         raise RuntimeError(f"etcd range answered {status}: {body}")
-    kvs = json.loads(body).get("kvs", [])
-    if not kvs:
-        return None
-    return base64.b64decode(kvs[0].get("value", "")).decode()
+    return range_value(json.loads(body))
 
 
 def wait_until(
     what: str, check: Callable[[], bool], *, timeout: float, procs: NsProcs | None = None
 ) -> None:
-    """Poll ``check`` until it holds; fail with every log when it never does."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"{what}: not within {timeout} s\n{procs.report() if procs else ''}"
-            )
-        time.sleep(0.1)
+    """Poll ``check`` (it runs curl in a namespace: 0.1 s apart) until it holds; fail with
+    every log when it never does."""
+    shared_wait_until(
+        check,
+        timeout=timeout,
+        step=0.1,
+        what=what,
+        report=procs.report if procs is not None else None,
+    )

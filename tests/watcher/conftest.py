@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -20,24 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import trio
 
-from tests.support.etcd import free_port
+from tests.support.procs import free_port, stop_pid
+from tests.support.wait import wait_until
 
 HUP_COUNTER = Path(__file__).with_name("hup_counter.py")
 WATCHER_BIN = Path(sys.executable).with_name("watcher")
 # The stand-in app's argv[0]: what --process-name matches.
 APP_NAME = "hupcounter-app"
-
-
-def wait_until(predicate: Callable[[], object], timeout: float = 10.0, step: float = 0.02) -> None:
-    """Poll ``predicate`` until it is truthy; fail the test after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(step)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 # ---------------------------------------------------------------------------
@@ -73,16 +62,6 @@ def start_hup_app(directory: Path) -> HupApp:
     return app
 
 
-def stop_pid(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    if proc.poll() is None:
-        os.kill(proc.pid, sig)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 @pytest.fixture
 def hup_app(tmp_path: Path) -> Iterator[HupApp]:
     app_dir = tmp_path / "app"
@@ -91,7 +70,7 @@ def hup_app(tmp_path: Path) -> Iterator[HupApp]:
     try:
         yield app
     finally:
-        stop_pid(app.proc)
+        stop_pid(app.pid, proc=app.proc)
 
 
 # ---------------------------------------------------------------------------
@@ -221,15 +200,4 @@ def run_watcher(tmp_path: Path) -> Iterator[Callable[..., WatcherProc]]:
 
     yield start
     for w in started:
-        stop_pid(w.proc, signal.SIGKILL)
-
-
-async def eventually(predicate: Callable[[], object], limit: float = 15.0) -> None:
-    """Poll external state (a file, etcd, another process) until ``predicate`` holds.
-
-    Polling is right here: the state lives outside this trio run, so there is
-    no event to wait on.
-    """
-    with trio.fail_after(limit):
-        while not predicate():  # noqa: ASYNC110 - external state, nothing to wait on
-            await trio.sleep(0.02)
+        stop_pid(w.proc.pid, sig=signal.SIGKILL, proc=w.proc)

@@ -13,7 +13,8 @@ import trio
 from sidecar_common.filewatch import Change
 from sidecar_common.metrics import Registry, parse_text
 from sidecar_common.retry import Backoff
-from tests.support.etcd import free_port
+from tests.support.procs import free_port
+from tests.support.wait import eventually
 from watcher.actions import (
     Action,
     ActionError,
@@ -28,7 +29,7 @@ from watcher.actions import (
 )
 from watcher.app import ActionPolicy, ReloadMetrics, handle_changes
 
-from .conftest import APP_NAME, HupApp, ReloadServer, eventually
+from .conftest import APP_NAME, HupApp, ReloadServer
 
 CHANGES = [
     Change("/etc/app/app.conf", "a" * 64, "b" * 64),

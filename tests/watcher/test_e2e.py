@@ -13,18 +13,19 @@ from pathlib import Path
 import pytest
 import trio
 
+from demo.configmap import write_configmap
 from sidecar_common.etcd import EtcdClient, ServiceInstance, follow_prefix, healthy_instances
 from sidecar_common.metrics import parse_text
-from tests.common.test_filewatch import AtomicWriter
 from tests.support.etcd import EtcdServer
+from tests.support.wait import wait_until
 
-from .conftest import APP_NAME, HupApp, ReloadServer, WatcherProc, wait_until
+from .conftest import APP_NAME, HupApp, ReloadServer, WatcherProc
 
 pytestmark = pytest.mark.slow
 
 RunWatcher = Callable[..., WatcherProc]
 FAST = ["--debounce", "0.2", "--poll-interval", "0.05"]
-SECRET = b"password=hunter2-do-not-log\n"
+SECRET = "password=hunter2-do-not-log\n"
 
 
 def stays(predicate: Callable[[], bool], seconds: float) -> bool:
@@ -41,15 +42,14 @@ def test_configmap_update_reloads_exactly_once(
     tmp_path: Path, run_watcher: RunWatcher, hup_app: HupApp, reload_server: ReloadServer
 ) -> None:
     vol = tmp_path / "config"
-    writer = AtomicWriter(vol)
-    writer.write({"app.conf": b"level=info\n", "db.secret": SECRET})
+    write_configmap(vol, {"app.conf": "level=info\n", "db.secret": SECRET})
     w = run_watcher(
         "--watch", str(vol), "--pid-file", str(hup_app.pid_file),
         "--webhook", reload_server.url + "/-/reload", *FAST,
     )  # fmt: skip
     # A touch without change, then kubelet's atomic update of one key.
     os.utime(vol / "app.conf")
-    writer.write({"app.conf": b"level=debug\n", "db.secret": SECRET})
+    write_configmap(vol, {"app.conf": "level=debug\n", "db.secret": SECRET})
     wait_until(lambda: hup_app.hups() == 1 and len(reload_server.reloads()) == 1)
     assert stays(lambda: hup_app.hups() == 1 and len(reload_server.reloads()) == 1, 1.0)
 
@@ -59,7 +59,7 @@ def test_configmap_update_reloads_exactly_once(
     assert len(audit["sha256"]) == 64
     assert {a["action"] for a in audit["actions"]} == {"signal", "webhook"}
     # The secret's content never reaches the log, even when that file changes.
-    writer.write({"app.conf": b"level=debug\n", "db.secret": b"password=other\n"})
+    write_configmap(vol, {"app.conf": "level=debug\n", "db.secret": "password=other\n"})
     wait_until(lambda: hup_app.hups() == 2)
     assert b"hunter2" not in w.log_path.read_bytes()
     assert b"password=other" not in w.log_path.read_bytes()

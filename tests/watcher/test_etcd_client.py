@@ -19,7 +19,8 @@ from sidecar_common.etcd import (
     prefix_range_end,
 )
 from sidecar_common.retry import Backoff
-from tests.support.etcd import EtcdServer, free_port
+from tests.support.etcd import EtcdServer
+from tests.support.procs import free_port
 
 
 @pytest.mark.parametrize(

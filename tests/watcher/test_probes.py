@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from sidecar_common.metrics import Registry, parse_text
-from tests.support.etcd import free_port
+from tests.support.procs import free_port
 from watcher.config import parse_probe
 from watcher.probes import (
     HealthChanged,

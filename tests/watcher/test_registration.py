@@ -12,6 +12,7 @@ from sidecar_common.etcd import EtcdClient, ServiceInstance
 from sidecar_common.metrics import Registry
 from sidecar_common.retry import Backoff
 from tests.support.etcd import EtcdServer
+from tests.support.wait import eventually
 from watcher.probes import HealthState
 from watcher.registration import (
     Delete,
@@ -24,8 +25,6 @@ from watcher.registration import (
     revoke,
     run_registration,
 )
-
-from .conftest import eventually
 
 KEY = "/services/orders/pod-1"
 RECORD = ServiceInstance(
