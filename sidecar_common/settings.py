@@ -232,7 +232,10 @@ def _from_text(field: _Field, text: str, setting: str) -> object:
     if tp is Path:
         if not text.strip():
             raise ConfigError(setting, text, "a non-empty path")
-        return Path(text.strip()).expanduser()
+        try:
+            return Path(text.strip()).expanduser()
+        except RuntimeError:  # "~user" naming a user that does not exist
+            raise ConfigError(setting, text, "a path (~ only for an existing user)") from None
     if tp is HostPort:
         return parse_host_port(
             text, setting=setting, default_host=field.meta.get("default_host", "127.0.0.1")
