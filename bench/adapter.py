@@ -544,7 +544,8 @@ def render(
         out += [
             "",
             "In-process (no trio, no pipe; `Pipeline.feed` then `encode_json` over the same "
-            "lines, CPU time of this process, one pass): where the time goes.",
+            "lines, in chunks of 500 lines as the shell feeds them, CPU time of this process, one "
+            "pass): where the time goes.",
             "",
             "| format | fixed: feed lines/s | encode lines/s | both | auto: feed lines/s | both |",
             "|---|---:|---:|---:|---:|---:|",
