@@ -24,6 +24,10 @@ need() {  # need BINARY PACKAGE: queue PACKAGE when BINARY is missing
   fi
 }
 
+need_file() {  # need_file PATH PACKAGE: queue PACKAGE when PATH is missing
+  [ -e "$1" ] || apt_packages+=("$2")
+}
+
 if ! "$python" -c 'import venv, ensurepip' >/dev/null 2>&1; then
   apt_packages+=("python3-venv")
 fi
@@ -44,6 +48,10 @@ if [ "$want_test" = 1 ]; then
   need haproxy haproxy
   need iperf3 iperf3
   need wrk wrk
+  # bench/adapter.py (its smoke mode runs in the tests): GNU time for peak RSS, syslog-ng as the C peer
+  need_file /usr/bin/time time
+  need syslog-ng syslog-ng-core
+  need_file /usr/share/syslog-ng/include/scl/apache/apache.conf syslog-ng-scl
   need unzip unzip
 fi
 if [ "${#apt_packages[@]}" -gt 0 ]; then
@@ -56,7 +64,7 @@ if [ "${#apt_packages[@]}" -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${apt_packages[@]}" >/dev/null
   # Debian starts packaged services on install; the tests start their own on free ports.
-  for svc in postgresql redis-server etcd nginx; do
+  for svc in postgresql redis-server etcd nginx haproxy syslog-ng; do
     if command -v systemctl >/dev/null 2>&1; then systemctl stop "$svc" >/dev/null 2>&1 || true; fi
   done
 fi
