@@ -61,8 +61,11 @@ def nest_into(doc: Record, key: str, value: Any) -> None:
     node[path[-1]] = value
 
 
-def to_ecs(partial: dict[str, Any]) -> Record:
-    """An ECS document from a partial record (consumed: do not reuse ``partial``)."""
+def _pop_time_and_level(partial: dict[str, Any]) -> tuple[str, str | None]:
+    """Take ``@timestamp`` and ``log.level`` out of ``partial``, normalised.
+
+    A level word that is not one of ours stays visible as ``labels.level``.
+    """
     timestamp = format_rfc3339(partial.pop("@timestamp"))
     raw_level = partial.pop("log.level", None)
     level = None
@@ -72,6 +75,12 @@ def to_ecs(partial: dict[str, Any]) -> Record:
             labels = partial.setdefault("labels", {})
             if isinstance(labels, dict):
                 labels.setdefault("level", raw_level)
+    return timestamp, level
+
+
+def to_ecs(partial: dict[str, Any]) -> Record:
+    """An ECS document from a partial record (consumed: do not reuse ``partial``)."""
+    timestamp, level = _pop_time_and_level(partial)
     message = partial.pop("message", None)
     # Records of one source have the same fields in the same order, line after line: the
     # nesting of such a shape is compiled once into one dict display (see _Shapes).
@@ -88,15 +97,7 @@ def to_ecs(partial: dict[str, Any]) -> Record:
 
 def _to_ecs_reference(partial: dict[str, Any]) -> Record:
     """:func:`to_ecs` without compiled shapes (what the tests hold the compiled ones to)."""
-    timestamp = format_rfc3339(partial.pop("@timestamp"))
-    raw_level = partial.pop("log.level", None)
-    level = None
-    if raw_level is not None:
-        level = normalise(raw_level)
-        if level is None:
-            labels = partial.setdefault("labels", {})
-            if isinstance(labels, dict):
-                labels.setdefault("level", raw_level)
+    timestamp, level = _pop_time_and_level(partial)
     return _to_ecs(partial, timestamp, level, partial.pop("message", None))
 
 
