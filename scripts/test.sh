@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test
-packages=(sidecar_common ambassador adapter watcher)
+packages=(sidecar_common ambassador adapter watcher demo)
 echo "[test] ruff" >&2
 .venv/bin/ruff check "${packages[@]}" tests bench
 echo "[test] mypy --strict" >&2
