@@ -126,7 +126,7 @@ def test_oci_labels(sidecar: str) -> None:
     for key in ("title", "description", "version", "licenses", "base.name"):
         assert found.get(f"org.opencontainers.image.{key}"), f"label {key}"
     assert found["org.opencontainers.image.title"] == f"sidecars-{sidecar}"
-    assert found["org.opencontainers.image.licenses"] == PYPROJECT["project"]["license"]["text"]
+    assert found["org.opencontainers.image.licenses"] == PYPROJECT["project"]["license"]
 
 
 @pytest.mark.parametrize("sidecar", SIDECARS)
