@@ -11,7 +11,8 @@ parsers flat and schema-free makes each one a small table-testable function.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -311,3 +312,20 @@ def from_groups(groups: dict[str, str | None], ctx: ParseContext) -> Partial:
             key = key.replace("__", ".")
         clean[key] = value if key in ("msg", "message") else value.strip()
     return from_mapping(clean, ctx)
+
+
+def match_after_timestamp(
+    patterns: Iterable[re.Pattern[str]], text: str, end: int, ns: int, ctx: ParseContext
+) -> Partial | None:
+    """The first of ``patterns`` matching ``text`` after a leading timestamp ending at ``end``.
+
+    Python's and Java's logging layouts share this shape: a timestamp, then one of
+    a few fixed layouts of level, logger and message.
+    """
+    for pattern in patterns:
+        m = pattern.match(text, end)
+        if m is not None:
+            out = from_groups(m.groupdict(), ctx)
+            out["@timestamp"] = ns
+            return out
+    return None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from adapter.parsers.base import ParseContext, Partial, from_groups
+from adapter.parsers.base import ParseContext, Partial, match_after_timestamp
 
 LEVELS = r"(?P<level>TRACE|DEBUG|INFO|WARN|WARNING|ERROR|FATAL|SEVERE|FINEST|FINER|FINE|CONFIG)"
 _LOGGER = r"(?P<logger>[A-Za-z_$][\w$.:-]*)"
@@ -43,13 +43,7 @@ REST = (
 
 def parse_rest(text: str, end: int, ns: int, ctx: ParseContext) -> Partial | None:
     """The part after a leading timestamp ending at ``end``, in one of the REST layouts."""
-    for pattern in REST:
-        m = pattern.match(text, end)
-        if m is not None:
-            out = from_groups(m.groupdict(), ctx)
-            out["@timestamp"] = ns
-            return out
-    return None
+    return match_after_timestamp(REST, text, end, ns, ctx)
 
 
 def parse(text: str, ctx: ParseContext) -> Partial | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from adapter.parsers.base import ParseContext, Partial, from_groups
+from adapter.parsers.base import ParseContext, Partial, from_groups, match_after_timestamp
 
 LEVELS = r"(?P<level>DEBUG|INFO|WARNING|WARN|ERROR|CRITICAL|FATAL|NOTSET)"
 DEFAULT = re.compile(LEVELS + r":(?P<logger>[^:]*):(?P<msg>.*)", re.DOTALL)
@@ -26,13 +26,7 @@ REST = (
 
 def parse_rest(text: str, end: int, ns: int, ctx: ParseContext) -> Partial | None:
     """The part after a leading timestamp ending at ``end``, in one of the REST layouts."""
-    for pattern in REST:
-        m = pattern.match(text, end)
-        if m is not None:
-            out = from_groups(m.groupdict(), ctx)
-            out["@timestamp"] = ns
-            return out
-    return None
+    return match_after_timestamp(REST, text, end, ns, ctx)
 
 
 def parse(text: str, ctx: ParseContext) -> Partial | None:
