@@ -18,8 +18,14 @@ Reported per sidecar: RSS idle (VmRSS after settling), RSS peak (VmHWM at the en
 load, so it includes start-up), and the CPU seconds used during the load (utime + stime from
 /proc/PID/stat). Shared machines are noisy: the numbers size a pod, they are no speed test.
 
+And the ambassador's idle RSS by config size (issue 4: "independent of the number of
+configured listeners and endpoints"): three configs, started and measured alike, with TCP
+health checks on every endpoint (all healthy, one environment): 1 listener with 1 endpoint,
+N listeners with 1 endpoint each, N listeners with M endpoints each. Per listener = the
+second minus the first over N - 1; per endpoint = the third minus the second over N x (M - 1).
+
 Usage:
-  .venv/bin/python bench/footprint.py            # full run (~30 s), writes k8s-manifests/README.md
+  .venv/bin/python bench/footprint.py            # full run (~50 s), writes k8s-manifests/README.md
   .venv/bin/python bench/footprint.py --smoke    # seconds-long sanity run (the tests run this)
   .venv/bin/python bench/footprint.py --json out.json --no-readme
 """
@@ -65,10 +71,33 @@ class Load:
     chunk: int
     lines: int
     changes: int
+    listeners: int
+    endpoints: int
+    scaling_settle: float  # past the ambassador's heap trim (2 s after start) when it counts
 
 
-FULL = Load(settle=3.0, connections=200, seconds=5.0, chunk=16384, lines=200_000, changes=5)
-SMOKE = Load(settle=0.5, connections=20, seconds=1.0, chunk=4096, lines=5_000, changes=2)
+FULL = Load(
+    settle=3.0,
+    connections=200,
+    seconds=5.0,
+    chunk=16384,
+    lines=200_000,
+    changes=5,
+    listeners=20,
+    endpoints=10,
+    scaling_settle=3.0,
+)
+SMOKE = Load(
+    settle=0.5,
+    connections=20,
+    seconds=1.0,
+    chunk=4096,
+    lines=5_000,
+    changes=2,
+    listeners=5,
+    endpoints=4,
+    scaling_settle=0.5,
+)
 
 
 @dataclass(frozen=True)
@@ -298,6 +327,89 @@ def measure_ambassador(load: Load, tmp: Path) -> Footprint:
         f"chunks for {load.seconds:g} s ({moved / MiB:.0f} MiB each way)"
     )
     return Footprint("ambassador", what, idle, peak, cpu, elapsed)
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """The ambassador's idle RSS against the size of its config (see the module doc)."""
+
+    listeners: int
+    endpoints: int
+    rss_small_bytes: int  # 1 listener, 1 endpoint
+    rss_listeners_bytes: int  # ``listeners`` listeners, 1 endpoint each
+    rss_full_bytes: int  # ``listeners`` listeners, ``endpoints`` endpoints each
+
+    @property
+    def per_listener_bytes(self) -> float:
+        return (self.rss_listeners_bytes - self.rss_small_bytes) / (self.listeners - 1)
+
+    @property
+    def per_endpoint_bytes(self) -> float:
+        extra = self.listeners * (self.endpoints - 1)
+        return (self.rss_full_bytes - self.rss_listeners_bytes) / extra
+
+
+def scaling_toml(admin: int, listen: list[int], backends: list[int]) -> str:
+    """One TCP listener per ``listen`` port, each over all ``backends``, TCP health checks."""
+    eps = ", ".join(f'"127.0.0.1:{b}"' for b in backends)
+    out = [f'admin = "127.0.0.1:{admin}"', 'env = "dev"', 'log_level = "warning"', ""]
+    for i, port in enumerate(listen):
+        out += [
+            "[[listeners]]",
+            f'name = "l{i}"',
+            f'listen = "127.0.0.1:{port}"',
+            'protocol = "tcp"',
+            "[listeners.health_check]",
+            'type = "tcp"',
+            'interval = "5s"',
+            'timeout = "2s"',
+            "[listeners.environments]",
+            f"dev = [{eps}]",
+            "",
+        ]
+    return "\n".join(out)
+
+
+def idle_rss(tmp: Path, name: str, listeners: int, backends: list[int], settle: float) -> int:
+    """VmRSS of ``ambassador run`` with ``listeners`` listeners over ``backends``, idle."""
+    admin = free_port()
+    config = tmp / f"{name}.toml"
+    config.write_text(scaling_toml(admin, [free_port() for _ in range(listeners)], backends))
+    argv = [str(BIN / "ambassador"), "run", f"--config={config}"]
+    with started(argv) as proc:
+        wait_http(f"http://127.0.0.1:{admin}/healthz", proc)
+        rss, _cpu = settle_and_read(proc.pid, settle)
+    return rss
+
+
+def measure_scaling(load: Load, tmp: Path) -> Scaling:
+    backends = [free_port() for _ in range(load.endpoints)]
+    with started([sys.executable, "-c", ECHO, *map(str, backends)]):
+        for port in backends:
+            wait_port(port)
+        settle = load.scaling_settle
+        return Scaling(
+            listeners=load.listeners,
+            endpoints=load.endpoints,
+            rss_small_bytes=idle_rss(tmp, "small", 1, backends[:1], settle),
+            rss_listeners_bytes=idle_rss(tmp, "listeners", load.listeners, backends[:1], settle),
+            rss_full_bytes=idle_rss(tmp, "full", load.listeners, backends, settle),
+        )
+
+
+def scaling_table(sc: Scaling) -> str:
+    n, m = sc.listeners, sc.endpoints
+    return "\n".join(
+        [
+            "| ambassador config (TCP health checks on) | RSS idle |",
+            "|---|---|",
+            f"| 1 listener, 1 endpoint | {sc.rss_small_bytes / MiB:.1f} MiB |",
+            f"| {n} listeners, 1 endpoint each | {sc.rss_listeners_bytes / MiB:.1f} MiB |",
+            f"| {n} listeners, {m} endpoints each | {sc.rss_full_bytes / MiB:.1f} MiB |",
+            f"| per listener | {sc.per_listener_bytes / 1024:.1f} KiB |",
+            f"| per endpoint | {sc.per_endpoint_bytes / 1024:.1f} KiB |",
+        ]
+    )
 
 
 # ---- adapter -------------------------------------------------------------------------------
@@ -536,6 +648,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="also write the numbers as JSON here")
     ap.add_argument("--readme", type=Path, default=README, help="file with the markers")
     ap.add_argument("--no-readme", action="store_true", help="print only")
+    ap.add_argument(
+        "--no-scaling", action="store_true", help="skip the ambassador's RSS by config size"
+    )
     args = ap.parse_args(argv)
     load = SMOKE if args.smoke else FULL
     with tempfile.TemporaryDirectory(prefix="footprint-") as d:
@@ -549,11 +664,24 @@ def main(argv: list[str] | None = None) -> int:
             sub = tmp / name
             sub.mkdir()
             rows.append(fn(load, sub))
+        scaling = None
+        if not args.no_scaling:
+            sub = tmp / "scaling"
+            sub.mkdir()
+            scaling = measure_scaling(load, sub)
     md = table(rows) + "\n\nWhat the rule in `suggest()` makes of them (base's values):\n\n"
     md += suggestions(rows)
+    if scaling is not None:
+        md += "\n\nThe ambassador's idle RSS by config size (one environment):\n\n"
+        md += scaling_table(scaling)
     print(md)
     if args.json:
         data = [asdict(r) | {"suggested": suggest(r)} for r in rows]
+        if scaling is not None:
+            data[0]["scaling"] = asdict(scaling) | {
+                "per_listener_bytes": scaling.per_listener_bytes,
+                "per_endpoint_bytes": scaling.per_endpoint_bytes,
+            }
         args.json.write_text(json.dumps(data, indent=2) + "\n")
     if not args.no_readme:
         cmd = "bench/footprint.py" + (" --smoke" if args.smoke else "")

@@ -27,7 +27,6 @@ connection task lives in ``trio.serve_listeners``' nursery.
 from __future__ import annotations
 
 import contextlib
-import http
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -208,6 +207,40 @@ class AdminApp:
         return Response(200, self.registry.render().encode(), CONTENT_TYPE)
 
 
+# The reason phrases the admin servers answer with, so that the stdlib's http
+# (its HTTPStatus enum: ~50 KiB resident) is imported only for a rare status.
+_PHRASES = {
+    200: "OK",
+    201: "Created",
+    202: "Accepted",
+    204: "No Content",
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    413: "Request Entity Too Large",
+    415: "Unsupported Media Type",
+    422: "Unprocessable Entity",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+
+def _phrase(status: int) -> str:
+    """The standard reason phrase of ``status`` ("" when it has none)."""
+    phrase = _PHRASES.get(status)
+    if phrase is None:
+        import http
+
+        try:
+            phrase = http.HTTPStatus(status).phrase
+        except ValueError:
+            phrase = ""
+    return phrase
+
+
 def _canned(status: int, text: str, *, close: bool = True) -> bytes:
     """A complete response written by hand, for the cases h11 cannot frame.
 
@@ -215,7 +248,7 @@ def _canned(status: int, text: str, *, close: bool = True) -> bytes:
     and for over-the-cap connections that we answer without parsing at all.
     """
     body = text.encode() + b"\n"
-    phrase = http.HTTPStatus(status).phrase
+    phrase = _phrase(status)
     head = (
         f"HTTP/1.1 {status} {phrase}\r\n"
         "content-type: text/plain; charset=utf-8\r\n"
@@ -394,10 +427,7 @@ class AdminServer:
             for k, v in response.headers
             if k.lower() not in ("content-length", "transfer-encoding")
         )
-        try:
-            reason = http.HTTPStatus(status).phrase.encode()
-        except ValueError:
-            reason = b""
+        reason = _phrase(status).encode()
         data = conn.send(h11.Response(status_code=status, headers=headers, reason=reason)) or b""
         if response.body and not no_body and request.method != "HEAD":
             data += conn.send(h11.Data(data=response.body)) or b""

@@ -25,11 +25,9 @@ metadata (``dataclasses.field(metadata={...})``) may carry:
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import os
 import re
-import tomllib
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -114,7 +112,13 @@ def parse_duration(text: str | float, *, setting: str = "duration") -> float:
 
 
 def read_toml(path: Path, *, setting: str) -> dict[str, Any]:
-    """Read a TOML file; a missing, unreadable or malformed file is a ``ConfigError``."""
+    """Read a TOML file; a missing, unreadable or malformed file is a ``ConfigError``.
+
+    tomllib (and the datetime it pulls in) is imported here, not at module level: the
+    serving process of a sidecar gets its parsed config and never reads TOML at idle.
+    """
+    import tomllib
+
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
@@ -375,6 +379,8 @@ def load_settings(
 
 
 def _known_keys(key: str, fields: Mapping[str, _Field]) -> str:
+    import difflib  # only on this error path
+
     names = sorted(fields)
     close = difflib.get_close_matches(key.replace("-", "_"), names, n=1)
     hint = f"did you mean {close[0]}? " if close else ""

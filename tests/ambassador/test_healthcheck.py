@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -20,6 +21,7 @@ from ambassador.endpoint import Address, EndpointState
 from ambassador.errors import HealthCheckFailed
 from ambassador.health import HealthConfig, Transition
 from ambassador.healthcheck import (
+    ProbeSchedule,
     check_http,
     check_postgres,
     check_tcp,
@@ -116,6 +118,12 @@ async def test_tcp_check(nursery: trio.Nursery) -> None:
     refused = ("127.0.0.1", free_port())
     with pytest.raises(HealthCheckFailed, match=r"tcp connect to 127\.0\.0\.1"):
         await check_tcp(refused)
+    # A host name goes through the resolver (open_tcp_stream); an IP is one socket.
+    await check_tcp(("localhost", up[1]))
+    with pytest.raises(HealthCheckFailed, match=r"tcp connect to localhost:"):
+        await check_tcp(("localhost", refused[1]))
+    with pytest.raises(HealthCheckFailed, match=r"tcp connect to \[::1\]:"):
+        await check_tcp(("::1", refused[1]))  # IPv6: refused, or no IPv6 at all
 
 
 async def test_http_check(nursery: trio.Nursery) -> None:
@@ -347,3 +355,83 @@ async def test_type_none_never_probes(autojump_clock: trio.testing.MockClock) ->
 def test_make_probe_needs_a_bridge_for_postgres() -> None:
     with pytest.raises(ValueError, match="bridge"):
         make_probe(HealthCheckConfig(type="postgres"))
+
+
+# -- the schedule (pure) and the idle cost per endpoint --------------------------------------
+
+
+def test_probe_schedule_orders_replaces_and_removes() -> None:
+    s = ProbeSchedule()
+    assert s.next_due() == float("inf") and s.pop_due(1e9) == []
+    s.add(A, 5.0)
+    s.add(B, 1.0)
+    s.add(("10.0.0.3", 80), 1.0)
+    assert s.next_due() == 1.0 and len(s) == 3 and A in s
+    assert s.pop_due(1.0) == [B, ("10.0.0.3", 80)]  # same time: in the order added
+    assert s.pop_due(4.9) == [] and s.next_due() == 5.0
+    s.add(A, 2.0)  # replaces A's entry at 5.0
+    assert s.pop_due(2.0) == [A] and s.next_due() == float("inf")
+    s.add(B, 3.0)
+    s.remove(B)
+    s.remove(B)  # removing twice (or an unknown address) is fine
+    assert B not in s and len(s) == 0 and s.pop_due(10.0) == []
+
+
+def _all_tasks() -> int:
+    def count(task: trio.lowlevel.Task) -> int:
+        return 1 + sum(count(t) for n in task.child_nurseries for t in n.child_tasks)
+
+    return count(trio.lowlevel.current_root_task())  # type: ignore[arg-type]
+
+
+async def test_idle_endpoints_hold_no_task(autojump_clock: trio.testing.MockClock) -> None:
+    """Between probes no task exists per endpoint: the idle cost does not grow with them."""
+    idle_tasks: list[int] = []
+    for n in (1, 50):
+        cluster = Cluster("api/test")
+        addresses = [(f"10.0.1.{i}", 80) for i in range(n)]
+        cluster.set_addresses(addresses, trio.current_time())
+        probe = ScriptedProbe({a: ["ok"] for a in addresses})
+        check = HealthCheckConfig(type="tcp", interval=10.0, timeout=1.0)
+        async with trio.open_nursery() as nursery:
+            checks = functools.partial(
+                run_health_checks,
+                cluster,
+                check,
+                on_transition=lambda ep, t: None,
+                probe=probe,
+                jitter=0.0,
+            )
+            nursery.start_soon(checks)
+            await trio.sleep(15.0)  # two rounds of probes done, the next at 20
+            idle_tasks.append(_all_tasks())
+            nursery.cancel_scope.cancel()
+        assert len(probe.calls) == 2 * n
+    assert idle_tasks[0] == idle_tasks[1]
+
+
+async def test_endpoint_replaced_while_its_probe_runs(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A probe of an endpoint that left is cancelled and its result dropped; the new
+    endpoint at the same address starts its own probes at once."""
+    cluster = Cluster("api/test", health=HealthConfig(unhealthy_threshold=1))
+    cluster.set_addresses([A], 0.0)
+    probe = ScriptedProbe({A: ["hang", "ok"]})
+    check = HealthCheckConfig(type="tcp", interval=10.0, timeout=5.0)
+    seen: list[tuple[float, bool]] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            lambda: run_health_checks(
+                cluster, check, on_transition=lambda ep, t: seen.append((t.at, t.healthy)),
+                probe=probe, jitter=0.0,
+            )
+        )  # fmt: skip
+        await trio.sleep(1.0)
+        cluster.set_addresses([], 1.0)
+        await trio.sleep(1.0)
+        cluster.set_addresses([A], 2.0)  # a new EndpointState for the same address
+        await trio.sleep(25.0)
+        nursery.cancel_scope.cancel()
+    assert [t for t, _ in probe.calls] == [0.0, 2.0, 12.0, 22.0]
+    assert seen == []  # the hanging probe's timeout (at 5) was never counted

@@ -2,7 +2,8 @@
 
 It starts the real ambassador, adapter and watcher as subprocesses, as the full run does,
 and checks that every number the manifests are sized from exists and is positive, and that
-the README block is written between its markers. It asserts nothing about the numbers' size.
+the README block is written between its markers. It asserts nothing about the numbers' size
+but one loose bound: the ambassador's RSS must not grow by megabytes with its config.
 """
 
 from __future__ import annotations
@@ -45,6 +46,13 @@ def test_footprint_smoke(tmp_path: Path) -> None:
         assert r["cpu_seconds"] > 0, r
         assert r["load_seconds"] > 0, r
         assert set(r["suggested"]) == {"cpu request", "cpu limit", "memory request", "memory limit"}
+    # The ambassador's idle RSS by config size: measured, and no pathological growth
+    # (megabytes per listener or endpoint); the smoke run is too short for finer bounds.
+    sc = rows[0]["scaling"]
+    assert (sc["listeners"], sc["endpoints"]) == (5, 4)
+    assert min(sc["rss_small_bytes"], sc["rss_listeners_bytes"], sc["rss_full_bytes"]) > 0
+    assert sc["rss_full_bytes"] < sc["rss_small_bytes"] + 16 * footprint.MiB
+    assert "| per endpoint |" in res.stdout and "| per listener |" in res.stdout
     text = readme.read_text()
     assert text.startswith("# before\n") and text.endswith("\n\nafter\n")
     assert "old" not in text and text.count(footprint.START) == 1

@@ -500,3 +500,15 @@ async def test_bind_failure_is_admin_error(nursery: trio.Nursery) -> None:
             await serve_admin(app, "127.0.0.1", sock.getsockname()[1])
     finally:
         sock.close()
+
+
+def test_reason_phrases_match_the_stdlib() -> None:
+    """The admin server's own phrase table (it spares importing ``http``) is the stdlib's."""
+    import http
+
+    from sidecar_common import admin
+
+    for status, phrase in admin._PHRASES.items():
+        assert phrase == http.HTTPStatus(status).phrase
+    assert admin._phrase(418) == "I'm a Teapot"  # not in the table: from the stdlib
+    assert admin._phrase(299) == ""  # no standard phrase

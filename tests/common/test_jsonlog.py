@@ -6,6 +6,8 @@ import io
 import json
 import logging
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -192,6 +194,8 @@ ACCESS_FIELDS: dict[str, Any] = {
     "upstream": "10.0.0.7:8080",
     "ok": True,
     "nothing": None,
+    "environments": ["dev", "prod"],  # lists and tuples of plain values: arrays
+    "ports": (5432, 6379, None, True),
     "message": "collides with the head",
     "reason": 'quote " backslash \\ newline \n tab \t ctl \x01',
 }
@@ -217,7 +221,17 @@ def test_fast_path_line_equals_the_formatters(stream: io.StringIO, format_calls:
 
 @pytest.mark.parametrize(
     "value",
-    [Path("/x"), HostPort("10.0.0.7", 5432), ["a"], b"raw", float("nan"), "snow \u2603"],
+    [
+        Path("/x"),
+        HostPort("10.0.0.7", 5432),
+        [["a"]],
+        [1.5],
+        {"a": 1},
+        b"raw",
+        float("nan"),
+        "snow \u2603",
+        ["snow \u2603"],
+    ],
 )
 def test_values_the_fast_path_would_render_differently_take_the_slow_path(
     stream: io.StringIO, format_calls: list[str], value: object
@@ -270,3 +284,46 @@ def test_fast_path_keeps_filters_levels_and_propagation(
     finally:
         quiet.propagate = True
     assert [line["message"] for line in lines(stream)] == ["kept by the filter", "at it"]
+
+
+def test_python_json_logger_is_imported_only_when_a_record_is_formatted() -> None:
+    """The fast path never loads python-json-logger (idle memory of every sidecar);
+    the first record that needs the formatter loads it, and the line is the same."""
+    code = """
+import io, json, logging, sys
+from sidecar_common.jsonlog import get_logger, log_event, setup_logging
+buf = io.StringIO()
+setup_logging("info", stream=buf)
+log = get_logger("ambassador")
+log_event(log, "listening", port=5432, listener="pg")
+before = "pythonjsonlogger" in sys.modules
+log.info("plain record", extra={"port": 5432})
+after = "pythonjsonlogger" in sys.modules
+fast, slow = (json.loads(line) for line in buf.getvalue().splitlines())
+print(json.dumps([before, after, fast["port"], slow["port"], sorted(slow)]))
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    before, after, fast_port, slow_port, keys = json.loads(res.stdout)
+    assert (before, after) == (False, True)
+    assert fast_port == slow_port == 5432
+    assert keys == ["level", "logger", "message", "port", "time"]
+
+
+def test_a_busy_logger_switches_to_orjson_with_the_same_lines(
+    stream: io.StringIO, format_calls: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fast path starts on the stdlib encoder and takes orjson after ORJSON_AFTER
+    lines; every line parses the same, and a value orjson refuses still gets written."""
+    monkeypatch.setattr(jsonlog, "ORJSON_AFTER", 3)
+    monkeypatch.setattr(jsonlog, "_fast_lines", 0)
+    monkeypatch.setattr(jsonlog, "_encode", jsonlog._encode_counting)
+    log = get_logger("ambassador.access")
+    for _ in range(5):
+        log_event(log, "request", **ACCESS_FIELDS)
+    assert jsonlog._encode is not jsonlog._encode_counting  # switched
+    log_event(log, "request", big=2**70)  # over 64 bits: orjson refuses, json writes it
+    assert format_calls == []  # all six on the fast path
+    out = lines(stream)
+    assert len(out) == 6 and out[0] == {**out[4], "time": out[0]["time"]}
+    assert out[5]["big"] == 2**70
