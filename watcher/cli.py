@@ -2,9 +2,10 @@
 
 ``watcher run`` only gathers what was given on the command line, lets
 ``sidecar_common.settings`` merge it with ``WATCHER_*`` variables and the TOML
-file, validates, and hands over to ``watcher.app.run``. Every option is
-typed ``str`` here on purpose: conversion happens once, in the settings
-layer, so a bad value is reported the same way whichever source it came from.
+file, validates, and execs the serving process ``watcher.serve`` (same PID,
+without this module's libraries; see there). Every option is typed ``str``
+here on purpose: conversion happens once, in the settings layer, so a bad
+value is reported the same way whichever source it came from.
 """
 
 from __future__ import annotations
@@ -134,9 +135,12 @@ def run(
         config_setting=config_setting,
     )
     validated = validate(settings)
-    from .app import run as run_watcher  # the trio machinery only once settings are good
+    # Valid: become the lean serving process (same PID, without typer and
+    # pydantic in memory). The admin port is bound there; in use, it is still
+    # one `watcher: error:` line and status 2.
+    from .serve import become_server
 
-    raise typer.Exit(run_watcher(validated))
+    become_server(validated)
 
 
 def main() -> None:
