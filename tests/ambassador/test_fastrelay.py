@@ -415,3 +415,29 @@ async def test_fallback_idle_timeout(autojump_clock: trio.testing.MockClock) -> 
     result = await relay(client, upstream, RelayCounters(), idle_timeout=30.0)
     assert result == RelayResult("idle_timeout", 0, 0)
     assert trio.current_time() - start == pytest.approx(30.0)
+
+
+async def test_a_connection_the_hub_finished_is_released_without_the_lock() -> None:
+    """The hub's lock is held while it splices: the trio side must not wait on it per connection.
+
+    A connection the hub ended is released (its last act on it), so ``discard``
+    returns at once; were it to take the lock it would deadlock here, where the
+    lock is held by this very thread.
+    """
+    app, client = await tcp_pair()
+    upstream, backend = await tcp_pair()
+    (h,) = fastrelay.hubs()
+    conn = h.add(client, upstream, RelayCounters())
+    await app.send_all(b"hi")
+    assert await read_exactly(backend, 2) == b"hi"
+    await app.send_eof()
+    await backend.send_eof()
+    with trio.fail_after(10):
+        await conn.done.wait()
+    assert conn.released and conn.outcome == "closed"
+    assert (conn.counters.bytes_in, conn.counters.bytes_out) == (2, 0)
+    with h.lock:
+        h.discard(conn)
+    assert not h.by_fd
+    for s in (app, client, upstream, backend):
+        await s.aclose()

@@ -7,7 +7,9 @@ usable, no environment) is checked alone, with its metric and outcome.
 
 from __future__ import annotations
 
+import functools
 import random
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -318,3 +320,163 @@ async def test_accepted_and_upstream_sockets_have_nodelay(rig_factory: RigFactor
     finally:
         raw.close()
     await stream.aclose()
+
+
+# ------------------------------------------------------------ the accept and connect path
+
+
+async def test_a_burst_of_clients_is_served_and_logged_with_their_addresses(
+    rig_factory: RigFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Clients that arrive together are accepted in one batch, each with its own address."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="ambassador.access")
+    rig = await rig_factory(LimitsConfig())
+    clients = [await rig.client() for _ in range(12)]
+    for i, c in enumerate(clients):
+        await c.send_all(b"n%02d" % i)
+    for i, c in enumerate(clients):
+        with trio.fail_after(10):
+            assert await c.receive_some() == b"n%02d" % i
+        await c.send_eof()
+        assert await read_until_eof(c) == b""
+    mine = {f"127.0.0.1:{c.socket.getsockname()[1]}" for c in clients}
+    closed = {"listener": "t", "env": "dev", "outcome": "closed"}
+    with trio.fail_after(10):
+        # Counted when the hub reports the end, a moment after the client's EOF.
+        while rig.value("ambassador_connections_total", **closed) < 12:  # noqa: ASYNC110
+            await trio.sleep(0.01)
+    logged = [
+        r._sidecar_fields  # type: ignore[attr-defined]
+        for r in caplog.records
+        if r.name == "ambassador.access"
+    ]
+    assert {f["client"] for f in logged} == mine
+    assert all((f["bytes_in"], f["bytes_out"]) == (3, 3) for f in logged)
+    for c in clients:
+        await c.aclose()
+
+
+async def test_upstream_connect_to_an_address_and_to_a_name(rig_factory: RigFactory) -> None:
+    """IP literals take the lean connect; names still go through trio's resolver."""
+    import errno
+
+    from ambassador.listener import _open_tcp
+    from tests.support.procs import refused_port
+
+    rig = await rig_factory(LimitsConfig())
+    assert await _open_tcp(("localhost", rig.backend_port)) is None
+    by_name = await rig.runtime.open_upstream(("localhost", rig.backend_port))
+    direct = await _open_tcp(("127.0.0.1", rig.backend_port))
+    assert direct is not None
+    for stream in (by_name, direct):
+        await stream.send_all(b"ping")
+        with trio.fail_after(10):
+            assert await stream.receive_some() == b"ping"
+        await stream.aclose()
+    with refused_port() as port, pytest.raises(OSError) as info:
+        await _open_tcp(("127.0.0.1", port))
+    assert info.value.errno == errno.ECONNREFUSED
+
+
+async def test_cancelling_serve_closes_the_listening_socket(nursery: trio.Nursery) -> None:
+    config = ListenerConfig(
+        name="t",
+        listen=HostPort("127.0.0.1", 0),
+        environments={"dev": EnvironmentConfig("dev", (HostPort("127.0.0.1", 9),))},
+        health_check=HealthCheckConfig(type="none"),
+    )
+    metrics = Metrics(Registry())
+    switch = EnvSwitch(["dev"], "dev")
+    clusters = {"dev": build_cluster(config, "dev", random.Random(1), trio.current_time())}
+    runtime = ListenerRuntime(config, clusters, switch, metrics)
+    sock = bind_socket("127.0.0.1", 0)
+    async with trio.open_nursery() as accepting:
+        await accepting.start(functools.partial(runtime.serve, [sock], handler_nursery=nursery))
+        assert sock.fileno() != -1
+        accepting.cancel_scope.cancel()
+    assert sock.fileno() == -1
+
+
+class SilentRuntime(RecordingRuntime):
+    """An upstream whose connect never completes (a black-holed address)."""
+
+    async def open_upstream(
+        self, address: tuple[str, int], tls: object = None
+    ) -> trio.abc.HalfCloseableStream:
+        self.opened.append((address, tls))
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+
+async def test_connect_timeout_tries_the_next_endpoint_then_fails_fast(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO)
+    envs = {"dev": EnvironmentConfig("dev", (HostPort("10.0.0.1", 1), HostPort("10.0.0.2", 1)))}
+    config = ListenerConfig(
+        name="db",
+        listen=HostPort("127.0.0.1", 0),
+        environments=envs,
+        limits=LimitsConfig(connect_timeout=2.0, connect_attempts=2),
+        health_check=HealthCheckConfig(type="none"),
+    )
+    metrics = Metrics(Registry())
+    switch = EnvSwitch(["dev"], "dev")
+    clusters = {"dev": build_cluster(config, "dev", random.Random(1), trio.current_time())}
+    rt = SilentRuntime(config, clusters, switch, metrics)
+    app, proxy_side = trio.testing.memory_stream_pair()
+    t0 = trio.current_time()
+    await rt._serve_admitted(proxy_side, "dev", rt.clusters["dev"], "app", t0)
+    # Two attempts, one per endpoint, each cut at the connect timeout.
+    assert sorted(a for a, _ in rt.opened) == [("10.0.0.1", 1), ("10.0.0.2", 1)]
+    assert trio.current_time() - t0 == pytest.approx(4.0)
+    failed = [r for r in caplog.records if r.getMessage() == "connect failed"]
+    assert [r._sidecar_fields["reason"] for r in failed] == ["timeout", "timeout"]  # type: ignore[attr-defined]
+    assert 'outcome="connect_failed"' in metrics.registry.render()
+    await app.aclose()
+
+
+class _FlakyListeningSocket(socket.socket):
+    """A listening socket whose accept fails as scripted first (then accepts for real)."""
+
+    def __init__(self, failures: list[int]) -> None:
+        super().__init__(socket.AF_INET, socket.SOCK_STREAM)
+        self.failures = failures
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        if self.failures:
+            raise OSError(self.failures.pop(0), "scripted")
+        return super().accept()
+
+
+async def test_accept_errors_skip_a_gone_client_and_pause_when_out_of_descriptors(
+    rig_factory: RigFactory, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ECONNABORTED: that client is gone, go on. EMFILE: log, pause, go on; never stop serving."""
+    import errno
+    import logging
+
+    caplog.set_level(logging.ERROR, logger="ambassador.listener")
+    rig = await rig_factory(LimitsConfig())
+    sock = _FlakyListeningSocket([errno.ECONNABORTED, errno.EMFILE])
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    sock.setblocking(False)
+    port = sock.getsockname()[1]
+    async with trio.open_nursery() as accepting:
+        # (trio wraps only exact stdlib sockets, so the loop is driven directly.)
+        accepting.start_soon(rig.runtime._accept_loop, sock, nursery)
+        client = await trio.open_tcp_stream("127.0.0.1", port)
+        await client.send_all(b"still served")
+        with trio.fail_after(10):
+            assert await client.receive_some() == b"still served"
+        accepting.cancel_scope.cancel()
+    sock.close()
+    assert sock.failures == []
+    errors = [r for r in caplog.records if r.getMessage() == "accept failed; retrying"]
+    assert len(errors) == 1 and "EMFILE" in errors[0]._sidecar_fields["error"]  # type: ignore[attr-defined]
+    await client.aclose()

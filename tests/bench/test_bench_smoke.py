@@ -16,7 +16,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-VARIANTS = ("direct", "ambassador", "ambassador-w2", "haproxy", "envoy")
+VARIANTS = ("direct", "ambassador", "ambassador-w2", "haproxy", "envoy", "naive-trio")
+#: The naive trio proxy (the issue's anchor) is L4 only: it has no HTTP-aware listener.
+L4_ONLY = {"naive-trio"}
 
 
 def test_bench_smoke(tmp_path: Path) -> None:
@@ -35,6 +37,9 @@ def test_bench_smoke(tmp_path: Path) -> None:
     for workload, by_variant in data["results"].items():
         assert set(by_variant) == set(VARIANTS)
         for variant, values in by_variant.items():
+            if workload == "wrk-l7" and variant in L4_ONLY:
+                assert values == [], (workload, variant, values)
+                continue
             assert values and all(v > 0 for v in values), (workload, variant, values)
     for variant in VARIANTS[1:]:
         assert data["memory"][variant]["idle"] > 0
@@ -49,5 +54,12 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert "| wrk 1 KiB via L7 >= Envoy (issue 8) |" in report
     assert "| proxy CPU per request, us (wrk 1 KiB via L7 (HTTP), 32 conns) |" in report
     for variant in VARIANTS[1:]:  # direct has no proxy process
-        assert all(v > 0 for v in data["cpu_us_per_request"]["wrk-l7"][variant]), variant
+        cpu = data["cpu_us_per_request"]
+        assert cpu["wrk-l4"][variant] and all(v > 0 for v in cpu["wrk-l4"][variant]), variant
+        assert cpu["pgbench-c4"][variant], variant  # per connection (may round to 0 in 1 s)
+        if variant not in L4_ONLY:
+            assert all(v > 0 for v in cpu["wrk-l7"][variant]), variant
+    # The issue's RSS anchor is the naive trio proxy's figure: compared in the same run.
+    assert "| RSS idle <= the naive trio proxy's (same run) |" in report
+    assert "| proxy CPU per request, us (pgbench -S -C, 4 clients) |" in report
     assert "- command: `.venv/bin/python bench/run.py --smoke" in report
