@@ -199,7 +199,9 @@ def bind_socket(
     one-line start-up error, and worker processes (SO_REUSEPORT) can bind the
     same port.
     """
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    # bytes, not str: a str host loads the idna codec (and stringprep) for good.
+    node: str | bytes = host.encode() if host.isascii() else host
+    infos = socket.getaddrinfo(node, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     family, type_, proto, _, sockaddr = infos[0]
     sock = socket.socket(family, type_, proto)
     try:

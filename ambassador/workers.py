@@ -25,7 +25,6 @@ parent) and drain by themselves if the parent disappears (their stdin closes).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import functools
@@ -48,6 +47,7 @@ import trio
 from sidecar_common.admin import AdminApp, Request, Response, json_response, serve_admin
 from sidecar_common.errors import ConfigError
 from sidecar_common.jsonlog import get_logger, log_event
+from sidecar_common.leanexec import LeanExecError, exec_lean, run_lean, trim_after_start
 from sidecar_common.metrics import (
     CONTENT_TYPE,
     MetricsParseError,
@@ -230,7 +230,7 @@ class Supervisor:
     ) -> None:
         self.cfg = cfg
         self.overrides = dict(overrides)
-        self.command = list(command or [sys.executable, "-m", "ambassador.workers", "--worker"])
+        self.command = list(command or [sys.executable, "-m", "ambassador.serve", "--worker"])
         self.rng = rng or random.Random()
         self.slots = [_Slot(i, s) for i, s in enumerate(sockets)]
         env, self.initial_source = resolve_initial_env(cfg)
@@ -732,7 +732,7 @@ def worker_main() -> None:
             port = await nursery.start(serve_admin, app, "127.0.0.1", 0)
             os.write(1, f"port {port}\n".encode())
             nursery.start_soon(_drain_when_parent_exits, lifecycle)
-            nursery.start_soon(_trim_after_start)
+            nursery.start_soon(trim_after_start, 2.0)
             await ambassador.run(lifecycle)
             nursery.cancel_scope.cancel()
         # Drained and the admin server closed: the final counts, for the parent
@@ -775,7 +775,7 @@ class RunSpec:
     workers: int = 1
     #: Seconds connections get after SIGTERM plus the grace the CLI adds.
     drain_grace: float = 1.0
-    #: How to start this module (``[python, "-m", "ambassador.workers"]``), for workers.
+    #: How to start this module (``[python, "-m", "ambassador.serve"]``), for workers.
     command: tuple[str, ...] | None = None
 
 
@@ -791,85 +791,55 @@ def exec_run(
 
     Parsing the command line needs typer, and typer pulls pydantic and click
     (about 12 MB of the idle RSS, for code that never runs again). So once the
-    config is valid, ``ambassador run`` execs ``python -m ambassador.workers
+    config is valid, ``ambassador run`` execs ``python -P -m ambassador.serve
     --run FD`` with the parsed config in a memfd: the process keeps its PID
     (PID 1 in a container, signals) and its environment, and starts with only
     what serving needs. Listening sockets are bound after the exec, so a busy
     address is still one ``ambassador: error:`` line and exit status 2.
     """
-    base = tuple(command or (sys.executable, "-m", "ambassador.workers"))
-    fd = os.memfd_create("ambassador-run", 0)
-    os.write(fd, pickle.dumps(RunSpec(cfg, dict(overrides), workers, drain_grace, base)))
-    os.lseek(fd, 0, os.SEEK_SET)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    argv = [*base, "--run", str(fd)]
-    os.execv(argv[0], argv)
+    base = tuple(command or (sys.executable, "-m", "ambassador.serve"))
+    exec_lean("ambassador.serve", RunSpec(cfg, dict(overrides), workers, drain_grace, base))
 
 
-def _error_exit(exc: ConfigError) -> NoReturn:
-    """The one-line user error of ``run_app``, without importing typer."""
-    print(f"ambassador: error: {exc}", file=sys.stderr, flush=True)
-    raise SystemExit(2)
+def serve_spec(payload: object) -> int:
+    """The lean process: take the spec, bind, serve (one process or the supervisor).
 
-
-def trim_memory() -> None:
-    """Give freed heap back to the OS once start-up garbage is gone (about 1 MB)."""
-    import ctypes
-    import ctypes.util
-    import gc
-
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
-
-
-async def _trim_after_start() -> None:
-    await trio.sleep(2.0)
-    trim_memory()
-
-
-def run_main(fd: int) -> None:
-    """The lean process: read the spec, bind, serve (one process or the supervisor)."""
+    Run by :func:`sidecar_common.leanexec.run_lean`, which turns a bad payload or
+    a ``ConfigError`` found here (a busy port) into one line and exit status 2.
+    """
     from sidecar_common.jsonlog import setup_logging
     from sidecar_common.lifecycle import Lifecycle, run_sidecar
 
-    with os.fdopen(fd, "rb") as fh:
-        spec: RunSpec = pickle.load(fh)
+    if not isinstance(payload, RunSpec):
+        raise LeanExecError(f"start-up payload is a {type(payload).__name__}, not a RunSpec")
+    spec = payload
     cfg = spec.config
     setup_logging(cfg.log_level)
-    try:
-        from .fastrelay import check_settings
+    from .fastrelay import check_settings
 
-        check_settings()
-        if spec.workers > 1:
-            worker_command = [*spec.command, "--worker"] if spec.command else None
-            raise SystemExit(run_workers(cfg, spec.overrides, spec.workers, command=worker_command))
-        from .app import Ambassador, bind_listeners
+    check_settings()
+    if spec.workers > 1:
+        worker_command = [*spec.command, "--worker"] if spec.command else None
+        return run_workers(cfg, spec.overrides, spec.workers, command=worker_command)
+    from .app import Ambassador, bind_listeners
 
-        sockets = bind_listeners(cfg)
+    sockets = bind_listeners(cfg)
 
-        async def main(lifecycle: Lifecycle) -> None:
-            ambassador = Ambassador(cfg, sockets, overrides=spec.overrides)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_trim_after_start)
-                await ambassador.run(lifecycle)
-                nursery.cancel_scope.cancel()
+    async def main(lifecycle: Lifecycle) -> None:
+        ambassador = Ambassador(cfg, sockets, overrides=spec.overrides)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trim_after_start, 2.0)
+            await ambassador.run(lifecycle)
+            nursery.cancel_scope.cancel()
 
-        raise SystemExit(
-            run_sidecar(
-                main, drain_deadline=cfg.drain_timeout + spec.drain_grace, name="ambassador"
-            )
-        )
-    except ConfigError as exc:
-        _error_exit(exc)
+    return run_sidecar(main, drain_deadline=cfg.drain_timeout + spec.drain_grace, name="ambassador")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m ambassador.workers --workers N run --config FILE [--env E] [--admin A]``.
 
     The stand-alone entry the benchmark's launcher uses (``ambassador run
-    --workers N`` is the user's; both end in :func:`run_main` / :func:`run_workers`);
+    --workers N`` is the user's; both end in :func:`serve_spec` / :func:`run_workers`);
     ``--worker`` is a worker process (spec on stdin), ``--run FD`` the lean
     process :func:`exec_run` becomes.
     """
@@ -877,9 +847,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args == ["--worker"]:
         worker_main()
         return
-    if len(args) == 2 and args[0] == "--run" and args[1].isdigit():
-        run_main(int(args[1]))
-        return
+    if args[:1] == ["--run"]:
+        run_lean("ambassador", serve_spec, args)
+    import argparse  # here, not at the top: the lean process never parses flags
+
     parser = argparse.ArgumentParser(prog="ambassador")
     parser.add_argument("--workers", type=int, required=True)
     parser.add_argument("command", choices=["run"])

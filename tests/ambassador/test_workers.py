@@ -365,7 +365,7 @@ def test_ambassador_run_serves_from_a_lean_process_with_the_same_pid(tmp_path: P
             wait_until(ready, timeout=30, what="lean ambassador ready")
             # Same PID, new program: the CLI process became the lean one.
             cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
-            assert cmdline[1:3] == [b"-m", b"ambassador.workers"] and b"--run" in cmdline
+            assert cmdline[-6:-2] == [b"-P", b"-m", b"ambassador.serve", b"--run"]
             # The CLI's imports did not come along (pydantic's native core is not mapped).
             maps = Path(f"/proc/{proc.pid}/maps").read_text()
             assert "pydantic_core" not in maps and "/asyncpg/" not in maps
