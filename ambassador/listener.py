@@ -324,6 +324,8 @@ class ListenerRuntime:
         self.connections: set[Connection] = set()
         self.closed_bytes_in: dict[str, int] = {}
         self.closed_bytes_out: dict[str, int] = {}
+        #: ``route()``'s answers by environment (see there).
+        self._routes: dict[str, Route] = {}
         self.accepting = True
         self.breaker = _make_breaker(config)
         # Metric children per label set, looked up once (label checks cost per connection).
@@ -352,12 +354,18 @@ class ListenerRuntime:
     def route(self) -> Route | None:
         """The HTTP proxy's per-request routing: the current environment's cluster and TLS."""
         env = self.switch.current
-        cluster = self.clusters.get(env) if env is not None else None
-        if env is None or cluster is None:
+        if env is None:
             return None
-        from .http import Route
+        route = self._routes.get(env)
+        if route is None:
+            cluster = self.clusters.get(env)
+            if cluster is None:
+                return None
+            from .http import Route
 
-        return Route(env, cluster, self.env_tls(env))
+            # Built once per environment (called on every request); reconfigure clears it.
+            route = self._routes[env] = Route(env, cluster, self.env_tls(env))
+        return route
 
     def env_tls(self, env: str) -> UpstreamTLS | None:
         """The upstream TLS of ``env`` on this listener (resolved by the config)."""
@@ -375,6 +383,7 @@ class ListenerRuntime:
         """Apply a reloaded config (same name and address); open connections are untouched."""
         self.config = config
         self.clusters = dict(clusters)
+        self._routes.clear()
         limits = config.limits
         self.breaker.max_connections = limits.max_connections
         self.breaker.max_pending = limits.max_pending
@@ -623,12 +632,15 @@ class ListenerRuntime:
 
         try:
             with self._tracked(conn), conn.scope:
-                await serve_http_client(stream, proxy, client)
+                await serve_http_client(stream, proxy, client, conn.counters)
             if conn.scope.cancelled_caught:
                 outcome = conn.cancel_reason or "cancelled"
                 abort_stream(stream)
         finally:
             self._count(env, outcome)
+            counters = conn.counters
+            self.closed_bytes_in[env] = self.closed_bytes_in.get(env, 0) + counters.bytes_in
+            self.closed_bytes_out[env] = self.closed_bytes_out.get(env, 0) + counters.bytes_out
 
     async def open_upstream(
         self, address: tuple[str, int], tls: UpstreamTLS | None = None

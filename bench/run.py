@@ -704,8 +704,8 @@ def main(argv: list[str] | None = None) -> int:
 VARIANT_NOTES = {
     "direct": "the client talks to the server itself (the baseline of every ratio)",
     "ambassador": "`ambassador run`, 1 process (lean exec'd process, ambassador.fastrelay "
-    'splice hub thread for L4); for wrk-l7 its `protocol = "http"` listener (h11 both '
-    "sides, keep-alive pool, one JSON access-log line per request to a file)",
+    'splice hub thread for L4); for wrk-l7 its `protocol = "http"` listener (llhttp via '
+    "httptools both sides, keep-alive pool, one JSON access-log line per request to a file)",
     "ambassador-stream": "`ambassador run` with AMBASSADOR_RELAY=stream: the trio stream relay "
     "(the before of issue 4)",
     "ambassador-splice-loop": "fastrelay with the hub as a trio task instead of a thread",

@@ -1,17 +1,17 @@
-"""Header policy of the HTTP listener: pure functions over h11 header lists.
+"""Header policy of the HTTP listener: pure functions over (name, value) header lists.
 
 What the ambassador does to every request so the app does not have to:
 - strips hop-by-hop headers (RFC 9110 7.6.1: ``Connection`` and every header it
   names, ``Keep-Alive``, ``Proxy-Connection``, ``TE``, ``Trailer``,
-  ``Transfer-Encoding``, ``Upgrade``); framing is re-done by h11 on the other
-  side, and ``Upgrade``/``Connection: upgrade`` are kept for a protocol switch;
+  ``Transfer-Encoding``, ``Upgrade``); framing is re-done on the other side
+  (``wire``), and ``Upgrade``/``Connection: upgrade`` are kept for a protocol switch;
 - adds ``X-Request-Id`` when absent (a present, sane one is kept);
 - continues a W3C ``traceparent`` with a new span id for this hop, or starts one;
 - sets headers from files (``HeaderFiles``: Authorization from a mounted
   Secret), replacing whatever the app sent;
 - sets the upstream ``Host`` when configured.
 
-Header names are lower-case bytes, as h11 hands them over.
+Header names are lower-case bytes, as ``wire``'s readers hand them over.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 __all__ = [
     "HOP_BY_HOP",
@@ -75,16 +75,15 @@ def strip_hop_by_hop(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
     return [(n, v) for n, v in headers if n not in drop]
 
 
-def _chunked(headers: Iterable[tuple[bytes, bytes]]) -> bool:
-    return any(n == b"transfer-encoding" and b"chunked" in v.lower() for n, v in headers)
-
-
 # --------------------------------------------------------------------------- trace context
 
 
-@dataclass(frozen=True)
-class TraceContext:
-    """W3C trace context for one hop: the trace continued (or started), our new span."""
+class TraceContext(NamedTuple):
+    """W3C trace context for one hop: the trace continued (or started), our new span.
+
+    (A NamedTuple, not a frozen dataclass: made per request, and a frozen
+    dataclass pays an ``object.__setattr__`` per field.)
+    """
 
     trace_id: str  # 32 lower-case hex
     span_id: str  # 16 lower-case hex: the parent-id we send upstream
@@ -167,9 +166,8 @@ class IdSource:
 # --------------------------------------------------------------------------- the policy
 
 
-@dataclass(frozen=True)
-class PreparedRequest:
-    """Headers to send upstream, and the ids for the access log."""
+class PreparedRequest(NamedTuple):
+    """Headers to send upstream, and the ids for the access log (per request: a NamedTuple)."""
 
     headers: Headers
     request_id: str
@@ -179,6 +177,19 @@ class PreparedRequest:
 
 def _valid_request_id(value: bytes) -> bool:
     return 0 < len(value) <= _MAX_REQUEST_ID and all(0x21 <= b <= 0x7E for b in value)
+
+
+def _drop_set(headers: Sequence[tuple[bytes, bytes]]) -> tuple[frozenset[bytes], bool]:
+    """(names to strip, Connection names ``upgrade``): one pass, no set built when no Connection."""
+    tokens: set[bytes] | None = None
+    for name, value in headers:
+        if name == b"connection":
+            if tokens is None:
+                tokens = set()
+            tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
+    if tokens is None:
+        return HOP_BY_HOP, False
+    return HOP_BY_HOP | tokens, b"upgrade" in tokens
 
 
 def prepare_request_headers(
@@ -193,19 +204,26 @@ def prepare_request_headers(
     """The upstream request's headers from the client's (pure, given ``ids``).
 
     ``default_host`` is used when the client sent no Host (HTTP/1.0) and none
-    is configured: an HTTP/1.1 request upstream must carry one.
+    is configured: an HTTP/1.1 request upstream must carry one. One pass over
+    the headers: this runs for every request.
     """
-    upgrade = is_upgrade_request(headers)
-    upgrade_values = [v for n, v in headers if n == b"upgrade"] if upgrade else []
-    chunked = _chunked(headers)
-    out = strip_hop_by_hop(headers)
-    injected_names = {n for n, _ in injected}
+    drop, upgrade_named = _drop_set(headers)
+    injected_names = {n for n, _ in injected} if injected else ()
     request_id = ""
     traceparent: tuple[str, str, str] | None = None
     tracestate: list[bytes] = []
+    upgrade_values: list[bytes] = []
     kept: Headers = []
     host_seen = False
-    for name, value in out:
+    chunked = False
+    content_length = False
+    for name, value in headers:
+        if name in drop:
+            if name == b"upgrade":
+                upgrade_values.append(value)
+            elif name == b"transfer-encoding" and b"chunked" in value.lower():
+                chunked = True
+            continue
         if name in injected_names:
             continue
         if name == request_id_header:
@@ -225,7 +243,10 @@ def prepare_request_headers(
             host_seen = True
             if upstream_host is not None:
                 value = upstream_host
+        elif name == b"content-length":
+            content_length = True
         kept.append((name, value))
+    upgrade = upgrade_named and bool(upgrade_values)
     if not host_seen:
         host = upstream_host if upstream_host is not None else default_host
         if host:
@@ -243,7 +264,7 @@ def prepare_request_headers(
         trace = TraceContext(ids.trace_id(), ids.span_id(), "01", started=True)
         kept.append((b"traceparent", trace.traceparent))
     kept.extend(injected)
-    if chunked and not any(n == b"content-length" for n, _ in kept):
+    if chunked and not content_length:
         kept.append((b"transfer-encoding", b"chunked"))
     if upgrade:
         kept.append((b"connection", b"upgrade"))
@@ -261,13 +282,24 @@ def prepare_response_headers(
 ) -> Headers:
     """The client's response headers from the upstream's.
 
-    Hop-by-hop headers go (h11 frames the body again); the request id is
-    echoed when the upstream did not set it; ``switching`` (a 101) keeps
-    ``Upgrade`` and says ``Connection: upgrade``; ``close`` ends keep-alive.
+    Hop-by-hop headers go (the body is framed again on the way out); the
+    request id is echoed when the upstream did not set it; ``switching`` (a
+    101) keeps ``Upgrade`` and says ``Connection: upgrade``; ``close`` ends
+    keep-alive.
     """
-    upgrade_values = [v for n, v in headers if n == b"upgrade"] if switching else []
-    out = strip_hop_by_hop(headers)
-    if not any(n == request_id_header for n, _ in out):
+    drop, _ = _drop_set(headers)
+    out: Headers = []
+    upgrade_values: list[bytes] = []
+    has_id = False
+    for name, value in headers:
+        if name in drop:
+            if name == b"upgrade":
+                upgrade_values.append(value)
+            continue
+        if name == request_id_header:
+            has_id = True
+        out.append((name, value))
+    if not has_id:
         out.append((request_id_header, request_id.encode("ascii")))
     if switching:
         out.append((b"connection", b"upgrade"))

@@ -13,17 +13,26 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
+import os
 import socket
 from collections.abc import Awaitable, Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-import h11
 import trio
 
 from ..tls import UpstreamTLS, open_upstream
+from .transport import SocketTransport, Transport, open_transport
+from .wire import ResponseReader
 
-__all__ = ["PoolBook", "PoolKey", "UpstreamConnection", "UpstreamPool"]
+__all__ = ["PEEK_AFTER", "PoolBook", "PoolKey", "UpstreamConnection", "UpstreamPool"]
+
+#: An idle connection younger than this is reused unchecked when a reset would
+#: only cost a retry: servers close idle keep-alive connections after seconds
+#: (nginx 75 s, Go 90 s, Node 5 s), not milliseconds, and one that closes right
+#: after a response says ``Connection: close``, which is honoured.
+PEEK_AFTER = 1.0
 
 K = TypeVar("K", bound=Hashable)
 T = TypeVar("T")
@@ -124,30 +133,82 @@ class PoolBook(Generic[K, T]):
             yield key, slot.active, len(slot.idle)
 
 
-@dataclass(frozen=True)
 class PoolKey:
-    """Connections are shared only between requests with the same env, endpoint and TLS."""
+    """Connections are shared only between requests with the same env, endpoint and TLS.
+
+    Immutable, with its hash computed once: the pool looks a key up four
+    times per request (a frozen dataclass hashes its fields every time).
+    """
+
+    __slots__ = ("_hash", "address", "endpoint", "env", "tls")
 
     env: str
     address: tuple[str, int]
     endpoint: str
     tls: UpstreamTLS | None
+    _hash: int
+
+    def __init__(
+        self, env: str, address: tuple[str, int], endpoint: str, tls: UpstreamTLS | None
+    ) -> None:
+        object.__setattr__(self, "env", env)
+        object.__setattr__(self, "address", address)
+        object.__setattr__(self, "endpoint", endpoint)
+        object.__setattr__(self, "tls", tls)
+        object.__setattr__(self, "_hash", hash((env, address, endpoint, tls)))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("PoolKey is immutable")
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, PoolKey):
+            return NotImplemented
+        return (self.env, self.address, self.endpoint, self.tls) == (
+            other.env,
+            other.address,
+            other.endpoint,
+            other.tls,
+        )
+
+    def __repr__(self) -> str:
+        return f"PoolKey({self.env!r}, {self.address!r}, {self.endpoint!r}, {self.tls!r})"
 
 
 @dataclass(eq=False)
 class UpstreamConnection:
-    """One upstream connection and its h11 client state."""
+    """One upstream connection: its byte pipe and the parser of its responses."""
 
     key: PoolKey
     stream: trio.abc.HalfCloseableStream
-    conn: h11.Connection
+    reader: ResponseReader
     requests: int = 0
-    #: The plain TCP socket for the proxy's direct reads/writes; None: use the stream.
-    sock: trio.socket.SocketType | None = field(init=False, default=None)
+    #: When it went back to the pool (trio clock).
+    idle_since: float = 0.0
+    transport: Transport = field(init=False)
+    #: The descriptor as a stdlib socket, for the reuse check (never closes it).
+    view: socket.socket | None = field(init=False)
+    #: Waiting for a response head until then (the proxy's ``Deadlines``).
+    deadline: float = field(init=False, default=math.inf)
+    #: The deadline passed: the wait was woken (the connection must be closed).
+    timed_out: bool = field(init=False, default=False)
+    #: Plain TCP: a wait on it can be woken by ``expire``.
+    watchable: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
-        if type(self.stream) is trio.SocketStream:
-            self.sock = self.stream.socket
+        self.transport = open_transport(self.stream)
+        self.view = _peek_view(self.stream)
+        self.watchable = isinstance(self.transport, SocketTransport)
+
+    def expire(self) -> None:
+        """No response head in time: wake the task waiting on the socket (it sees a broken pipe)."""
+        self.timed_out = True
+        if isinstance(self.transport, SocketTransport):
+            trio.lowlevel.notify_closing(self.transport.sock)
 
 
 Connector = Callable[
@@ -155,35 +216,35 @@ Connector = Callable[
 ]
 
 
-def _raw_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
+def _peek_view(stream: trio.abc.Stream) -> socket.socket | None:
+    """A stdlib view of a plain TCP stream's descriptor, for ``looks_closed`` (None: no socket).
+
+    Made once per connection (building one costs more than the peek itself),
+    on a duplicate of the descriptor: the view can be closed (or collected)
+    on its own without ever touching a descriptor number the kernel reused.
+    """
     sock = getattr(stream, "socket", None)
-    return sock if isinstance(sock, trio.socket.SocketType) else None
+    if not isinstance(sock, trio.socket.SocketType) or sock.fileno() < 0:
+        return None
+    # Family, type and proto given: otherwise the constructor probes the fd.
+    return socket.socket(sock.family, sock.type, sock.proto, fileno=os.dup(sock.fileno()))
 
 
-def looks_closed(stream: trio.abc.Stream) -> bool:
+def looks_closed(conn: UpstreamConnection) -> bool:
     """An idle connection the server has closed (EOF, reset, or unexpected bytes pending).
 
     A non-blocking MSG_PEEK costs one syscall and catches the usual race: the
     server's keep-alive timeout closed the connection while it sat in the pool.
     """
-    sock = _raw_socket(stream)
-    if sock is None:
+    view = conn.view
+    if view is None:
         return False
-    fd = sock.fileno()
-    if fd < 0:
-        return True
-    # A borrowed stdlib view of the same descriptor (trio's recv is async).
-    # Family, type and proto given: otherwise the constructor probes the fd
-    # with three syscalls, on every reuse.
-    view = socket.socket(sock.family, sock.type, sock.proto, fileno=fd)
     try:
         view.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
     except BlockingIOError:
         return False
     except OSError as exc:
         return exc.errno != errno.EAGAIN
-    finally:
-        view.detach()
     return True  # b"" (EOF) or stray bytes: either way not reusable
 
 
@@ -207,9 +268,19 @@ class UpstreamPool:
         self.reused_total = 0
 
     async def acquire(
-        self, key: PoolKey, *, connect_timeout: float | None = None
+        self,
+        key: PoolKey,
+        *,
+        connect_timeout: float | None = None,
+        now: float | None = None,
+        check: bool = True,
     ) -> UpstreamConnection:
         """A reused idle connection or a new one.
+
+        A reused connection is checked (``looks_closed``) when ``check`` is
+        true or it idled ``PEEK_AFTER`` seconds: the caller passes False for a
+        request it will send again on a reset (idempotent, no body), so the
+        hot path skips a syscall where a stale connection would only cost a retry.
 
         Raises ``OSError`` (``UpstreamTLSError`` included) when connecting fails,
         ``trio.TooSlowError`` when a new connection takes over ``connect_timeout``.
@@ -217,12 +288,14 @@ class UpstreamPool:
         the hot path of a keep-alive proxy, every scope counts).
         """
         while True:
-            conn, expired = self.book.checkout(key, trio.current_time())
+            t = trio.current_time() if now is None else now
+            now = None  # a second round (the first was closed) reads the clock
+            conn, expired = self.book.checkout(key, t)
             for old in expired:
                 await _close(old)
             if conn is None:
                 break
-            if looks_closed(conn.stream):
+            if (check or t - conn.idle_since >= PEEK_AFTER) and looks_closed(conn):
                 self.book.discard(key)
                 await _close(conn)
                 continue
@@ -235,25 +308,26 @@ class UpstreamPool:
                 stream = await self._connect(key.address, key.tls, "http")
         self.book.opened(key)
         self.opened_total += 1
-        return UpstreamConnection(
-            key, stream, h11.Connection(h11.CLIENT, max_incomplete_event_size=self.max_header_bytes)
-        )
+        return UpstreamConnection(key, stream, ResponseReader(self.max_header_bytes))
 
-    async def release(self, conn: UpstreamConnection, *, reusable: bool) -> None:
-        """Back to the pool when the exchange ended cleanly and both sides keep alive."""
-        c = conn.conn
-        if reusable and c.our_state is h11.DONE and c.their_state is h11.DONE:
-            try:
-                c.start_next_cycle()
-            except h11.LocalProtocolError:
-                reusable = False
-        else:
+    async def release(
+        self, conn: UpstreamConnection, *, reusable: bool, now: float | None = None
+    ) -> None:
+        """Back to the pool when the exchange ended cleanly and both sides keep alive.
+
+        The caller says whether it did (request sent whole, response read to
+        its end, keep-alive on); bytes after a HEAD response spoil it too.
+        """
+        reader = conn.reader
+        if reader.failed or reader.switched or reader.stray:
             reusable = False
         if not reusable:
             self.book.discard(conn.key)
             await _close(conn)
             return
-        for old in self.book.checkin(conn.key, conn, trio.current_time()):
+        now = trio.current_time() if now is None else now
+        conn.idle_since = now
+        for old in self.book.checkin(conn.key, conn, now):
             await _close(old)
 
     async def aclose(self) -> None:
@@ -262,5 +336,8 @@ class UpstreamPool:
 
 
 async def _close(conn: UpstreamConnection) -> None:
+    if conn.view is not None:
+        conn.view.close()
+        conn.view = None
     with contextlib.suppress(trio.TooSlowError):
         await trio.aclose_forcefully(conn.stream)

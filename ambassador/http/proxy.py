@@ -1,36 +1,40 @@
-"""The HTTP listener's trio shell: h11 towards the app, h11 towards each upstream endpoint.
+"""The HTTP listener's trio shell: llhttp towards the app, llhttp towards each upstream endpoint.
 
 One ``HttpProxy`` per HTTP listener holds what outlives a client connection:
 the upstream keep-alive pool, the header files, the retry budgets, the
 metrics. ``serve_client`` runs one accepted client connection until it ends:
 
-    read request head (h11; 400/431 on garbage) -> route (current env's cluster;
-    503 when none is usable) -> header policy -> attempt: choose endpoint,
-    pooled connection, send head, pump the request body concurrently, read
-    the response head (504 after request_timeout) -> maybe retry (budget,
-    backoff) -> forward head and stream the body -> back to the pool ->
-    access log + metrics -> next request on the same connection (keep-alive,
-    pipelining: h11 buffers what the app sent ahead).
+    read request head (``wire.RequestReader``; 400/431 on garbage) -> route
+    (current env's cluster; 503 when none is usable) -> header policy ->
+    attempt: choose endpoint, pooled connection, send head, pump the request
+    body concurrently, read the response head (504 after request_timeout) ->
+    maybe retry (budget, backoff) -> forward head and stream the body -> back
+    to the pool -> access log + metrics -> next request on the same connection
+    (keep-alive, pipelining: the reader keeps what the app sent ahead).
 
-Every decision is in a pure module (``headers``, ``retry``, ``pool.PoolBook``,
-the routing core's ``Cluster``); this file moves bytes and time. Errors of a
-misbehaving upstream or client end that exchange (with a status when the
-client can still get one) and never escape ``serve_client``.
+Every decision is in a pure module (``wire`` for framing, ``headers``,
+``retry``, ``pool.PoolBook``, the routing core's ``Cluster``); this file moves
+bytes and time. The hot path (a request without a body, a response that
+arrives in one read) costs two waits on the network, one write each way and
+no cancel scope: the keep-alive and response-head deadlines are kept by the
+proxy's watchdog (``deadlines``). Errors of a misbehaving upstream or client end
+that exchange (with a status when the client can still get one) and never
+escape ``serve_client``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
 import logging
 import math
-import os
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any, NamedTuple
 
-import h11
+import orjson
 import trio
 
 from sidecar_common.jsonlog import get_logger, log_event
@@ -41,69 +45,45 @@ from ..cluster import Cluster
 from ..endpoint import EndpointState
 from ..relay import RelayCounters, abort_stream, relay
 from ..tls import UpstreamTLS
-from .headers import HeaderFiles, IdSource, prepare_request_headers, prepare_response_headers
+from .accesslog import AccessLog, access_log
+from .deadlines import Deadlines
+from .headers import (
+    HeaderFiles,
+    IdSource,
+    PreparedRequest,
+    prepare_request_headers,
+    prepare_response_headers,
+)
 from .metrics import HttpMetrics, code_class, method_label
 from .pool import Connector, PoolKey, UpstreamConnection, UpstreamPool
-from .retry import Failure, RetryBudget, retry_refusal
+from .retry import IDEMPOTENT_METHODS, Failure, RetryBudget, retry_refusal
 from .settings import HttpSettings
+from .transport import CHUNK, Transport, TransportBroken, open_transport
+from .wire import (
+    CLOSED,
+    END,
+    LAST_CHUNK,
+    Framing,
+    ProtocolError,
+    RequestHead,
+    RequestReader,
+    ResponseHead,
+    frame_chunk,
+    request_head,
+    response_head,
+)
 
 __all__ = ["HttpProxy", "Route", "serve_http_client"]
 
-access_log = get_logger("ambassador.access")
 log = get_logger("ambassador.http")
 
-CHUNK = 65536
 
-_STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+class Route(NamedTuple):
+    """Where requests go now: the current environment's cluster and its upstream TLS.
 
-
-def _raw_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
-    """The socket of a plain trio socket stream, or None (TLS, memory streams: generic path).
-
-    Its descriptor is read at each call (``fileno()`` is -1 once closed, so a
-    closed stream fails with EBADF and never reads a reused descriptor).
+    Made per request by the listener's ``route()``: a NamedTuple costs a
+    fraction of a frozen dataclass to build.
     """
-    if type(stream) is trio.SocketStream:
-        return stream.socket
-    return None
-
-
-async def _receive(stream: trio.abc.Stream, sock: trio.socket.SocketType | None) -> bytes:
-    """``stream.receive_some(CHUNK)``, but straight from the socket when data is waiting.
-
-    trio's socket calls yield to the scheduler even when the syscall succeeds
-    at once; on the request path that is four trips around the run loop per
-    request. Here a read that succeeds costs one syscall; only an empty socket
-    waits (``wait_readable``: cancellable, as before). Raises ``OSError`` or
-    trio's ``BrokenResourceError``/``ClosedResourceError`` (``_STREAM_ERRORS``).
-    """
-    if sock is None:
-        return bytes(await stream.receive_some(CHUNK))
-    while True:
-        try:
-            return os.read(sock.fileno(), CHUNK)
-        except BlockingIOError:
-            await trio.lowlevel.wait_readable(sock)
-
-
-async def _send_all(
-    stream: trio.abc.Stream, sock: trio.socket.SocketType | None, data: bytes
-) -> None:
-    """``stream.send_all(data)``, with the first write straight to the socket (see ``_receive``)."""
-    if sock is not None:
-        try:
-            sent = os.write(sock.fileno(), data)
-        except BlockingIOError:
-            sent = 0
-        if sent == len(data):
-            return
-        data = data[sent:]
-    await stream.send_all(data)
-
-
-@dataclass(frozen=True)
-class Route:
-    """Where requests go now: the current environment's cluster and its upstream TLS."""
 
     env: str
     cluster: Cluster
@@ -111,7 +91,11 @@ class Route:
 
 
 class _ClientGone(Exception):
-    """The app's connection broke or closed mid-exchange: nothing more can be sent to it."""
+    """The app's connection broke, closed or broke HTTP mid-exchange: nothing more to send it."""
+
+
+class _UpstreamBroken(Exception):
+    """The upstream connection broke, closed, or spoke invalid HTTP."""
 
 
 @dataclass
@@ -123,111 +107,131 @@ class _Failed:
     reason: str
 
 
-@dataclass
 class _Done:
     """The exchange is over for the client (a response was sent, or it was aborted)."""
 
-    status: int
-    keep_alive: bool
-    outcome: str = "ok"
+    __slots__ = ("keep_alive", "outcome", "status")
+
+    def __init__(self, status: int, keep_alive: bool, outcome: str = "ok") -> None:
+        self.status = status
+        self.keep_alive = keep_alive
+        self.outcome = outcome
 
 
-@dataclass
 class _Exchange:
     """What the access log says about one request."""
 
-    method: bytes
-    target: bytes
-    request_id: str = ""
-    trace_id: str = ""
-    env: str = ""
-    upstream: str = ""
-    attempts: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
-    reasons: list[str] = field(default_factory=list)
+    __slots__ = (
+        "attempts",
+        "bytes_in",
+        "bytes_out",
+        "env",
+        "method",
+        "reasons",
+        "request_id",
+        "target",
+        "trace_id",
+        "upstream",
+    )
+
+    def __init__(self, method: bytes, target: bytes) -> None:
+        self.method = method
+        self.target = target
+        self.request_id = ""
+        self.trace_id = ""
+        self.env = ""
+        self.upstream = ""
+        self.attempts = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.reasons: list[str] = []
 
 
 class _Client:
-    """The app's side: an h11 server connection over the accepted stream."""
+    """The app's side: a request reader over the accepted stream, and the state of this exchange."""
 
-    def __init__(self, stream: trio.abc.Stream, max_header_bytes: int) -> None:
+    __slots__ = (
+        "deadline",
+        "idle_since",
+        "keep_alive",
+        "reader",
+        "request_done",
+        "responded",
+        "scope",
+        "stream",
+        "transport",
+    )
+
+    def __init__(
+        self, stream: trio.abc.Stream, max_header_bytes: int, counters: RelayCounters | None
+    ) -> None:
         self.stream = stream
-        self.sock = _raw_socket(stream)
-        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_bytes)
-        self._out = bytearray()
+        self.transport: Transport = open_transport(stream, counters)
+        self.reader = RequestReader(max_header_bytes)
+        #: The current request was read to its end (else the connection cannot carry another).
+        self.request_done = True
+        #: A final response (head) was sent for the current request.
+        self.responded = False
+        #: The app keeps the connection alive after this request (HTTP/1.1, no close).
+        self.keep_alive = True
+        #: The connection's one cancel scope: cancelled when idle too long or on drain.
+        self.scope = trio.CancelScope()
+        #: While idle: when the keep-alive timeout ends (``Deadlines``).
+        self.deadline = math.inf
+        #: When the last response ended (trio clock): the idle time counts from there.
+        self.idle_since = trio.current_time()
 
-    async def next_event(self) -> Any:
-        while True:
-            event = self.conn.next_event()
-            if event is not h11.NEED_DATA:
-                return event
+    def expire(self) -> None:
+        """Idle past the keep-alive timeout: close."""
+        self.scope.cancel()
+
+    async def next_event(self) -> object:
+        reader = self.reader
+        event = reader.next_event()
+        while event is None:
             try:
-                data = await _receive(self.stream, self.sock)
-            except _STREAM_ERRORS:
+                data = await self.transport.recv()
+            except TransportBroken:
                 raise _ClientGone from None
-            self.conn.receive_data(data)
+            reader.feed(data)
+            event = reader.next_event()
+        return event
 
-    async def send(self, event: Any) -> None:
-        self.queue(event)
-        await self.flush()
-
-    def queue(self, event: Any) -> None:
-        """Serialize ``event`` now, send it with the next ``flush`` (one syscall per burst)."""
-        data = self.conn.send(event)
-        if data:
-            self._out += data
-
-    async def flush(self) -> None:
-        if not self._out:
-            return
-        data, self._out = bytes(self._out), bytearray()
+    async def send(self, data: bytes) -> None:
         try:
-            await _send_all(self.stream, self.sock, data)
-        except _STREAM_ERRORS:
+            await self.transport.send(data)
+        except TransportBroken:
             raise _ClientGone from None
 
-    def can_respond(self) -> bool:
-        return self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE)
 
+async def _up_next(up: UpstreamConnection, *, wait_first: bool = False) -> object:
+    """The next event of the upstream's response; raises ``_UpstreamBroken`` on trouble.
 
-class _UpstreamBroken(Exception):
-    """The upstream connection broke, closed, or spoke invalid HTTP."""
-
-
-async def _up_next(
-    up: UpstreamConnection, before_wait: Callable[[], Awaitable[None]] | None = None
-) -> Any:
-    """The next upstream event; ``before_wait`` runs before blocking on the network."""
-    while True:
+    ``wait_first``: the request just went out, so no answer can be there yet:
+    wait for readability before the first read (saves a read that would fail).
+    """
+    reader = up.reader
+    event = reader.next_event()
+    while event is None:
         try:
-            event = up.conn.next_event()
-        except h11.RemoteProtocolError as exc:
-            raise _UpstreamBroken(f"invalid HTTP from upstream: {exc}") from None
-        if event is not h11.NEED_DATA:
-            if isinstance(event, h11.ConnectionClosed):
-                raise _UpstreamBroken("upstream closed the connection")
-            return event
-        if before_wait is not None:
-            await before_wait()
-        try:
-            data = await _receive(up.stream, up.sock)
-        except _STREAM_ERRORS as exc:
+            data = await up.transport.recv(wait_first)
+            wait_first = False
+        except TransportBroken as exc:
             raise _UpstreamBroken(f"upstream connection broken: {exc}") from None
-        up.conn.receive_data(data)
+        reader.feed(data)
+        event = reader.next_event()
+    if event is CLOSED:
+        raise _UpstreamBroken("upstream closed the connection")
+    if isinstance(event, ProtocolError):
+        raise _UpstreamBroken(event.reason)
+    return event
 
 
-async def _up_send(up: UpstreamConnection, *events: Any) -> None:
-    """Serialize ``events`` and send them upstream in one write."""
+async def _up_send(up: UpstreamConnection, data: bytes) -> None:
     try:
-        data = b"".join(up.conn.send(event) or b"" for event in events)
-    except h11.LocalProtocolError as exc:
-        raise _UpstreamBroken(f"cannot send upstream: {exc}") from None
-    if data:
-        try:
-            await _send_all(up.stream, up.sock, data)
-        except _STREAM_ERRORS as exc:
-            raise _UpstreamBroken(f"upstream connection broken: {exc}") from None
+        await up.transport.send(data)
+    except TransportBroken as exc:
+        raise _UpstreamBroken(f"upstream connection broken: {exc}") from None
 
 
 class _RequestBody:
@@ -243,7 +247,7 @@ class _RequestBody:
         self.kept: list[bytes] = []
         self.size = 0
         self.consumed = False
-        #: True once the app's EndOfMessage was read (at once for a request without a body).
+        #: True once the app's body was read to its end (at once for a request without a body).
         self.complete = complete
         self.overflow = False
 
@@ -261,40 +265,27 @@ class _RequestBody:
             return  # a request without a body, already read to its end
         while True:
             event = await self.client.next_event()
-            if isinstance(event, h11.Data):
-                data = bytes(event.data)
-                self.size += len(data)
+            if type(event) is bytes:
+                self.size += len(event)
                 if not self.overflow:
                     if self.size <= self.limit:
-                        self.kept.append(data)
+                        self.kept.append(event)
                     else:
                         self.overflow = True
                         self.kept.clear()
-                yield data
-            elif isinstance(event, h11.EndOfMessage):
+                yield event
+            elif event is END:
                 self.complete = True
+                self.client.request_done = True
                 return
+            elif isinstance(event, ProtocolError):
+                raise _ClientGone(f"invalid request body: {event.reason}")
             else:
-                raise _ClientGone
-
-
-def _head_size(req: h11.Request) -> int:
-    """Bytes of the request head as sent (approximately: request line plus header lines)."""
-    return len(req.target) + 16 + sum(len(n) + len(v) + 4 for n, v in req.headers)
-
-
-def _has_body(req: h11.Request) -> bool:
-    """The request declares a body (chunked, or a non-zero Content-Length)."""
-    for name, value in req.headers:
-        if name == b"transfer-encoding":
-            return True
-        if name == b"content-length" and value.strip() != b"0":
-            return True
-    return False
+                raise _ClientGone("client closed mid-body")
 
 
 def _error_body(status: int, message: str, request_id: str) -> bytes:
-    return json.dumps({"error": message, "status": status, "request_id": request_id}).encode()
+    return orjson.dumps({"error": message, "status": status, "request_id": request_id})
 
 
 _MESSAGES = {
@@ -305,6 +296,16 @@ _MESSAGES = {
     503: "no healthy upstream",
     504: "upstream timeout",
 }
+
+
+def _reason(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""
+
+
+_REASONS = {status: _reason(status) for status in range(100, 600)}
 
 
 class HttpProxy:
@@ -352,92 +353,87 @@ class HttpProxy:
         # Encoded once, not per request.
         self._rid_header = settings.request_id_header.encode()
         self._upstream_host = settings.upstream_host.encode() if settings.upstream_host else None
-        #: Metric children per (env, method, status class): two label lookups saved per request.
+        #: Metric children per (env, method, status class), bound once: no label dict per request.
         self._count_children: dict[tuple[str, bytes, int], tuple[CounterChild, HistogramChild]] = {}
+        self.access = AccessLog(access_log)
+        self.deadlines = Deadlines()
+        self._keys: dict[tuple[str, tuple[str, int]], tuple[UpstreamTLS | None, PoolKey]] = {}
         self.draining = False
-        self._idle_waits: set[trio.CancelScope] = set()
+        #: Client connections waiting for their next request (drain closes them at once).
+        self._idle: set[_Client] = set()
 
     # ------------------------------------------------------------------ lifecycle
 
     def start_drain(self) -> None:
         """Finish the requests in flight, then close: idle keep-alive connections close now."""
         self.draining = True
-        for scope in list(self._idle_waits):
-            scope.cancel()
+        for c in list(self._idle):
+            c.scope.cancel()
 
     async def aclose(self) -> None:
-        """Close the pooled idle upstream connections."""
+        """Close the pooled idle upstream connections; write the queued access-log lines.
+
+        Also stops the proxy's two system tasks (deadlines, access log), so a
+        proxy replaced on reload leaves nothing running behind.
+        """
+        self.access.close()
+        self.deadlines.close()
         await self.pool.aclose()
 
     # ------------------------------------------------------------------ client connection
 
-    async def serve_client(self, stream: trio.abc.Stream, client: str = "?") -> None:
+    async def serve_client(
+        self, stream: trio.abc.Stream, client: str = "?", counters: RelayCounters | None = None
+    ) -> None:
         """Serve one app connection until it closes, times out idle, or the proxy drains.
 
         The caller owns ``stream`` and closes it afterwards. Never raises for
-        I/O or protocol errors of either peer.
+        I/O or protocol errors of either peer. ``counters`` (optional) adds the
+        bytes read from and written to the app (tunnels included).
         """
-        c = _Client(stream, self.settings.max_header_bytes)
+        c = _Client(stream, self.settings.max_header_bytes, counters)
         try:
-            while not self.draining:
-                idle = trio.CancelScope(
-                    deadline=trio.current_time() + self.settings.keepalive_timeout
-                )
-                self._idle_waits.add(idle)
-                event: Any = None
-                try:
-                    with idle:
-                        event = await c.next_event()
-                except h11.RemoteProtocolError as exc:
-                    status = exc.error_status_hint if exc.error_status_hint in (400, 431) else 400
-                    await self._send_error(c, status, _MESSAGES[status], "", close=True)
-                    self._count(b"OTHER", self._env_label(), status, 0.0)
-                    log_event(
-                        access_log,
-                        "request",
-                        listener=self.listener,
-                        client=client,
-                        status=status,
-                        outcome="bad_request",
-                        reason=str(exc),
-                    )
-                    return
-                finally:
-                    self._idle_waits.discard(idle)
-                if event is None or not isinstance(event, h11.Request):
-                    return  # idle timeout, drain, EOF, or a paused (upgraded) connection
-                if _head_size(event) > self.settings.max_header_bytes:
-                    # h11 bounds only a head still arriving; one read may bring a
-                    # whole oversized head, so measure the parsed one as well.
-                    await self._send_error(c, 431, _MESSAGES[431], "", close=True)
-                    self._count(bytes(event.method), self._env_label(), 431, 0.0)
-                    log_event(
-                        access_log,
-                        "request",
-                        listener=self.listener,
-                        client=client,
-                        status=431,
-                        outcome="bad_request",
-                        reason="header section too large",
-                    )
-                    return
-                keep = await self._handle(c, event, client)
-                if not keep or self.draining:
-                    return
-                if c.conn.our_state is not h11.DONE or c.conn.their_state is not h11.DONE:
-                    return
-                c.conn.start_next_cycle()
+            with c.scope:
+                while not self.draining:
+                    event = c.reader.next_event()
+                    if event is None:
+                        event = await self._wait_request(c)
+                        if c.scope.cancel_called:
+                            return  # idle timeout or drain (even if a request just came)
+                    if type(event) is RequestHead:
+                        if not await self._handle(c, event, client):
+                            return
+                        continue
+                    if isinstance(event, ProtocolError):
+                        await self._bad_request(c, event, client)
+                    return  # EOF
         except _ClientGone:
             return
-        except h11.ProtocolError as exc:
-            log_event(
-                log,
-                "client connection ended on a protocol error",
-                level=logging.DEBUG,
-                listener=self.listener,
-                reason=str(exc),
-            )
-            return
+
+    async def _wait_request(self, c: _Client) -> object:
+        """The next request event; cancelled after ``keepalive_timeout`` idle or on drain."""
+        self.deadlines.add(c, c.idle_since + self.settings.keepalive_timeout)
+        self._idle.add(c)
+        try:
+            return await c.next_event()
+        finally:
+            self._idle.discard(c)
+            self.deadlines.discard(c)
+
+    async def _bad_request(self, c: _Client, error: ProtocolError, client: str) -> None:
+        status = error.status if error.status in (400, 431) else 400
+        c.request_done = False
+        await self._send_error(c, status, _MESSAGES[status], "", close=True)
+        self._count(b"OTHER", self._env_label(), status, 0.0)
+        log_event(
+            access_log,
+            "request",
+            listener=self.listener,
+            client=client,
+            status=status,
+            outcome="bad_request",
+            reason=error.reason,
+        )
 
     def _tls_for(self, tls: UpstreamTLS | None) -> UpstreamTLS | None:
         """The upstream Host names the TLS server too, unless ``server_name`` says otherwise."""
@@ -447,32 +443,37 @@ class HttpProxy:
         name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
         return dataclasses.replace(tls, server_name=name.strip("[]"))
 
+    def _pool_key(self, route: Route, ep: EndpointState) -> PoolKey:
+        """The pool key of (env, endpoint, TLS), made once, not per request."""
+        cached = self._keys.get((route.env, ep.address))
+        if cached is not None and cached[0] is route.tls and cached[1].endpoint == ep.name:
+            return cached[1]
+        key = PoolKey(route.env, ep.address, ep.name, self._tls_for(route.tls))
+        if len(self._keys) >= 4096:
+            self._keys.clear()  # bounded across endpoint churn
+        self._keys[(route.env, ep.address)] = (route.tls, key)
+        return key
+
     def _env_label(self) -> str:
         route = self.route()
         return route.env if route is not None else ""
 
-    async def _finish_empty_request(self, c: _Client) -> None:
-        event = await c.next_event()
-        if not isinstance(event, h11.EndOfMessage):
-            raise _ClientGone
-
     async def _send_error(
         self, c: _Client, status: int, message: str, request_id: str, *, close: bool
     ) -> None:
-        if not c.can_respond():
+        if c.responded:
             return
+        c.responded = True
         body = _error_body(status, message, request_id)
         headers = [
             (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
+            (b"content-length", b"%d" % len(body)),
         ]
         if request_id:
             headers.append((self._rid_header, request_id.encode()))
-        if close or c.conn.their_state is not h11.DONE or self.draining:
+        if close or not c.request_done or not c.keep_alive or self.draining:
             headers.append((b"connection", b"close"))
-        c.queue(h11.Response(status_code=status, headers=headers))
-        c.queue(h11.Data(data=body))
-        await c.send(h11.EndOfMessage())
+        await c.send(response_head(status, _REASONS.get(status, b""), headers) + body)
 
     def _budget(self, env: str) -> RetryBudget:
         budget = self._budgets.get(env)
@@ -519,14 +520,20 @@ class HttpProxy:
 
     # ------------------------------------------------------------------ one request
 
-    async def _handle(self, c: _Client, req: h11.Request, client: str) -> bool:
+    async def _handle(self, c: _Client, req: RequestHead, client: str) -> bool:
         """Serve one request; True when the client connection may carry another."""
         start = trio.current_time()
-        ex = _Exchange(method=bytes(req.method), target=bytes(req.target))
-        if not _has_body(req):
-            # Read the request to its end now (no I/O: h11 has it), so that any
-            # answer, errors included, leaves the connection reusable.
-            await self._finish_empty_request(c)
+        c.responded = False
+        c.keep_alive = req.keep_alive and req.version == "1.1"
+        ex = _Exchange(method=req.method, target=req.target)
+        if req.framing == Framing.NONE:
+            # Its end is already parsed (it follows the head in the same read):
+            # any answer, errors included, leaves the connection reusable.
+            if await c.next_event() is not END:
+                raise _ClientGone
+            c.request_done = True
+        else:
+            c.request_done = False
         route = self.route()
         ex.env = route.env if route is not None else ""
         prepared = prepare_request_headers(
@@ -544,14 +551,13 @@ class HttpProxy:
             done = _Done(405, False, "bad_request")
         elif route is None:
             await self._send_error(c, 503, "no environment selected", ex.request_id, close=False)
-            done = _Done(503, c.conn.their_state is h11.DONE, "no_env")
+            done = _Done(503, c.request_done, "no_env")
         else:
-            done = await self._route_request(c, req, prepared, route, ex)
-        duration = trio.current_time() - start
+            done = await self._route_request(c, req, prepared, route, ex, start)
+        c.idle_since = trio.current_time()
+        duration = c.idle_since - start
         self._count(ex.method, ex.env, done.status, duration)
-        log_event(
-            access_log,
-            "request",
+        self.access.request(
             listener=self.listener,
             env=ex.env,
             client=client,
@@ -568,24 +574,34 @@ class HttpProxy:
             outcome=done.outcome,
             reason="; ".join(ex.reasons),
         )
-        return done.keep_alive
+        return (
+            done.keep_alive
+            and c.keep_alive
+            and c.request_done
+            and not c.reader.switched
+            and not self.draining
+        )
 
     async def _route_request(
         self,
         c: _Client,
-        req: h11.Request,
-        prepared: Any,
+        req: RequestHead,
+        prepared: PreparedRequest,
         route: Route,
         ex: _Exchange,
+        now: float,
     ) -> _Done:
         budget = self._budget(route.env)
-        budget.record_request(trio.current_time())
-        body = _RequestBody(c, self.settings.retry.replay_buffer, complete=not _has_body(req))
+        budget.record_request(now)
+        body = _RequestBody(
+            c, self.settings.retry.replay_buffer, complete=req.framing == Framing.NONE
+        )
         tried: set[tuple[str, int]] = set()
         retries = 0
         last: _Failed | None = None
         while True:
-            now = trio.current_time()
+            if retries:
+                now = trio.current_time()
             ep = route.cluster.choose(now, exclude=tried)
             if ep is None and tried:
                 # Every endpoint tried once: a retry may go back to one of them.
@@ -593,7 +609,7 @@ class HttpProxy:
             if ep is None:
                 if last is None:
                     await self._send_error(c, 503, _MESSAGES[503], ex.request_id, close=False)
-                    return _Done(503, c.conn.their_state is h11.DONE, "no_endpoint")
+                    return _Done(503, c.request_done, "no_endpoint")
                 break
             tried.add(ep.address)
             ex.attempts += 1
@@ -604,7 +620,7 @@ class HttpProxy:
                 return (
                     retry_refusal(
                         settings=self.settings.retry,
-                        method=bytes(req.method),
+                        method=req.method,
                         failure="status",
                         retries_done=retries_done,
                         status=status,
@@ -614,14 +630,14 @@ class HttpProxy:
                     and budget.available(trio.current_time()) >= 1.0
                 )
 
-            result = await self._attempt(c, req, prepared, route, ep, body, ex, may_retry)
+            result = await self._attempt(c, req, prepared, route, ep, body, ex, may_retry, now)
             if isinstance(result, _Done):
                 return result
             last = result
             ex.reasons.append(f"{ep.name}: {result.reason}")
             refusal = retry_refusal(
                 settings=self.settings.retry,
-                method=bytes(req.method),
+                method=req.method,
                 failure=result.failure,
                 retries_done=retries,
                 status=result.status,
@@ -643,7 +659,7 @@ class HttpProxy:
         outcome = {"connect": "connect_failed", "timeout": "timeout"}.get(
             last.failure, "upstream_error"
         )
-        return _Done(last.status, c.conn.their_state is h11.DONE, outcome)
+        return _Done(last.status, c.request_done, outcome)
 
     def _endpoint_failed(self, route: Route, ep: EndpointState, reason: str) -> None:
         now = trio.current_time()
@@ -666,24 +682,32 @@ class HttpProxy:
     async def _attempt(
         self,
         c: _Client,
-        req: h11.Request,
-        prepared: Any,
+        req: RequestHead,
+        prepared: PreparedRequest,
         route: Route,
         ep: EndpointState,
         body: _RequestBody,
         ex: _Exchange,
         may_retry: Callable[[int], bool],
+        t0: float,
     ) -> _Done | _Failed:
         cluster = route.cluster
         cluster.connect_started(ep)
         settled = False  # the attempt's "active" slot is given back exactly once
-        t0 = trio.current_time()
-        key = PoolKey(route.env, ep.address, ep.name, self._tls_for(route.tls))
+        key = self._pool_key(route, ep)
         up: UpstreamConnection | None = None
         reusable = False
+        now = t0
         try:
             try:
-                up = await self.pool.acquire(key, connect_timeout=self.connect_timeout)
+                up = await self.pool.acquire(
+                    key,
+                    connect_timeout=self.connect_timeout,
+                    now=t0,
+                    # Unchecked reuse only where a reset is surely retried: an
+                    # idempotent request without a body (nothing half-sent to race).
+                    check=req.framing != Framing.NONE or req.method not in IDEMPOTENT_METHODS,
+                )
             except (OSError, trio.TooSlowError) as exc:
                 settled = True
                 self._endpoint_failed(route, ep, "connect")
@@ -692,7 +716,7 @@ class HttpProxy:
             reused = up.requests > 0
             up.requests += 1
             result, reusable, succeeded = await self._exchange(
-                c, req, prepared, up, body, ex, may_retry
+                c, req, prepared, up, body, ex, may_retry, t0 + self.settings.request_timeout
             )
             now = trio.current_time()
             if succeeded is True:
@@ -710,105 +734,99 @@ class HttpProxy:
             return result
         finally:
             if up is not None:
-                await self.pool.release(up, reusable=reusable)
+                await self.pool.release(up, reusable=reusable, now=now)
             if not settled:
                 cluster.connection_closed(ep)
 
     async def _exchange(
         self,
         c: _Client,
-        req: h11.Request,
-        prepared: Any,
+        req: RequestHead,
+        prepared: PreparedRequest,
         up: UpstreamConnection,
         body: _RequestBody,
         ex: _Exchange,
         may_retry: Callable[[int], bool],
+        head_deadline: float,
     ) -> tuple[_Done | _Failed, bool, bool | None]:
         """One request/response on ``up``: (result, upstream reusable, endpoint outcome).
 
         The endpoint outcome is True (answered below 500), False (failed or 5xx),
         None (nothing to say: e.g. the client went away).
         """
-        settings = self.settings
         headers = prepared.headers
-        if not any(name == b"host" for name, _ in headers):
+        if headers[0][0] != b"host" and not any(name == b"host" for name, _ in headers):
             # An HTTP/1.0 app may omit Host; HTTP/1.1 upstream requires one.
             headers = [(b"host", up.key.endpoint.encode()), *headers]
-        head = h11.Request(method=req.method, target=req.target, headers=headers)
+        head = request_head(req.method, req.target, headers)
+        up.reader.start(req.method)
+        has_body = req.framing != Framing.NONE
+        chunked = req.framing == Framing.CHUNKED
         pump_state: dict[str, str] = {}
-        body_done = trio.Event()
+        # Set once the whole request body went upstream (at once without a body).
+        body_done = trio.Event() if has_body else _SENT
 
         async def pump_body() -> None:
             try:
                 async for chunk in body.chunks():
-                    await _up_send(up, h11.Data(data=chunk))
-                await _up_send(up, h11.EndOfMessage())
+                    await _up_send(up, frame_chunk(chunk) if chunked else chunk)
+                if chunked:
+                    await _up_send(up, LAST_CHUNK)
             except _UpstreamBroken as exc:
                 pump_state["upstream"] = str(exc)
-            except _ClientGone:
-                pump_state["client"] = "client closed mid-body"
-                nursery.cancel_scope.cancel()
-            except h11.RemoteProtocolError as exc:
-                pump_state["client"] = f"invalid request body: {exc}"
+            except _ClientGone as exc:
+                pump_state["client"] = str(exc) or "client closed mid-body"
                 nursery.cancel_scope.cancel()
             body_done.set()
 
-        # What the exchange ends as if the pump cancels it (the app went away mid-body).
-        result: _Done | _Failed = _Done(499, False, "client_gone")
         failed = False
-        has_body = _has_body(req)
         try:
-            if has_body:
-                await _up_send(up, head)
-            else:
-                # The hot path: head and end of message in one write, no body pump,
-                # so a retry decision never waits on a task not yet scheduled.
-                await _up_send(up, head, h11.EndOfMessage())
-                body.consumed = True
-                body_done.set()
+            await _up_send(up, head)
         except _UpstreamBroken as exc:
             return _Failed("reset", 502, str(exc)), False, False
+        if not has_body:
+            body.consumed = True
+        # What the exchange ends as if the pump cancels it (the app went away mid-body).
+        result: _Done | _Failed = _Done(499, False, "client_gone")
+        response: ResponseHead | None = None
         # A nursery (and its cancel scope) only when a body must be pumped
         # concurrently: most requests have none.
         async with trio.open_nursery() if has_body else _NO_NURSERY as nursery:
             if has_body:
                 nursery.start_soon(pump_body)
-            response: h11.Response | None = None
+            final: ResponseHead | None = None
+            timeout = self.settings.request_timeout
             try:
-                with trio.move_on_after(settings.request_timeout) as head_wait:
-                    while True:
-                        event = await _up_next(up)
-                        if isinstance(event, h11.InformationalResponse):
-                            if event.status_code == 101:
-                                break
-                            if c.can_respond():
-                                await c.send(
-                                    h11.InformationalResponse(
-                                        status_code=event.status_code, headers=[]
-                                    )
-                                )
-                            continue
-                        if isinstance(event, h11.Response):
-                            response = event
-                            break
-                        raise _UpstreamBroken(f"unexpected upstream event {type(event).__name__}")
+                if up.watchable:
+                    # The watchdog wakes this wait at the deadline (no scope per request).
+                    self.deadlines.add(up, head_deadline)
+                    try:
+                        final = await self._response_head(c, up)
+                    finally:
+                        self.deadlines.discard(up)
+                else:
+                    with trio.move_on_after(timeout):
+                        final = await self._response_head(c, up)
             except _UpstreamBroken as exc:
                 nursery.cancel_scope.cancel()
+                if up.timed_out:
+                    return _Failed("timeout", 504, "no response head in time"), False, False
                 return _Failed("reset", 502, str(exc)), False, False
             except _ClientGone:
                 nursery.cancel_scope.cancel()
                 return _Done(499, False, "client_gone"), False, None
-            if head_wait.cancelled_caught:
+            if final is None:
                 nursery.cancel_scope.cancel()
                 return _Failed("timeout", 504, "no response head in time"), False, False
-            if response is None:
+            if final.status == 101:
                 # 101 Switching Protocols: a tunnel from here on.
-                with trio.move_on_after(settings.request_timeout):
+                with trio.move_on_after(self.settings.request_timeout):
                     await body_done.wait()
-                result = await self._tunnel(c, up, event, prepared, ex)
+                result = await self._tunnel(c, up, final, prepared, ex)
                 nursery.cancel_scope.cancel()
                 return result, False, True
-            status = response.status_code
+            response = final
+            status = response.status
             failed = status >= 500
             if failed and body_done.is_set() and may_retry(status):
                 # Possibly retried: the caller decides; this response is dropped.
@@ -830,105 +848,146 @@ class HttpProxy:
             if isinstance(result, _Failed):
                 return _Done(499, False, "client_gone"), False, None
             result.keep_alive = False
-        reusable = result.outcome == "ok" and not pump_state and up.conn.our_state is h11.DONE
+        reusable = (
+            result.outcome == "ok"
+            and not pump_state
+            and body_done.is_set()
+            and response is not None
+            and response.keep_alive
+            and not up.reader.stray
+            and not up.timed_out
+        )
         return result, reusable, not failed
+
+    async def _response_head(self, c: _Client, up: UpstreamConnection) -> ResponseHead:
+        """The upstream's final response head, or its 101; 1xx heads go on to the app."""
+        event = await _up_next(up, wait_first=True)
+        while True:
+            if type(event) is not ResponseHead:
+                raise _UpstreamBroken("upstream sent body bytes before a head")
+            if event.status >= 200 or event.status == 101:
+                return event
+            await _up_next(up)  # the end of the 1xx (already parsed)
+            if not c.responded:
+                await c.send(b"HTTP/1.1 %d %s\r\n\r\n" % (event.status, event.reason))
+            event = await _up_next(up)
 
     async def _forward_response(
         self,
         c: _Client,
         up: UpstreamConnection,
-        response: h11.Response,
-        prepared: Any,
+        response: ResponseHead,
+        prepared: PreparedRequest,
         ex: _Exchange,
     ) -> _Done:
-        close = self.draining
+        """Send the response head and stream its body to the app.
+
+        Head and body go out in one write when the upstream sent them together
+        (the usual small response); otherwise one write per read from the
+        upstream, before waiting for more. ``request_timeout`` bounds each
+        silence of the upstream, not the body's total time.
+        """
+        http11 = c.keep_alive  # keep-alive implies HTTP/1.1; an HTTP/1.0 app gets close-delimited
+        framing = response.framing
+        reframe = framing == Framing.CHUNKED or framing == Framing.CLOSE
+        close = self.draining or not c.keep_alive or not c.request_done
         headers = prepare_response_headers(
-            list(response.headers),
+            response.headers,
             request_id=prepared.request_id,
             request_id_header=self._rid_header,
-            close=close,
+            close=close or (reframe and not http11),
         )
-        # Head, body chunks and end go out together when the upstream sent them
-        # together: one write per burst instead of one per event.
-        c.queue(
-            h11.Response(status_code=response.status_code, headers=headers, reason=response.reason)
-        )
+        if reframe and http11:
+            headers.append((b"transfer-encoding", b"chunked"))
+        elif reframe:
+            close = True
+        c.responded = True
+        out = [response_head(response.status, response.reason, headers)]
+        size = 0
+        reader = up.reader
         timeout = self.settings.request_timeout
-        # One scope for the whole body; its deadline moves before each wait on
-        # the network, so it bounds silence, not the body's total time.
-        silence = trio.CancelScope(deadline=trio.current_time() + timeout)
-
-        async def before_wait() -> None:
-            await c.flush()
-            silence.deadline = trio.current_time() + timeout
-
         failure = ""
-        with silence:
-            while True:
-                try:
-                    event = await _up_next(up, before_wait)
-                except _UpstreamBroken as exc:
-                    failure = str(exc)
+        while True:
+            event = reader.next_event()
+            if event is None:
+                # Nothing parsed is left: send what we have, then wait for the upstream.
+                if out:
+                    await c.send(b"".join(out))
+                    out.clear()
+                    size = 0
+                with trio.move_on_after(timeout) as silence:
+                    try:
+                        data = await up.transport.recv()
+                    except TransportBroken as exc:
+                        failure = f"upstream connection broken: {exc}"
+                        break
+                if silence.cancelled_caught:
+                    failure = "upstream body timeout"
                     break
-                # Writes to the app are not the upstream's silence: unbounded here.
-                silence.deadline = math.inf
-                if isinstance(event, h11.Data):
-                    ex.bytes_out += len(event.data)
-                    c.queue(h11.Data(data=event.data))
-                    if len(c._out) >= CHUNK:
-                        await c.flush()
-                elif isinstance(event, h11.EndOfMessage):
-                    await c.send(h11.EndOfMessage())
-                    keep = c.conn.our_state is h11.DONE and not self.draining
-                    return _Done(response.status_code, keep)
-                else:
-                    failure = f"unexpected upstream event {type(event).__name__}"
-                    break
-                silence.deadline = trio.current_time() + timeout
-        if silence.cancelled_caught:
-            failure = "upstream body timeout"
+                reader.feed(data)
+                continue
+            if type(event) is bytes:
+                ex.bytes_out += len(event)
+                out.append(frame_chunk(event) if reframe and http11 else event)
+                size += len(event)
+                if size >= CHUNK:
+                    await c.send(b"".join(out))
+                    out.clear()
+                    size = 0
+            elif event is END:
+                if reframe and http11:
+                    out.append(LAST_CHUNK)
+                await c.send(b"".join(out))
+                return _Done(response.status, not close)
+            else:
+                failure = (
+                    event.reason if isinstance(event, ProtocolError) else "upstream closed mid-body"
+                )
+                break
         # Mid-body: the app must see a broken response, not a short one.
         ex.reasons.append(failure)
+        if out:
+            with contextlib.suppress(_ClientGone):
+                await c.send(b"".join(out))
         abort_stream(c.stream)
-        return _Done(response.status_code, False, "upstream_reset")
+        return _Done(response.status, False, "upstream_reset")
 
     async def _tunnel(
         self,
         c: _Client,
         up: UpstreamConnection,
-        switch: h11.InformationalResponse,
-        prepared: Any,
+        switch: ResponseHead,
+        prepared: PreparedRequest,
         ex: _Exchange,
     ) -> _Done:
         """101 from upstream: answer the app with 101, then relay raw bytes both ways."""
-        if not prepared.upgrade or c.conn.their_state is not h11._state.MIGHT_SWITCH_PROTOCOL:
+        if not prepared.upgrade or not c.reader.switched or not up.reader.switched:
             abort_stream(c.stream)
             ex.reasons.append("upstream switched protocols unasked")
             return _Done(502, False, "upstream_error")
         headers = prepare_response_headers(
-            list(switch.headers),
+            switch.headers,
             request_id=prepared.request_id,
             request_id_header=self._rid_header,
             switching=True,
         )
-        await c.send(
-            h11.InformationalResponse(status_code=101, headers=headers, reason=switch.reason)
-        )
-        client_rest, _ = c.conn.trailing_data
-        upstream_rest, _ = up.conn.trailing_data
+        c.responded = True
+        client_rest = c.reader.trailing
+        upstream_rest = up.reader.trailing
         try:
-            if upstream_rest:
-                await c.stream.send_all(upstream_rest)
+            await c.send(response_head(101, switch.reason, headers) + upstream_rest)
             if client_rest:
-                await up.stream.send_all(client_rest)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+                await up.transport.send(client_rest)
+        except (_ClientGone, TransportBroken):
             return _Done(101, False, "tunnel_reset")
         client_stream = c.stream
         if not isinstance(client_stream, trio.abc.HalfCloseableStream):
             return _Done(101, False, "tunnel_unsupported")
-        counters = RelayCounters(bytes_in=len(client_rest), bytes_out=len(upstream_rest))
+        counters = c.transport.counters or RelayCounters()
+        in0, out0 = counters.bytes_in, counters.bytes_out
         result = await relay(client_stream, up.stream, counters)
-        ex.bytes_in, ex.bytes_out = counters.bytes_in, counters.bytes_out
+        ex.bytes_in = len(client_rest) + counters.bytes_in - in0
+        ex.bytes_out = len(upstream_rest) + counters.bytes_out - out0
         return _Done(101, False, f"tunnel_{result.outcome}")
 
 
@@ -952,8 +1011,20 @@ class _NoNursery:
 
 
 _NO_NURSERY = _NoNursery()
+#: ``body_done`` of a request without a body: already set (waiting on it only checkpoints).
+_SENT = trio.Event()
+_SENT.set()
 
 
-async def serve_http_client(stream: trio.abc.Stream, ctx: HttpProxy, client: str = "?") -> None:
-    """The listener's entry point for ``protocol = "http"``: serve one accepted connection."""
-    await ctx.serve_client(stream, client)
+async def serve_http_client(
+    stream: trio.abc.Stream,
+    ctx: HttpProxy,
+    client: str = "?",
+    counters: RelayCounters | None = None,
+) -> None:
+    """The listener's entry point for ``protocol = "http"``: serve one accepted connection.
+
+    ``counters``: the listener's per-connection ``RelayCounters`` (bytes read
+    from / written to the app), so HTTP traffic shows in ``ambassador_*_bytes_total``.
+    """
+    await ctx.serve_client(stream, client, counters)

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -214,6 +215,26 @@ prod = ["127.0.0.1:{upstreams["prod"].port}"]
     assert upstreams["prod"].requests("/after-switch")
     assert not dev.requests("/after-switch")
 
+    # The client side's bytes, heads included, land in the listener's byte
+    # counters once the connection ends (exact: one raw connection alone).
+    def byte_totals() -> tuple[float, float]:
+        now = metrics(admin)
+        return tuple(  # type: ignore[return-value]
+            sample(now, name, listener="api", env="prod")
+            for name in ("ambassador_received_bytes_total", "ambassador_sent_bytes_total")
+        )
+
+    before = byte_totals()
+    request = b"GET /raw HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        raw.sendall(request)
+        response = b""
+        while chunk := raw.recv(65536):
+            response += chunk
+    assert response.startswith(b"HTTP/1.1 200") and response.endswith(b"prod /raw")
+    expected = (before[0] + len(request), before[1] + len(response))
+    wait_until(lambda: byte_totals() == expected, what=f"byte counters at {expected}")
+
     values = metrics(admin)
     dev_2xx = sample(
         values,
@@ -234,7 +255,7 @@ prod = ["127.0.0.1:{upstreams["prod"].port}"]
             method="GET",
             code_class="2xx",
         )
-        == 1
+        == 2  # /after-switch, /raw
     )
     assert sample(values, "ambassador_http_retries_total", listener="api", env="dev") == 1
     assert (

@@ -9,6 +9,7 @@ checks what crossed the proxy in both directions:
     /fail-once     503 the first time, then 200
     /drop-once     closes the connection without answering the first time, then 200
     /error         500 every time
+    /close-after   200 saying keep-alive, then closes the connection (a stale pooled one)
     /garbage       bytes that are not HTTP
     /truncate      a response head promising 100 bytes, 7 bytes, then close
     /continue      honours Expect: 100-continue, then echoes the body size
@@ -55,6 +56,8 @@ class Upstream:
     hits: dict[str, int] = field(default_factory=dict)
     #: Answer every request with this status (a broken backend).
     always: int | None = None
+    #: Set when this upstream closes a connection (replace it to wait for the next).
+    closed: trio.Event = field(default_factory=trio.Event)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -161,13 +164,14 @@ async def upstream_handler(up: Upstream, stream: trio.abc.Stream) -> None:
                 )
                 await _send(stream, conn, h11.Data(data=body))
                 await _send(stream, conn, h11.EndOfMessage())
-            if conn.our_state is h11.MUST_CLOSE:
+            if conn.our_state is h11.MUST_CLOSE or url.path == "/close-after":
                 return
             conn.start_next_cycle()
     except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
         return
     finally:
         await trio.aclose_forcefully(stream)
+        up.closed.set()
 
 
 @asynccontextmanager
@@ -772,3 +776,144 @@ async def test_wrk_concurrent_keepalive_clients() -> None:
         assert await px.metric("ambassador_http_pool_connections", state="active") == 0
         ep = px.cluster.endpoint(up.address)
         assert ep is not None and ep.active == 0
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 40\r\n\r\nabc",
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+        b"GET /echo HTTP/1.1\r\nHost: a\r\nX-A: b\r\n folded\r\n\r\n",
+        b"GET /echo HTTP/1.1\nHost: a\n\n",
+    ],
+    ids=["CL+TE", "duplicate CL", "TE not ending chunked", "obs-fold", "bare LF"],
+)
+async def test_smuggling_attempts_are_400_and_never_reach_the_upstream(raw: bytes) -> None:
+    async with running_upstream() as up, running_proxy([up.address]) as px:
+        client = await Client.connect(px.port)
+        await client.stream.send_all(raw)
+        resp, body = await client.response()
+        assert resp.status_code == 400
+        assert json.loads(body) == {"error": "malformed request", "status": 400, "request_id": ""}
+        assert header(resp, "connection") == "close"
+        assert await client.stream.receive_some(100) == b""  # closed after the 400
+        await client.aclose()
+        assert up.requests == []
+
+
+async def test_head_request_then_keepalive() -> None:
+    """A HEAD response has no body whatever its Content-Length says; the client connection goes on.
+
+    (This upstream closes after a HEAD: h11 refuses the body it tries to send.)
+    """
+    async with running_upstream() as up, running_proxy([up.address]) as px:
+        client = await Client.connect(px.port)
+        await client.send(
+            h11.Request(method="HEAD", target="/echo", headers=[("host", "a")]), h11.EndOfMessage()
+        )
+        resp, body = await client.response()
+        assert resp.status_code == 200 and body == b""
+        assert int(header(resp, "content-length") or 0) > 0
+        resp, body = await client.get("/echo")
+        assert resp.status_code == 200 and json.loads(body)["method"] == "GET"
+        assert [r["method"] for r in up.requests] == ["HEAD", "GET"]
+        await client.aclose()
+
+
+async def test_client_bytes_are_counted_when_asked() -> None:
+    from ambassador.relay import RelayCounters
+
+    async with running_upstream() as up, running_proxy([up.address]) as px:
+        app, proxy_side = trio.testing.memory_stream_pair()
+        counters = RelayCounters()
+        request = b"POST /echo HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\n\r\nhello"
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(px.proxy.serve_client, proxy_side, "mem", counters)
+            await app.send_all(request)
+            response = b""
+            while b"}" not in response:
+                response += await app.receive_some(65536)
+            await app.send_eof()
+        assert counters.bytes_in == len(request)
+        assert counters.bytes_out == len(response)
+        assert json.loads(response.split(b"\r\n\r\n", 1)[1])["body_size"] == 5
+
+
+def test_access_log_fast_path_writes_what_log_event_writes() -> None:
+    """The access log's own writer and ``log_event`` (python-json-logger) give the same line."""
+    import io
+    import logging
+
+    from ambassador.http.accesslog import AccessLog
+    from sidecar_common.jsonlog import log_event
+
+    def logger(name: str) -> tuple[logging.Logger, io.StringIO]:
+        out = io.StringIO()
+        handler = logging.StreamHandler(out)
+        handler.setFormatter(JsonFormatter())
+        lg = logging.getLogger(name)
+        lg.handlers = [handler]
+        lg.propagate = False
+        lg.setLevel(logging.INFO)
+        return lg, out
+
+    fields: dict[str, Any] = {
+        "listener": "api",
+        "env": "dev",
+        "method": "GET",
+        "path": "/x?y=1",
+        "status": 200,
+        "duration": 0.001234,
+        "bytes_in": 0,
+        "upstream": "127.0.0.1:80",
+        "reason": "",
+    }
+    fast, fast_out = logger("test.access.fast")
+    slow, slow_out = logger("test.access.slow")
+    access = AccessLog(fast)
+    access.request(**fields)
+    access.flush()
+    log_event(slow, "request", **fields)
+    a, b = json.loads(fast_out.getvalue()), json.loads(slow_out.getvalue())
+    assert fast_out.getvalue().count("\n") == 1
+    assert a.pop("time")[:16] == b.pop("time")[:16]
+    assert a.pop("logger") == "test.access.fast" and b.pop("logger") == "test.access.slow"
+    assert a == b
+    # Non-ASCII (python-json-logger escapes it) goes through log_event itself.
+    access.request(**{**fields, "path": "/caf\u00e9"})
+    assert json.loads(fast_out.getvalue().splitlines()[1])["path"] == "/caf\u00e9"
+
+
+async def test_a_stale_pooled_connection_costs_a_retry_or_a_peek_never_an_error() -> None:
+    """Reuse without the MSG_PEEK check only where a reset is retried transparently.
+
+    The upstream closes each connection right after a keep-alive answer: a
+    GET without a body within a second reuses the dead connection unchecked
+    and is retried on a new one; a POST is checked first and goes straight to
+    a new connection. Both get their 200.
+    """
+    async with running_upstream() as up, running_proxy([up.address]) as px:
+        client = await Client.connect(px.port)
+        for method, retries in (("GET", 1.0), ("POST", 0.0)):
+            up.closed = trio.Event()
+            resp, _ = await client.get("/close-after")
+            assert resp.status_code == 200
+            await up.closed.wait()  # the pooled connection is dead now
+            before = await px.metric("ambassador_http_retries_total")
+            body = b"hi" if method == "POST" else b""
+            await client.send(
+                h11.Request(
+                    method=method,
+                    target="/echo",
+                    headers=[("host", "a"), ("content-length", str(len(body)))],
+                ),
+                h11.Data(data=body),
+                h11.EndOfMessage(),
+            )
+            resp, body = await client.response()
+            assert resp.status_code == 200, body
+            assert json.loads(body)["method"] == method
+            assert await px.metric("ambassador_http_retries_total") - before == retries
+        await client.aclose()
