@@ -27,7 +27,7 @@ _FIELD_NAME = re.compile(r"[A-Za-z_@][\w-]*(?:\.[A-Za-z_][\w-]*)*")
 # Fields the pipeline computes itself: a static value there would be overwritten or confuse readers.
 _RESERVED = frozenset({"@timestamp", "message", "log.level", "ecs.version", "event.original"})
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(?:-.*)?")
-_HEX = frozenset("0123456789abcdef")
+_HEX_DIGITS = "0123456789abcdef"
 
 
 def kubernetes_fields(environ: Mapping[str, str]) -> dict[str, str]:
@@ -79,7 +79,13 @@ def lift_trace(partial: dict[str, Any]) -> None:
                 labels["traceparent"] = tp
     for key in ("trace.id", "span.id"):
         value = partial.get(key)
-        if isinstance(value, str) and not _HEX.issuperset(value):
-            lowered = value.lower()
-            if _HEX.issuperset(lowered):
-                partial[key] = lowered
+        if isinstance(value, str):
+            partial[key] = hex_id(value)
+
+
+def hex_id(value: str) -> str:
+    """A trace or span id in lower case when it is hex in any case; else as it was."""
+    if not value.strip(_HEX_DIGITS):
+        return value
+    lowered = value.lower()
+    return value if lowered.strip(_HEX_DIGITS) else lowered

@@ -190,36 +190,62 @@ class _Shapes:
     def _compile(self, keys: tuple[str, ...]) -> Any:
         if len(keys) > _FIELDS_MAX:
             return None
-        paths = [_path(k) for k in keys]
-        heads = {p[0] for p in paths if len(p) > 1}
-        singles = {p[0] for p in paths if len(p) == 1}
-        if singles & (heads | {"@timestamp", "ecs", "log", "message"}) or heads & {
-            "@timestamp",
-            "message",
-        }:
+        display = ecs_display(
+            keys, [f"v{i}" for i in range(len(keys))], level=self.level, message=self.message
+        )
+        if display is None:
             return None
-        # Lay the document out as _to_ecs would, on placeholders; give up on any collision.
-        doc: dict[str, Any] = {"@timestamp": _Var("ts")}
-        if self.level:
-            doc["log"] = {"level": _Var("level")}
-        if self.message:
-            doc["message"] = _Var("message")
-        doc["ecs"] = {"version": ECS_VERSION}
-        for i, path in enumerate(paths):
-            node = doc
-            for part in path[:-1]:
-                nxt = node.setdefault(part, {})
-                if not isinstance(nxt, dict):
-                    return None
-                node = nxt
-            if path[-1] in node:
-                return None
-            node[path[-1]] = _Var(f"v{i}")
         args = ", ".join(["ts", "level", "message", *(f"v{i}" for i in range(len(keys)))])
-        source = f"def build({args}):\n    return {_render(doc)}\n"
+        source = f"def build({args}):\n    return {display}\n"
         namespace: dict[str, Any] = {}
         exec(compile(source, "<adapter.schema shape>", "exec"), namespace)
         return namespace["build"]
+
+
+def ecs_display(
+    keys: tuple[str, ...] | list[str],
+    values: list[str],
+    *,
+    level: bool,
+    message: bool,
+    ts: str = "ts",
+    level_value: str = "level",
+    message_value: str = "message",
+) -> str | None:
+    """Python source of the ECS document of flat ``keys`` as one dict display, or None.
+
+    ``values`` (and ``ts``, ``level_value``, ``message_value``) are the source of each
+    value, e.g. an argument name. None when names could collide (a name that is a prefix
+    of another, one landing on a value the document already has): such fields need the
+    checks of :func:`_to_ecs`. Otherwise the display builds the same document, in the
+    same key order, as :func:`_to_ecs` does on those fields.
+    """
+    paths = [_path(k) for k in keys]
+    heads = {p[0] for p in paths if len(p) > 1}
+    singles = {p[0] for p in paths if len(p) == 1}
+    if singles & (heads | {"@timestamp", "ecs", "log", "message"}) or heads & {
+        "@timestamp",
+        "message",
+    }:
+        return None
+    # Lay the document out as _to_ecs would, on placeholders; give up on any collision.
+    doc: dict[str, Any] = {"@timestamp": _Var(ts)}
+    if level:
+        doc["log"] = {"level": _Var(level_value)}
+    if message:
+        doc["message"] = _Var(message_value)
+    doc["ecs"] = {"version": ECS_VERSION}
+    for path, value in zip(paths, values, strict=True):
+        node = doc
+        for part in path[:-1]:
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                return None
+            node = nxt
+        if path[-1] in node:
+            return None
+        node[path[-1]] = _Var(value)
+    return _render(doc)
 
 
 def _render(node: Any) -> str:

@@ -98,6 +98,7 @@ class TimestampParser:
         self._year: tuple[float, float, int] = (0.0, 0.0, 0)  # [start, end) of wall's year
         self._apache: dict[str, int] = {}
         self._heads: dict[str, tuple[int, int]] = {}  # ISO head -> (seconds if UTC, if in the zone)
+        self._canonical: dict[str, bool] = {}  # ISO head -> already RFC 3339 output (see below)
 
     # -- calendar ---------------------------------------------------------------------------
     def civil(
@@ -385,15 +386,44 @@ class TimestampParser:
             ns = int(whole) * NS + _fraction_ns(frac)
         return ns, m.end()
 
+    def rfc3339_value(self, value: object, wall: float) -> str | None:
+        """``format_rfc3339(parse_value(value, wall))``, None when it is no timestamp.
+
+        A value already written as ``yyyy-MM-ddTHH:mm:ss.SSSZ`` is its own output once its
+        date-and-seconds head is known to be (a real date, no leap second): most JSON
+        loggers write exactly that, so most lines skip both the parse and the format.
+        """
+        if type(value) is str and len(value) == 24 and value[23] == "Z" and value[19] == ".":
+            ms = value[20:23]
+            if ms.isascii() and ms.isdigit():
+                head = value[:19]
+                known = self._canonical.get(head)
+                if known:
+                    return value
+                if known is None:
+                    ns = self.parse_value(value, wall)
+                    if ns is None:
+                        return None
+                    out = format_rfc3339(ns)
+                    if len(self._canonical) >= _CACHE_MAX:
+                        self._canonical.clear()
+                    self._canonical[head] = out == value
+                    return out
+        ns = self.parse_value(value, wall)
+        return None if ns is None else format_rfc3339(ns)
+
     def parse_value(self, value: object, wall: float) -> int | None:
         """A timestamp field's value from structured input (JSON, logfmt): string or number.
 
         Numbers are epoch seconds, milliseconds, microseconds or nanoseconds by magnitude.
         """
         if type(value) is str:
-            if value.isdigit() and len(value) in (10, 13, 16, 19):
+            if value[4:5] == "-" and value[:1].isdigit():  # ISO 8601, as parse_leading would
+                found = self.parse_iso(value)
+            elif value.isdigit() and len(value) in (10, 13, 16, 19):
                 return self.parse_value(int(value), wall)
-            found = self.parse_leading(value, wall) if value else None
+            else:
+                found = self.parse_leading(value, wall) if value else None
             return None if found is None else found[0]
         if isinstance(value, bool):
             return None
@@ -426,8 +456,25 @@ def _head(tm: time.struct_time) -> str:
     return f"{date}T{tm.tm_hour:02d}:{tm.tm_min:02d}:{tm.tm_sec:02d}"
 
 
+_last: tuple[int, str] = (-1, "")
+
+
 def format_rfc3339(ns: int) -> str:
-    """RFC 3339 in UTC with as many fraction digits as needed (ms, µs or ns)."""
+    """RFC 3339 in UTC with as many fraction digits as needed (ms, µs or ns).
+
+    The last result is kept: lines of a log with whole-second times (access logs,
+    syslog) repeat it many times in a row.
+    """
+    global _last
+    last = _last
+    if ns == last[0]:
+        return last[1]
+    out = _format(ns)
+    _last = (ns, out)
+    return out
+
+
+def _format(ns: int) -> str:
     secs, frac = divmod(ns, NS)
     head = _HEADS.get(secs)
     if head is None:

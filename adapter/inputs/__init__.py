@@ -7,7 +7,7 @@ and two files never share a pending multiline record.
 
 The dispatcher owns the only timer: ``run_timer`` sleeps until the earliest
 ``next_deadline()`` of all pipelines (a cancel scope, re-armed whenever a feed
-may have moved it) and then polls, so a record waiting for a possible
+moves it earlier) and then polls, so a record waiting for a possible
 continuation line leaves after the flush timeout, not when the next line comes.
 Writes to the output go through a FIFO lock, so records leave in the order
 they were completed even while the output applies backpressure.
@@ -18,13 +18,13 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import trio
 
-from ..lines import Line, LineSplitter
+from ..lines import Lines, LineSplitter
 from ..outputs import Output, Record
 
 __all__ = ["Dispatcher", "PipelineLike", "PipelineTotals", "Source"]
@@ -43,6 +43,17 @@ class PipelineLike(Protocol):
         now: float,
         wall: float,
         truncated: bool = False,
+        origin: str | None = None,
+    ) -> list[Record]: ...
+
+    def feed_lines(
+        self,
+        lines: list[bytes],
+        *,
+        stream: str = "stdout",
+        now: float,
+        wall: float,
+        truncated: Collection[int] = (),
         origin: str | None = None,
     ) -> list[Record]: ...
 
@@ -122,6 +133,7 @@ class Dispatcher:
         self._retired_lines: dict[str, int] = {}
         self._retired_truncated = 0
         self._changed = trio.Event()
+        self._armed = math.inf  # the deadline the timer sleeps until
         self._write_lock = trio.Lock()
         self._backlog: deque[Record] = deque()
 
@@ -146,7 +158,7 @@ class Dispatcher:
         The tail input passes ``partial=False`` at exit: an unterminated last
         line is left for the next start (its offset is not checkpointed past it).
         """
-        lines = source.splitter.eof() if partial else []
+        lines = source.splitter.eof() if partial else Lines()
         records: list[Record] = []
         await self._lines(source, lines, records, flush=True)
         if source in self.sources:
@@ -163,26 +175,27 @@ class Dispatcher:
         await self._write(None, [])
 
     async def _lines(
-        self, source: Source, lines: list[Line], records: list[Record], *, flush: bool = False
+        self, source: Source, lines: Lines, records: list[Record], *, flush: bool = False
     ) -> None:
         pipeline = source.pipeline
-        if lines:
-            now = trio.current_time()
-            wall = self._wall()
-            stream = source.stream
-            for line in lines:
-                records += pipeline.feed(
-                    line.data,
-                    stream=stream,
-                    now=now,
-                    wall=wall,
-                    truncated=line.truncated,
-                    origin=source.path,
-                )
-            source.lines += len(lines)
+        if lines.data:
+            # The whole read in one call: the pipeline loops over the lines itself.
+            records += pipeline.feed_lines(
+                lines.data,
+                stream=source.stream,
+                now=trio.current_time(),
+                wall=self._wall(),
+                truncated=lines.truncated,
+                origin=source.path,
+            )
+            source.lines += len(lines.data)
         if flush:
             records += pipeline.flush()
-        self._changed.set()
+        # Wake the timer only when its sleep is now too long (not on every read): a later
+        # or vanished deadline just makes it wake once for nothing and sleep again.
+        deadline = pipeline.next_deadline()
+        if deadline is not None and deadline < self._armed:
+            self._changed.set()
         await self._write(source, records)
 
     async def _write(self, source: Source | None, records: list[Record]) -> None:
@@ -217,7 +230,8 @@ class Dispatcher:
         task_status.started()
         while True:
             self._changed = trio.Event()
-            with trio.move_on_at(self.next_deadline()):
+            self._armed = self.next_deadline()
+            with trio.move_on_at(self._armed):
                 await self._changed.wait()
                 continue  # a feed may have moved the deadline: re-arm
             now = trio.current_time()

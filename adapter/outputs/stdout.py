@@ -4,13 +4,15 @@ No batching window: ``write`` appends the encoded lines to a pending buffer
 and wakes the writer task, which writes whatever is pending in one system
 call. Under load the buffer naturally coalesces many records per write (the
 writer is busy while more arrive); when idle, a single record goes out at
-once. The write itself runs in a worker thread so a slow reader downstream
-never stalls the event loop (and with it the admin server); a full pending
-buffer makes ``write`` wait, which is the backpressure the app's pipe feels.
+once. The write never blocks the event loop (see :func:`fd_sink`), so a slow
+reader downstream never stalls it (and with it the admin server); a full
+pending buffer makes ``write`` wait, which is the backpressure the app's pipe
+feels.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Awaitable, Callable
 
@@ -26,18 +28,42 @@ Sink = Callable[[bytes], Awaitable[None]]
 MAX_PENDING_BYTES = 1 << 20
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
 
 
+# Errors of a descriptor that cannot be written without blocking (a regular file, a terminal
+# on some kernels): written from a worker thread instead.
+_NO_NOWAIT = frozenset({errno.EOPNOTSUPP, errno.EINVAL, errno.ESPIPE, errno.ENOSYS})
+
+
 def fd_sink(fd: int) -> Sink:
-    """A sink writing to file descriptor ``fd`` from a worker thread."""
+    """A sink writing to file descriptor ``fd`` without ever blocking the event loop.
+
+    A pipe or socket (what stdout is under a container runtime or ``| next``) is written
+    with ``RWF_NOWAIT``, waiting for it to become writable in trio when it is full: no
+    thread, no change to the descriptor's flags (which other processes may share). A
+    descriptor that does not support that is written from a worker thread.
+    """
+    nowait = hasattr(os, "RWF_NOWAIT")
 
     async def sink(data: bytes) -> None:
+        nonlocal nowait
+        view = memoryview(data)
         try:
-            await trio.to_thread.run_sync(_write_all, fd, data)
+            while view and nowait:
+                try:
+                    view = view[os.pwritev(fd, [view], -1, os.RWF_NOWAIT) :]
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(fd)
+                except OSError as exc:
+                    if exc.errno not in _NO_NOWAIT:
+                        raise
+                    nowait = False
+            if view:
+                await trio.to_thread.run_sync(_write_all, fd, view)
         except OSError as exc:  # EPIPE: the reader went away; nothing more can be written
             raise OutputError(f"cannot write to fd {fd}: {exc.strerror or exc}") from exc
 
@@ -69,10 +95,13 @@ class StdoutOutput:
     async def write(self, records: list[Record]) -> None:
         if not records:
             return
+        # Appended one by one: each encoded line is freed at once. (Joining them first held a
+        # read's worth of small objects at the same time: +4 MB of peak RSS on short lines.)
         encode = self._encode
+        pending = self._pending
         for record in records:
-            self._pending += encode(record)
-            self._pending += b"\n"
+            pending += encode(record)
+            pending += b"\n"
         self._pending_records += len(records)
         self.stats.queued = self._pending_records + self._writing
         self._wakeup.set()

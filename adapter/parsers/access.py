@@ -33,6 +33,28 @@ def looks_like_ip(host: str) -> bool:
     return ":" in host and all(ch in "0123456789abcdefABCDEF:." for ch in host)
 
 
+# Request lines repeat (health checks, static assets, the same API calls): their parts are
+# kept, up to this many distinct request lines.
+_REQUESTS_MAX = 4096
+_requests: dict[str, tuple[str, str, str, str | None, str | None] | None] = {}
+
+
+def _request(request: str) -> tuple[str, str, str, str | None, str | None] | None:
+    """(method, target, path, query, HTTP version) of a request line, None if it is none."""
+    rm = _REQUEST.fullmatch(request)
+    if rm is None:
+        parts = None
+    else:
+        method, target, version = rm.groups()
+        q = target.find("?")
+        path, query = (target[:q], target[q + 1 :]) if q >= 0 else (target, None)
+        parts = (method, target, path, query, None if version is None else version[5:])
+    if len(_requests) >= _REQUESTS_MAX:
+        _requests.clear()
+    _requests[request] = parts
+    return parts
+
+
 def parse(text: str, ctx: ParseContext) -> Partial | None:
     """One access-log line, or None."""
     m = ACCESS.fullmatch(text)
@@ -43,25 +65,25 @@ def parse(text: str, ctx: ParseContext) -> Partial | None:
     if ns is None:
         return None
     out: Partial = {"@timestamp": ns, "message": text, "source.address": host}
-    if looks_like_ip(host):
+    if host[:1].isdigit():  # looks_like_ip's common case, inline
+        if (host.replace(".", "").isdigit() and host.count(".") == 3) or ":" in host:
+            out["source.ip"] = host
+    elif looks_like_ip(host):
         out["source.ip"] = host
     if user != "-":
         out["user.name"] = user
     if ident != "-":
         out["labels"] = {"ident": ident}
-    rm = _REQUEST.fullmatch(request)
-    if rm is not None:
-        method, target, version = rm.groups()
+    parts = _requests[request] if request in _requests else _request(request)
+    if parts is not None:
+        method, target, path, query, version = parts
         out["http.request.method"] = method
         out["url.original"] = target
-        q = target.find("?")
-        if q >= 0:
-            out["url.path"] = target[:q]
-            out["url.query"] = target[q + 1 :]
-        else:
-            out["url.path"] = target
+        out["url.path"] = path
+        if query is not None:
+            out["url.query"] = query
         if version is not None:
-            out["http.version"] = version[5:]
+            out["http.version"] = version
     elif request and request != "-":
         out["url.original"] = request
     if status != "-":

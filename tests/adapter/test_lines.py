@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,7 +21,7 @@ def split_all(chunks: list[bytes], limit: int = 16) -> list[Line]:
     return out
 
 
-def as_tuples(lines: list[Line]) -> list[tuple[bytes, bool, bytes]]:
+def as_tuples(lines: Iterable[Line]) -> list[tuple[bytes, bool, bytes]]:
     return [(line.data, line.truncated, line.eol) for line in lines]
 
 
@@ -141,3 +143,29 @@ def test_truncated_exactly_when_longer_than_limit(lines: list[bytes]) -> None:
             rebuilt.append(current)
             current = b""
     assert rebuilt == lines
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    data=_bytes,
+    cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=12),
+    limit=st.integers(min_value=16, max_value=40),
+)
+def test_a_batch_holds_its_lines(data: bytes, cuts: list[int], limit: int) -> None:
+    """Lines keeps the bytes in one list (what the pipeline takes) and the marks beside it."""
+    splitter = LineSplitter(limit)
+    for chunk in _chunked(data, cuts):
+        batch = splitter.feed(chunk)
+        lines = list(batch)
+        assert batch.data == [line.data for line in lines]
+        assert batch.truncated == {i for i, line in enumerate(lines) if line.truncated}
+        assert len(batch) == len(lines)
+        assert [batch[i] for i in range(-len(lines), len(lines))] == lines + lines
+        assert batch[1:] == lines[1:]
+
+
+def test_whole_lines_take_the_fast_path_and_keep_their_bytes() -> None:
+    batch = LineSplitter(16).feed(b"one\ntwo\n\nthree")
+    assert batch.data == [b"one", b"two", b""] and not batch.truncated and not batch.eols
+    with pytest.raises(IndexError):
+        batch[3]

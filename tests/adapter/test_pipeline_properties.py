@@ -137,3 +137,38 @@ def test_every_parser_survives_any_text(data: bytes) -> None:
         assert result is None or isinstance(result, dict)
     fmt, partial, _ = detect_parse(text, ctx)
     assert isinstance(partial, dict) and fmt
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    lines=lines,
+    fmt=st.sampled_from(["auto", "json", "access", "plain", "cri"]),
+    truncated=st.sets(st.integers(0, 24), max_size=3),
+    static=st.booleans(),
+)
+def test_a_batch_gives_what_its_lines_give_one_by_one(
+    lines: list[bytes], fmt: str, truncated: set[int], static: bool
+) -> None:
+    """feed_lines (what the shell calls per read) is feed, line after line, in one call."""
+
+    def make() -> Pipeline:
+        return Pipeline(
+            PipelineConfig(
+                format=fmt,
+                keep_original=True,
+                static_fields={"service.name": "svc"} if static else {},
+                environ={"POD_NAME": "p"},
+            )
+        )
+
+    # Each line three times over, so the compiled builders of repeated layouts take part.
+    lines = [line for line in lines for _ in range(3)]
+    one, batch = make(), make()
+    expected: list[dict[str, Any]] = []
+    for i, line in enumerate(lines):
+        expected += one.feed(line, now=1.0, wall=1_767_225_600.0, truncated=i in truncated)
+    expected += one.flush()
+    got = batch.feed_lines(lines, now=1.0, wall=1_767_225_600.0, truncated=truncated)
+    got += batch.flush()
+    assert [encode_json(r) for r in got] == [encode_json(r) for r in expected]
+    assert vars(batch.stats) == vars(one.stats)
