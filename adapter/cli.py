@@ -1,8 +1,11 @@
 """Command line of the adapter sidecar: ``adapter run [options] [-- CMD ARGS...]``.
 
-The command only gathers flags, loads the settings (flags > ``ADAPTER_*``
-environment > ``--config`` TOML file > defaults) and calls ``app.run``. Every
-option defaults to None so that "not given" falls through to the next source.
+The command only gathers flags, loads and validates the settings (flags >
+``ADAPTER_*`` environment > ``--config`` TOML file > defaults), then execs the
+serving process ``adapter.serve`` (same PID, without typer, pydantic, rich and
+click in memory; see there). It must not read stdin nor start the wrapped
+command: both are the serving process's. Every option defaults to None so
+that "not given" falls through to the next source.
 """
 
 from __future__ import annotations
@@ -15,9 +18,7 @@ import typer
 
 from sidecar_common.cli import run_app
 from sidecar_common.errors import ConfigError
-from sidecar_common.jsonlog import setup_logging
 
-from . import app as adapter_app
 from .config import AdapterSettings, load
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
@@ -83,8 +84,11 @@ def run(
     settings = load(values, config_file=config)
     if cmd and settings.tail:
         raise ConfigError("--tail", ",".join(settings.tail), "either --tail or a command, not both")
-    setup_logging(settings.log_level)
-    raise typer.Exit(adapter_app.run(settings, cmd))
+    # Valid: become the lean serving process (same PID, stdin unread, the
+    # command not started yet). Logging is set up there.
+    from .serve import become_server
+
+    become_server(settings, cmd)
 
 
 @app.command()
