@@ -658,7 +658,9 @@ def main(argv: list[str] | None = None) -> int:
                     proxy, ps = STARTERS[v](backends, workdir)
                     running[v] = proxy
                     procs += ps
-                time.sleep(1.0)
+                # Idle means settled: the sidecars give start-up's freed heap back
+                # 2 s after they start (leanexec.trim_after_start).
+                time.sleep(3.0)
                 for v, proxy in running.items():
                     if proxy.pid is not None:
                         memory[v] = {"idle": rss_kib(proxy.pid) / 1024}
