@@ -250,12 +250,21 @@ async def serve(settings: AdapterSettings, command: list[str]) -> int:
                 await nursery.start(output.run)
                 await nursery.start(dispatcher.run_timer)
                 if settings.admin is not None:
-                    from sidecar_common.admin import AdminApp, serve_admin
+                    from sidecar_common.admin import AdminApp, AdminError, serve_admin
 
                     admin = AdminApp(registry, ready=state.ready)
-                    port = await nursery.start(
-                        serve_admin, admin, settings.admin.host, settings.admin.port
-                    )
+                    try:
+                        port = await nursery.start(
+                            serve_admin, admin, settings.admin.host, settings.admin.port
+                        )
+                    except AdminError as exc:
+                        # A port in use is the operator's to fix: one line, exit 2
+                        # (as the ambassador and the watcher say it).
+                        raise ConfigError(
+                            "--admin",
+                            f"{settings.admin.host}:{settings.admin.port}",
+                            f"an address we can listen on; {exc}",
+                        ) from None
                     log_event(log, "admin server listening", host=settings.admin.host, port=port)
                 state.started = True
                 log_event(log, "adapter started", mode=mode, output=output.name)
@@ -314,15 +323,20 @@ def _log_summary(dispatcher: Dispatcher, output: Output, status: int) -> None:
 def run(settings: AdapterSettings, command: list[str]) -> int:
     """Synchronous entry point for the CLI: the exit status.
 
-    A ``SidecarError`` while running (stdout closed by the reader, the admin
-    address taken) is one log line and status 1, not a traceback.
+    A ``SidecarError`` while running (stdout closed by the reader) is one log
+    line and status 1, not a traceback; a ``ConfigError`` found only once
+    serving starts (the admin address taken) is raised alone, out of any
+    exception group, for the caller's one-line exit 2.
     """
     tune_gc()
     try:
         result: int = trio.run(serve, settings, command)
     except (SidecarError, BaseExceptionGroup) as exc:
+        config_error = _config_error(exc)
+        if config_error is not None:
+            raise config_error from None
         errors = _sidecar_errors(exc)
-        if errors is None or isinstance(exc, ConfigError):
+        if errors is None:
             raise
         for error in errors:
             log_event(log, "adapter failed", level=logging.ERROR, error=str(error))
@@ -340,6 +354,18 @@ def tune_gc() -> None:
     """
     gc.freeze()
     gc.set_threshold(GC_THRESHOLD, 10, 10)
+
+
+def _config_error(exc: BaseException) -> ConfigError | None:
+    """The first ``ConfigError`` in ``exc`` or its exception groups, if any."""
+    if isinstance(exc, ConfigError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for sub in exc.exceptions:
+            found = _config_error(sub)
+            if found is not None:
+                return found
+    return None
 
 
 def _sidecar_errors(exc: BaseException) -> list[BaseException] | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -62,6 +63,20 @@ def test_bad_setting_exits_2_with_one_line(
     assert lines[0].startswith("adapter: error: ")
     assert needle in lines[0]
     assert proc.stdout == b""
+
+
+def test_admin_address_in_use_is_one_line() -> None:
+    # Found only once serving starts (after the lean exec): still one line, exit 2.
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = run("run", "--admin", f"127.0.0.1:{port}", stdin=b"hello\n")
+    assert proc.returncode == 2
+    lines = proc.stderr.decode().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("adapter: error: ")
+    assert "--admin" in lines[0] and "in use" in lines[0]
 
 
 def test_precedence_flag_over_env_over_file(tmp_path: Path) -> None:
