@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import os
 import socket
@@ -259,8 +260,12 @@ async def _close(stream: trio.abc.AsyncResource) -> None:
         await trio.aclose_forcefully(stream)
 
 
+@functools.lru_cache(maxsize=256)
 def _numeric_family(host: str) -> int | None:
-    """AF_INET / AF_INET6 when ``host`` is an IP literal, else None (a name to resolve)."""
+    """AF_INET / AF_INET6 when ``host`` is an IP literal, else None (a name to resolve).
+
+    Cached: asked on every new connection, about the same few endpoint hosts.
+    """
     for family in (socket.AF_INET, socket.AF_INET6):
         try:
             socket.inet_pton(family, host)
@@ -270,13 +275,14 @@ def _numeric_family(host: str) -> int | None:
     return None
 
 
-async def _open_tcp(address: tuple[str, int]) -> trio.SocketStream | None:
-    """A plain TCP connection to an IP literal: one non-blocking connect, one wait.
+def _start_tcp(address: tuple[str, int]) -> trio.SocketStream | socket.socket | None:
+    """Begin a plain TCP connection to an IP literal without waiting.
 
-    ``trio.open_tcp_stream`` resolves the name and races attempts in a nursery
-    (happy eyeballs): right for names, a dozen scheduler trips too many for one
-    literal address on every new connection. None for a name (the caller uses
-    trio's). Raises ``OSError`` like trio's (refused, unreachable, ...).
+    The stream when the handshake is already complete (on loopback it usually
+    is when ``connect`` returns), the socket still connecting otherwise (the
+    caller waits in :func:`_finish_tcp`, under its connect timeout), None for a
+    name (the caller uses trio's resolver). Raises ``OSError`` (refused, ...).
+    Synchronous so that the common case needs no cancel scope and no checkpoint.
     """
     host, port = address
     family = _numeric_family(host)
@@ -289,16 +295,43 @@ async def _open_tcp(address: tuple[str, int]) -> trio.SocketStream | None:
             try:
                 # On loopback the handshake is usually complete by now: no wait.
                 sock.getpeername()
-                err = 0
             except OSError:
-                await trio.lowlevel.wait_writable(sock)
-                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                return sock
+            err = 0
         if err:
             raise OSError(err, f"connect to {host}:{port} failed: {os.strerror(err)}")
         return trio.SocketStream(trio.socket.from_stdlib_socket(sock))
     except BaseException:
         sock.close()
         raise
+
+
+async def _finish_tcp(sock: socket.socket, address: tuple[str, int]) -> trio.SocketStream:
+    """Wait for the connect :func:`_start_tcp` began; closes ``sock`` on failure or cancel."""
+    try:
+        await trio.lowlevel.wait_writable(sock)
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            host, port = address
+            raise OSError(err, f"connect to {host}:{port} failed: {os.strerror(err)}")
+        return trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+    except BaseException:
+        sock.close()
+        raise
+
+
+async def _open_tcp(address: tuple[str, int]) -> trio.SocketStream | None:
+    """A plain TCP connection to an IP literal: one non-blocking connect, one wait.
+
+    ``trio.open_tcp_stream`` resolves the name and races attempts in a nursery
+    (happy eyeballs): right for names, a dozen scheduler trips too many for one
+    literal address on every new connection. None for a name (the caller uses
+    trio's). Raises ``OSError`` like trio's (refused, unreachable, ...).
+    """
+    started = _start_tcp(address)
+    if isinstance(started, socket.socket):
+        return await _finish_tcp(started, address)
+    return started
 
 
 def _make_breaker(config: ListenerConfig) -> Breaker:
@@ -333,6 +366,9 @@ class ListenerRuntime:
         self._connect_timers: dict[str, HistogramChild] = {}
         self._idle = trio.Event()
         self._idle.set()
+        #: ``open_upstream`` is ours (not a subclass's): plain TCP may take the
+        #: synchronous connect in ``_connect``.
+        self._plain_open = type(self).open_upstream is ListenerRuntime.open_upstream
         metrics.runtimes.append(self)
         #: The HTTP listener's proxy (``protocol = "http"``); None for TCP and PostgreSQL.
         self.http_proxy: HttpProxy | None = None
@@ -672,6 +708,7 @@ class ListenerRuntime:
         outcome = "no_endpoint"
         connect_time = 0.0
         tls = self.env_tls(env)
+        plain = tls is None and self._plain_open
         while attempts < limits.connect_attempts:
             now = trio.current_time()
             ep = cluster.choose(now, exclude=tried)
@@ -688,11 +725,21 @@ class ListenerRuntime:
             cluster.connect_started(ep)
             t0 = trio.current_time()
             try:
-                # ``fail_after`` without its generator-based context manager
-                # (once per connection): the same scope, TooSlowError by hand.
                 opened: trio.abc.HalfCloseableStream | None = None
-                with trio.CancelScope(deadline=t0 + limits.connect_timeout):
-                    opened = await self.open_upstream(ep.address, tls)
+                # A plain connect that completes at once (loopback, the common
+                # case) needs no cancel scope: entering and leaving one with a
+                # deadline is trio bookkeeping on every new connection.
+                started = _start_tcp(ep.address) if plain else None
+                if type(started) is trio.SocketStream:
+                    opened = started
+                else:
+                    # ``fail_after`` without its generator-based context manager:
+                    # the same scope, TooSlowError by hand.
+                    with trio.CancelScope(deadline=t0 + limits.connect_timeout):
+                        if isinstance(started, socket.socket):
+                            opened = await _finish_tcp(started, ep.address)
+                        else:
+                            opened = await self.open_upstream(ep.address, tls)
                 if opened is None:
                     raise trio.TooSlowError
                 upstream = opened

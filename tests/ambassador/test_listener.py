@@ -7,10 +7,11 @@ usable, no environment) is checked alone, with its metric and outcome.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import random
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -480,3 +481,77 @@ async def test_accept_errors_skip_a_gone_client_and_pause_when_out_of_descriptor
     errors = [r for r in caplog.records if r.getMessage() == "accept failed; retrying"]
     assert len(errors) == 1 and "EMFILE" in errors[0]._sidecar_fields["error"]  # type: ignore[attr-defined]
     await client.aclose()
+
+
+@contextlib.contextmanager
+def _full_backlog() -> Iterator[tuple[int, list[Any]]]:
+    """A listening port whose accept queue is full: a new connect stays in progress.
+
+    (Linux drops the SYN while the queue is full, so the handshake cannot complete.)
+    """
+    from ambassador.listener import _start_tcp
+
+    full = socket.socket()
+    fillers: list[Any] = []
+    try:
+        full.bind(("127.0.0.1", 0))
+        full.listen(0)
+        port = full.getsockname()[1]
+        for _ in range(8):
+            started = _start_tcp(("127.0.0.1", port))
+            if isinstance(started, socket.socket):
+                started.close()
+                break
+            fillers.append(started)
+        else:
+            pytest.skip("the accept queue never filled")
+        yield port, fillers
+    finally:
+        for stream in fillers:
+            stream.socket.close()
+        full.close()
+
+
+async def test_a_connect_still_in_progress_is_waited_for_and_closed_when_cut_short(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The lean connect hands back a socket still connecting; the bounded wait closes it."""
+    from ambassador.listener import _finish_tcp, _start_tcp
+
+    with _full_backlog() as (port, _fillers):
+        started = _start_tcp(("127.0.0.1", port))
+        assert isinstance(started, socket.socket)
+        with trio.move_on_after(1.0) as scope:
+            await _finish_tcp(started, ("127.0.0.1", port))
+        assert scope.cancelled_caught
+        assert started.fileno() == -1
+
+
+async def test_a_plain_connect_that_hangs_counts_as_a_timeout(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The lean connect path outside its cancel scope still honours the connect timeout."""
+    import logging
+
+    caplog.set_level(logging.INFO)
+    with _full_backlog() as (port, _fillers):
+        envs = {"dev": EnvironmentConfig("dev", (HostPort("127.0.0.1", port),))}
+        config = ListenerConfig(
+            name="db",
+            listen=HostPort("127.0.0.1", 0),
+            environments=envs,
+            limits=LimitsConfig(connect_timeout=2.0, connect_attempts=1),
+            health_check=HealthCheckConfig(type="none"),
+        )
+        metrics = Metrics(Registry())
+        switch = EnvSwitch(["dev"], "dev")
+        clusters = {"dev": build_cluster(config, "dev", random.Random(1), trio.current_time())}
+        rt = ListenerRuntime(config, clusters, switch, metrics)
+        app, proxy_side = trio.testing.memory_stream_pair()
+        t0 = trio.current_time()
+        await rt._serve_admitted(proxy_side, "dev", rt.clusters["dev"], "app", t0)
+        assert trio.current_time() - t0 == pytest.approx(2.0)
+        failed = [r for r in caplog.records if r.getMessage() == "connect failed"]
+        assert [r._sidecar_fields["reason"] for r in failed] == ["timeout"]  # type: ignore[attr-defined]
+        assert 'outcome="connect_failed"' in metrics.registry.render()
+        await app.aclose()
