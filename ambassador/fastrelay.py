@@ -332,54 +332,112 @@ class SpliceHub:
         """Blocking epoll in a thread of its own: the GIL is free while it waits."""
         poll = self.epoll.poll
         lock = self.lock
+        step = self.step
         while not self.stopping:
             try:
                 events = poll(-1)
             except InterruptedError:
                 continue
             with lock:
-                self.step(events)
+                step(events)
 
     def step(self, events: list[tuple[int, int]]) -> None:
-        """Handle a batch of ready sockets (never raises: a bug ends one connection)."""
+        """Handle a batch of ready sockets (never raises: a bug ends one connection).
+
+        The common event is inline: a ready source with nothing pending either
+        way (request/response traffic) is one read into the spare pipe and one
+        write out of it, with no method call. Everything else (pending bytes,
+        EOF, errors, the rest of a full chunk's burst) goes the general way
+        (``_event``, ``_pump``). Measured: wrk 1 KiB via L4 +3% req/s, -3% hub
+        CPU per request against the general path for every event.
+        """
         now = time.perf_counter()
-        by_fd = self.by_fd
+        by_fd_get = self.by_fd.get
+        splice = _splice
+        flags = _SPLICE_FLAGS
+        size = PIPE_SIZE
         for fd, ev in events:
-            entry = by_fd.get(fd)
+            entry = by_fd_get(fd)
             if entry is None:
                 continue  # finished earlier in this batch (or the wake-up pipe)
             conn, idx = entry
             conn.last = now
+            dirs = conn.dirs
+            this = dirs[idx]
             try:
-                # The socket at ``idx`` is the destination of the other
-                # direction (flush what waits for it) and the source of
-                # direction ``idx`` (read on).
-                acted = False
-                dirs = conn.dirs
-                other = dirs[1 - idx]
-                if other.pending:
-                    self._pump(other)
-                    acted = True
-                this = dirs[idx]
-                if conn.outcome is None and not this.finished and not this.pending:
-                    self._pump(this)
-                    acted = True
-                # An error on a socket we neither read nor write at the moment
-                # (its direction already half-closed) is a reset. EPOLLHUP alone
-                # is both halves shut down, not an error; SO_ERROR confirms it (the
-                # event may be stale: polled before the lock, fd since reused).
                 if (
-                    conn.outcome is None
-                    and not acted
-                    and ev & _EPOLLERR
-                    and conn.socks[idx].getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    this.pending
+                    or this.eof
+                    or this.finished
+                    or dirs[1 - idx].pending
+                    or conn.outcome is not None
                 ):
+                    self._event(conn, idx, ev)
+                    continue
+                pipe_r, pipe_w = self.spare
+                try:
+                    got = splice(this.src, pipe_w, size, None, None, flags)
+                except BlockingIOError:
+                    continue
+                except OSError:
                     self._reset(conn, idx)
+                    continue
+                if not got:
+                    this.eof = True
+                    self._forward_eof(this)
+                    continue
+                try:
+                    sent = splice(pipe_r, this.dst, got, None, None, flags)
+                except BlockingIOError:
+                    sent = 0
+                except OSError:
+                    this.pipe, this.pending = self.spare, got
+                    self.spare = self._new_pipe()
+                    self._reset(conn, 1 - idx)
+                    continue
+                if this.inbound:
+                    conn.counters.bytes_in += sent
+                else:
+                    conn.counters.bytes_out += sent
+                if sent != got:
+                    this.pipe, this.pending = self.spare, got - sent
+                    self.spare = self._new_pipe()
+                    self._update_interest(conn)
+                elif got == size:
+                    self._pump(this)  # a full chunk: more may be waiting (bulk)
             except Exception as exc:  # pragma: no cover - a bug, not an I/O error
                 log_event(log, "relay bug; connection reset", level=40, error=repr(exc))
                 abort_stream(conn.streams[0])
                 abort_stream(conn.streams[1])
                 self._finish(conn, "upstream_reset")
+
+    def _event(self, conn: _Conn, idx: int, ev: int) -> None:
+        """One event the general way (see ``step``).
+
+        The socket at ``idx`` is the destination of the other direction (flush
+        what waits for it) and the source of direction ``idx`` (read on).
+        """
+        acted = False
+        dirs = conn.dirs
+        other = dirs[1 - idx]
+        if other.pending:
+            self._pump(other)
+            acted = True
+        this = dirs[idx]
+        if conn.outcome is None and not this.finished and not this.pending:
+            self._pump(this)
+            acted = True
+        # An error on a socket we neither read nor write at the moment (its
+        # direction already half-closed) is a reset. EPOLLHUP alone is both
+        # halves shut down, not an error; SO_ERROR confirms it (the event may be
+        # stale: polled before the lock, fd since reused).
+        if (
+            conn.outcome is None
+            and not acted
+            and ev & _EPOLLERR
+            and conn.socks[idx].getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        ):
+            self._reset(conn, idx)
 
     def _pump(self, d: _Dir) -> None:
         """Move direction ``d`` forward as far as it goes without blocking."""

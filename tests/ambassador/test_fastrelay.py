@@ -167,6 +167,28 @@ async def test_half_close_from_upstream(proxy: Proxy) -> None:
     assert await wait_result(proxy) == RelayResult("closed", 1000, 6)
 
 
+async def test_ping_pong_of_every_size_counts_exactly(proxy: Proxy) -> None:
+    """Request/response turns take the hub's inline path; a whole chunk goes on in a burst."""
+    chunk = fastrelay.PIPE_SIZE
+    sizes = [1, 1024, chunk - 1, chunk, chunk + 1, 3 * chunk, 7]
+    sent_in = sent_out = 0
+    for i, n in enumerate(sizes):
+        request = bytes([i]) * n
+        response = bytes([100 + i]) * (n // 2 + 1)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(proxy.app.send_all, request)
+            assert await read_exactly(proxy.backend, n) == request
+        sent_in += n
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(proxy.backend.send_all, response)
+            assert await read_exactly(proxy.app, len(response)) == response
+        sent_out += len(response)
+    await proxy.app.send_eof()
+    await proxy.backend.send_eof()
+    assert await read_all(proxy.app) == b""
+    assert await wait_result(proxy) == RelayResult("closed", sent_in, sent_out)
+
+
 async def test_large_transfers_both_ways_at_once(proxy: Proxy) -> None:
     size = 8 * 1024 * 1024 + 123
     up = os.urandom(size)
