@@ -30,7 +30,7 @@ from typing import Any, TextIO
 
 from .errors import ConfigError
 
-__all__ = ["LEVELS", "JsonFormatter", "get_logger", "log_event", "setup_logging"]
+__all__ = ["LEVELS", "JsonFormatter", "get_logger", "log_event", "rfc3339", "setup_logging"]
 
 LEVELS: Mapping[str, int] = {
     "debug": logging.DEBUG,
@@ -57,7 +57,8 @@ _FIELDS_ATTR = "_sidecar_fields"
 _second_cache: tuple[int, str] = (-1, "")
 
 
-def _rfc3339(created: float) -> str:
+def rfc3339(created: float) -> str:
+    """``created`` (epoch seconds) as our logs' ``time``: RFC 3339, UTC, milliseconds, ``Z``."""
     global _second_cache
     seconds = int(created)
     millis = int((created - seconds) * 1000)
@@ -73,7 +74,7 @@ def _add_fields(
     log_record: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
 ) -> None:
     """Our fixed head, the context fields and the ECS error fields of one record."""
-    log_record["time"] = _rfc3339(record.created)
+    log_record["time"] = rfc3339(record.created)
     log_record["level"] = record.levelname.lower()
     log_record["logger"] = record.name
     log_record["message"] = record.message
@@ -286,7 +287,7 @@ def _fast_log(logger: logging.Logger, level: int, message: str, fields: dict[str
         return False
     created = time.time()
     line: dict[str, Any] = {
-        "time": _rfc3339(created),
+        "time": rfc3339(created),
         "level": _LEVEL_NAMES[level],
         "logger": logger.name,
         "message": message,

@@ -18,7 +18,7 @@ from typing import Any, TextIO
 import orjson
 import trio
 
-from sidecar_common.jsonlog import JsonFormatter, get_logger, log_event
+from sidecar_common.jsonlog import JsonFormatter, get_logger, log_event, rfc3339
 
 __all__ = ["AccessLog", "access_log"]
 
@@ -39,8 +39,6 @@ class AccessLog:
 
     def __init__(self, logger: logging.Logger = access_log) -> None:
         self.logger = logger
-        self._second = -1
-        self._prefix = ""
         self._lines: list[bytes] = []
         self._target: tuple[logging.Handler, TextIO] | None = None
         self._wake: trio.Event | None = None
@@ -71,14 +69,6 @@ class AccessLog:
         stream = getattr(found, "stream", None)
         return None if stream is None else (found, stream)
 
-    def _time(self) -> str:
-        now = time.time()
-        second = int(now)
-        if second != self._second:
-            self._second = second
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._prefix}.{int((now - second) * 1000):03d}Z"
-
     def request(self, **fields: Any) -> None:
         """One request's line (values: str, int, finite float; as ``log_event`` takes them)."""
         # Where lines go is resolved at the first line of a batch; the lines
@@ -89,7 +79,7 @@ class AccessLog:
             # no second dict per line.
             body = orjson.dumps(fields, option=orjson.OPT_APPEND_NEWLINE)
             head = b'{"time":"%s","level":"info","logger":%s,"message":"request"' % (
-                self._time().encode(),
+                rfc3339(time.time()).encode(),
                 orjson.dumps(self.logger.name),
             )
             line = head + (b"," + body[1:] if fields else b"}\n")
