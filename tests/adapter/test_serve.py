@@ -26,9 +26,9 @@ import pytest
 from adapter.config import load
 from adapter.serve import main
 from sidecar_common.leanexec import MAGIC
+from tests.support.lean import CLI_LIBRARIES, assert_lean_process, modules_loaded_by
 
 ADAPTER = str(Path(sys.executable).with_name("adapter"))
-CLI_LIBRARIES = ("typer", "pydantic", "pydantic_core", "rich", "click")
 LEAN_TAIL = ["-P", "-m", "adapter.serve", "--run"]
 
 # The wrapped app reports its parent's command line as it starts (so, whether it
@@ -43,10 +43,6 @@ SLEEPING_CHILD = textwrap.dedent(
         time.sleep(0.05)
     """
 )
-
-
-def cmdline(pid: int) -> list[str]:
-    return Path(f"/proc/{pid}/cmdline").read_text().split("\0")[:-1]  # NUL-terminated
 
 
 def read_record(proc: subprocess.Popen[bytes]) -> dict[str, Any]:
@@ -65,19 +61,13 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 def test_serving_imports_no_cli_library() -> None:
     """All the serving process imports (the payload's classes too), in a fresh interpreter."""
-    code = (
-        "import sys, pickle\n"
+    loaded = modules_loaded_by(
+        "import pickle\n"
         "import adapter.serve, adapter.app, sidecar_common.jsonlog\n"
         "from adapter.config import load\n"
         "s = load({'pattern': ['(?P<message>.*)'], 'timezone': 'Europe/Paris'}, env={})\n"
-        "pickle.loads(pickle.dumps((s, ['true'])))\n"
-        "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))\n"
+        "pickle.loads(pickle.dumps((s, ['true'])))"
     )
-    res = subprocess.run(
-        [sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=60
-    )
-    assert res.returncode == 0, res.stderr
-    loaded = set(res.stdout.split())
     assert "trio" in loaded and "adapter" in loaded  # the check sees real imports
     assert loaded.isdisjoint(CLI_LIBRARIES), loaded & set(CLI_LIBRARIES)
 
@@ -94,8 +84,7 @@ def test_wrap_mode_serves_from_the_lean_module_and_starts_the_app_after_the_exec
         first = read_record(proc)
         # The app's parent is the PID we started, already the lean module when it started.
         assert (first["message"], first["stream"]) == ("parent " + " ".join(LEAN_TAIL), "stdout")
-        assert cmdline(proc.pid)[-5:-1] == LEAN_TAIL, cmdline(proc.pid)
-        assert "pydantic_core" not in Path(f"/proc/{proc.pid}/maps").read_text()
+        assert_lean_process(proc.pid, "adapter.serve")
         proc.send_signal(signal.SIGTERM)  # forwarded by the lean process to its child
         _, err = proc.communicate(timeout=30)
     finally:
@@ -120,8 +109,7 @@ def test_stdin_mode_reads_what_was_piped_before_and_after_the_exec() -> None:
         proc.stdin.flush()
         records = [read_record(proc), read_record(proc)]
         # Serving, stdin still open: the lean module, without pydantic's native core.
-        assert cmdline(proc.pid)[-5:-1] == LEAN_TAIL, cmdline(proc.pid)
-        assert "pydantic_core" not in Path(f"/proc/{proc.pid}/maps").read_text()
+        assert_lean_process(proc.pid, "adapter.serve")
         # The last line, then EOF: the adapter flushes and exits 0.
         out, err = proc.communicate(b'{"level": "error", "message": "third"}\n', timeout=30)
     finally:

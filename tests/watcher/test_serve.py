@@ -20,28 +20,21 @@ from pathlib import Path
 import pytest
 
 from sidecar_common.leanexec import MAGIC
+from tests.support.lean import CLI_LIBRARIES, assert_lean_process, modules_loaded_by
 from watcher.config import WatcherSettings, validate
 from watcher.serve import main
 
 from .conftest import WatcherProc
 
-CLI_LIBRARIES = ("typer", "pydantic", "pydantic_core", "rich", "click")
-
 
 def test_serving_imports_no_cli_library() -> None:
     """All the serving process imports (the payload's classes too), in a fresh interpreter."""
-    code = (
-        "import sys, pickle\n"
+    loaded = modules_loaded_by(
+        "import pickle\n"
         "import watcher.serve, watcher.app\n"
         "from watcher.config import WatcherSettings, validate\n"
-        "pickle.loads(pickle.dumps(validate(WatcherSettings(probe='exec:true'))))\n"
-        "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))\n"
+        "pickle.loads(pickle.dumps(validate(WatcherSettings(probe='exec:true'))))"
     )
-    res = subprocess.run(
-        [sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=60
-    )
-    assert res.returncode == 0, res.stderr
-    loaded = set(res.stdout.split())
     assert "trio" in loaded and "watcher" in loaded  # the check sees real imports
     assert loaded.isdisjoint(CLI_LIBRARIES), loaded & set(CLI_LIBRARIES)
 
@@ -52,11 +45,8 @@ def test_watcher_run_serves_from_the_lean_module_with_the_same_pid(
 ) -> None:
     w = run_watcher("--probe", "exec:true", "--probe-period", "0.2")
     pid = w.proc.pid  # the `watcher` console script we started
-    cmdline = Path(f"/proc/{pid}/cmdline").read_text().split("\0")[:-1]  # NUL-terminated
-    assert cmdline[-5:-1] == ["-P", "-m", "watcher.serve", "--run"], cmdline
     # pydantic's native core is not mapped (the CLI process had it: typer imports pydantic).
-    maps = Path(f"/proc/{pid}/maps").read_text()
-    assert "pydantic_core" not in maps
+    assert_lean_process(pid, "watcher.serve")
     # And this lean process is the one serving: ready, its start logged once.
     assert w.admin_get("/readyz")[0] == 200
     assert len(w.events("started")) == 1
