@@ -22,10 +22,8 @@ needs).
 from __future__ import annotations
 
 import heapq
-import ipaddress
 import math
 import random
-import socket
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Literal, NoReturn, Protocol
 
@@ -37,6 +35,7 @@ from .cluster import Cluster
 from .endpoint import Address, EndpointState
 from .errors import HealthCheckFailed
 from .health import Transition
+from .tcp import open_tcp
 
 if TYPE_CHECKING:
     from .pgbridge import AsyncioBridge
@@ -92,25 +91,16 @@ def _shown(address: Address) -> str:
 async def check_tcp(address: Address) -> None:
     """The endpoint accepts a TCP connection (closed again at once).
 
-    An IP address (what discovery hands over) is connected with one socket: no
-    resolver call and no happy-eyeballs nursery, so a probe allocates little
-    (probes of many endpoints run at once, and what they allocate fragments the
-    heap). A host name goes through ``trio.open_tcp_stream``.
+    An IP address (what discovery hands over) is connected with one socket
+    (``ambassador.tcp.open_tcp``): no resolver call and no happy-eyeballs
+    nursery, so a probe allocates little (probes of many endpoints run at
+    once, and what they allocate fragments the heap).
     """
-    host, port = address
     try:
-        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
-    except ValueError:
-        family = None
-    try:
-        if family is None:
-            stream = await trio.open_tcp_stream(host, port)
-            await trio.aclose_forcefully(stream)
-            return
-        with trio.socket.socket(family, socket.SOCK_STREAM) as sock:
-            await sock.connect((host, port))
+        stream = await open_tcp(address)
     except OSError as exc:
         raise HealthCheckFailed(f"tcp connect to {_shown(address)} failed: {exc}") from exc
+    stream.socket.close()
 
 
 async def check_http(

@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import logging
-import os
 import socket
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -48,6 +46,7 @@ from .fastrelay import relay
 from .pgtls import PgStartupError, read_client_startup
 from .relay import RelayCounters, abort_stream
 from .switch import EnvSwitch
+from .tcp import finish_tcp, start_tcp
 from .tls import UpstreamTLS
 
 if TYPE_CHECKING:
@@ -258,80 +257,6 @@ async def _close(stream: trio.abc.AsyncResource) -> None:
         stream.socket.close()
     else:
         await trio.aclose_forcefully(stream)
-
-
-@functools.lru_cache(maxsize=256)
-def _numeric_family(host: str) -> int | None:
-    """AF_INET / AF_INET6 when ``host`` is an IP literal, else None (a name to resolve).
-
-    Cached: asked on every new connection, about the same few endpoint hosts.
-    """
-    for family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            socket.inet_pton(family, host)
-        except (OSError, ValueError):
-            continue
-        return family
-    return None
-
-
-def _start_tcp(address: tuple[str, int]) -> trio.SocketStream | socket.socket | None:
-    """Begin a plain TCP connection to an IP literal without waiting.
-
-    The stream when the handshake is already complete (on loopback it usually
-    is when ``connect`` returns), the socket still connecting otherwise (the
-    caller waits in :func:`_finish_tcp`, under its connect timeout), None for a
-    name (the caller uses trio's resolver). Raises ``OSError`` (refused, ...).
-    Synchronous so that the common case needs no cancel scope and no checkpoint.
-    """
-    host, port = address
-    family = _numeric_family(host)
-    if family is None:
-        return None
-    sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
-    try:
-        err = sock.connect_ex((host, port))
-        if err == errno.EINPROGRESS:
-            try:
-                # On loopback the handshake is usually complete by now: no wait.
-                sock.getpeername()
-            except OSError:
-                return sock
-            err = 0
-        if err:
-            raise OSError(err, f"connect to {host}:{port} failed: {os.strerror(err)}")
-        return trio.SocketStream(trio.socket.from_stdlib_socket(sock))
-    except BaseException:
-        sock.close()
-        raise
-
-
-async def _finish_tcp(sock: socket.socket, address: tuple[str, int]) -> trio.SocketStream:
-    """Wait for the connect :func:`_start_tcp` began; closes ``sock`` on failure or cancel."""
-    try:
-        await trio.lowlevel.wait_writable(sock)
-        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err:
-            host, port = address
-            raise OSError(err, f"connect to {host}:{port} failed: {os.strerror(err)}")
-        return trio.SocketStream(trio.socket.from_stdlib_socket(sock))
-    except BaseException:
-        sock.close()
-        raise
-
-
-async def _open_tcp(address: tuple[str, int]) -> trio.SocketStream | None:
-    """A plain TCP connection to an IP literal: one non-blocking connect, one wait.
-
-    ``trio.open_tcp_stream`` resolves the name and races attempts in a nursery
-    (happy eyeballs): right for names, a dozen scheduler trips too many for one
-    literal address on every new connection. None for a name (the caller uses
-    trio's). Raises ``OSError`` like trio's (refused, unreachable, ...).
-    """
-    started = _start_tcp(address)
-    if isinstance(started, socket.socket):
-        return await _finish_tcp(started, address)
-    return started
 
 
 def _make_breaker(config: ListenerConfig) -> Breaker:
@@ -689,10 +614,6 @@ class ListenerRuntime:
         that does not verify) counts as a failed connect: retried on the next
         endpoint and reported to outlier detection.
         """
-        if tls is None:
-            fast = await _open_tcp(address)
-            if fast is not None:
-                return fast
         protocol = "postgres" if self.config.protocol == "postgres" else "tcp"
         stream = await upstream_tls.open_upstream(address, tls, protocol)
         set_nodelay(stream)
@@ -729,7 +650,7 @@ class ListenerRuntime:
                 # A plain connect that completes at once (loopback, the common
                 # case) needs no cancel scope: entering and leaving one with a
                 # deadline is trio bookkeeping on every new connection.
-                started = _start_tcp(ep.address) if plain else None
+                started = start_tcp(ep.address) if plain else None
                 if type(started) is trio.SocketStream:
                     opened = started
                 else:
@@ -737,7 +658,7 @@ class ListenerRuntime:
                     # the same scope, TooSlowError by hand.
                     with trio.CancelScope(deadline=t0 + limits.connect_timeout):
                         if isinstance(started, socket.socket):
-                            opened = await _finish_tcp(started, ep.address)
+                            opened = await finish_tcp(started, ep.address)
                         else:
                             opened = await self.open_upstream(ep.address, tls)
                 if opened is None:

@@ -28,6 +28,7 @@ import trio
 from sidecar_common.errors import ConfigError
 
 from .errors import AmbassadorError
+from .tcp import open_tcp
 
 __all__ = [
     "SSLMODES",
@@ -304,16 +305,15 @@ async def wrap_tls(stream: trio.abc.Stream, tls: UpstreamTLS, host: str) -> TLSS
 
 async def open_tls_stream(address: tuple[str, int], tls: UpstreamTLS) -> TLSStream:
     """TCP connect to ``address`` and complete the TLS handshake (the caller bounds time)."""
-    host, port = address
-    tcp = await trio.open_tcp_stream(host, port)
-    return await wrap_tls(tcp, tls, host)
+    tcp = await open_tcp(address)
+    return await wrap_tls(tcp, tls, address[0])
 
 
 Connector = Callable[[str, int], Awaitable[trio.abc.HalfCloseableStream]]
 
 
 async def _tcp(host: str, port: int) -> trio.abc.HalfCloseableStream:
-    return await trio.open_tcp_stream(host, port)
+    return await open_tcp((host, port))
 
 
 async def open_upstream(

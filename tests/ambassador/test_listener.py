@@ -363,21 +363,22 @@ async def test_upstream_connect_to_an_address_and_to_a_name(rig_factory: RigFact
     """IP literals take the lean connect; names still go through trio's resolver."""
     import errno
 
-    from ambassador.listener import _open_tcp
+    from ambassador.tcp import open_tcp, start_tcp
     from tests.support.procs import refused_port
 
     rig = await rig_factory(LimitsConfig())
-    assert await _open_tcp(("localhost", rig.backend_port)) is None
+    assert start_tcp(("localhost", rig.backend_port)) is None  # a name: not the lean connect
     by_name = await rig.runtime.open_upstream(("localhost", rig.backend_port))
-    direct = await _open_tcp(("127.0.0.1", rig.backend_port))
+    resolved = await open_tcp(("localhost", rig.backend_port))
+    direct = await open_tcp(("127.0.0.1", rig.backend_port))
     assert direct is not None
-    for stream in (by_name, direct):
+    for stream in (by_name, resolved, direct):
         await stream.send_all(b"ping")
         with trio.fail_after(10):
             assert await stream.receive_some() == b"ping"
         await stream.aclose()
     with refused_port() as port, pytest.raises(OSError) as info:
-        await _open_tcp(("127.0.0.1", port))
+        await open_tcp(("127.0.0.1", port))
     assert info.value.errno == errno.ECONNREFUSED
 
 
@@ -489,7 +490,7 @@ def _full_backlog() -> Iterator[tuple[int, list[Any]]]:
 
     (Linux drops the SYN while the queue is full, so the handshake cannot complete.)
     """
-    from ambassador.listener import _start_tcp
+    from ambassador.tcp import start_tcp
 
     full = socket.socket()
     fillers: list[Any] = []
@@ -498,7 +499,7 @@ def _full_backlog() -> Iterator[tuple[int, list[Any]]]:
         full.listen(0)
         port = full.getsockname()[1]
         for _ in range(8):
-            started = _start_tcp(("127.0.0.1", port))
+            started = start_tcp(("127.0.0.1", port))
             if isinstance(started, socket.socket):
                 started.close()
                 break
@@ -516,13 +517,13 @@ async def test_a_connect_still_in_progress_is_waited_for_and_closed_when_cut_sho
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """The lean connect hands back a socket still connecting; the bounded wait closes it."""
-    from ambassador.listener import _finish_tcp, _start_tcp
+    from ambassador.tcp import finish_tcp, start_tcp
 
     with _full_backlog() as (port, _fillers):
-        started = _start_tcp(("127.0.0.1", port))
+        started = start_tcp(("127.0.0.1", port))
         assert isinstance(started, socket.socket)
         with trio.move_on_after(1.0) as scope:
-            await _finish_tcp(started, ("127.0.0.1", port))
+            await finish_tcp(started, ("127.0.0.1", port))
         assert scope.cancelled_caught
         assert started.fileno() == -1
 
