@@ -49,10 +49,9 @@ SslMode = Literal["disable", "prefer", "require", "verify-ca", "verify-full"]
 SSLMODES: tuple[str, ...] = ("disable", "prefer", "require", "verify-ca", "verify-full")
 
 TLSVersion = Literal["1.2", "1.3"]
-_VERSIONS: dict[str, ssl.TLSVersion] = {
-    "1.2": ssl.TLSVersion.TLSv1_2,
-    "1.3": ssl.TLSVersion.TLSv1_3,
-}
+#: Setting -> ``ssl.TLSVersion`` member name (names, not members: nothing of
+#: ``ssl`` is touched at import, so a process without TLS never loads OpenSSL).
+_VERSIONS: dict[str, str] = {"1.2": "TLSv1_2", "1.3": "TLSv1_3"}
 
 
 class UpstreamTLSError(AmbassadorError, ConnectionError):
@@ -194,7 +193,7 @@ def _build_context(tls: UpstreamTLS) -> ssl.SSLContext:
     ctx = ssl.create_default_context(
         ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca_file) if tls.ca_file is not None else None
     )
-    ctx.minimum_version = _VERSIONS[tls.min_version]
+    ctx.minimum_version = ssl.TLSVersion[_VERSIONS[tls.min_version]]
     if not tls.verify:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE

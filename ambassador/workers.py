@@ -47,7 +47,13 @@ import trio
 from sidecar_common.admin import AdminApp, Request, Response, json_response, serve_admin
 from sidecar_common.errors import ConfigError
 from sidecar_common.jsonlog import get_logger, log_event
-from sidecar_common.leanexec import LeanExecError, exec_lean, run_lean, trim_after_start
+from sidecar_common.leanexec import (
+    LeanExecError,
+    exec_lean,
+    lean_command,
+    run_lean,
+    trim_after_start,
+)
 from sidecar_common.metrics import (
     CONTENT_TYPE,
     MetricsParseError,
@@ -230,7 +236,7 @@ class Supervisor:
     ) -> None:
         self.cfg = cfg
         self.overrides = dict(overrides)
-        self.command = list(command or [sys.executable, "-m", "ambassador.serve", "--worker"])
+        self.command = list(command or [*lean_command("ambassador.serve"), "--worker"])
         self.rng = rng or random.Random()
         self.slots = [_Slot(i, s) for i, s in enumerate(sockets)]
         env, self.initial_source = resolve_initial_env(cfg)
@@ -775,7 +781,7 @@ class RunSpec:
     workers: int = 1
     #: Seconds connections get after SIGTERM plus the grace the CLI adds.
     drain_grace: float = 1.0
-    #: How to start this module (``[python, "-m", "ambassador.serve"]``), for workers.
+    #: How to start this module (``leanexec.lean_command("ambassador.serve")``), for workers.
     command: tuple[str, ...] | None = None
 
 
@@ -791,13 +797,13 @@ def exec_run(
 
     Parsing the command line needs typer, and typer pulls pydantic and click
     (about 12 MB of the idle RSS, for code that never runs again). So once the
-    config is valid, ``ambassador run`` execs ``python -P -m ambassador.serve
-    --run FD`` with the parsed config in a memfd: the process keeps its PID
+    config is valid, ``ambassador run`` execs ``python -P -m sidecar_common.leanstart
+    ambassador.serve --run FD`` with the parsed config in a memfd: the process keeps its PID
     (PID 1 in a container, signals) and its environment, and starts with only
     what serving needs. Listening sockets are bound after the exec, so a busy
     address is still one ``ambassador: error:`` line and exit status 2.
     """
-    base = tuple(command or (sys.executable, "-m", "ambassador.serve"))
+    base = tuple(command or lean_command("ambassador.serve"))
     exec_lean("ambassador.serve", RunSpec(cfg, dict(overrides), workers, drain_grace, base))
 
 

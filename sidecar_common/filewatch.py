@@ -19,11 +19,12 @@ a missing path is simply ``None`` until it appears. Polling costs a few
 
 from __future__ import annotations
 
-import hashlib
+import importlib
 import os
 import stat
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import trio
 
@@ -159,8 +160,37 @@ class DigestCache:
                 del self._entries[path]
 
 
+class _Digest(Protocol):
+    def update(self, data: bytes, /) -> None: ...
+    def hexdigest(self) -> str: ...
+
+
+def _builtin_sha256() -> Callable[[], _Digest]:
+    """CPython's own sha256 (``_sha2`` from 3.12, ``_sha256`` in 3.11), not OpenSSL's.
+
+    Why: ``import hashlib`` loads OpenSSL's libcrypto (about 3.5 MiB resident)
+    in every process that watches a file, and the ambassador without TLS has no
+    other use for it (``sidecar_common.leanstart`` defers ``ssl``). The digests
+    are the same; the built-in code is slower, which does not matter for a few
+    config files re-hashed only when their identity changes. Falls back to
+    ``hashlib`` where the built-in module is missing.
+    """
+    for name in ("_sha2", "_sha256"):
+        try:
+            factory: Callable[[], _Digest] = importlib.import_module(name).sha256
+        except (ImportError, AttributeError):
+            continue
+        return factory
+    import hashlib
+
+    return hashlib.sha256
+
+
+_sha256 = _builtin_sha256()
+
+
 def _hash_file(path: str) -> str | None:
-    h = hashlib.sha256()
+    h = _sha256()
     try:
         with open(path, "rb") as f:
             while chunk := f.read(_CHUNK):

@@ -7,7 +7,9 @@ RSS is what the pod's memory request is sized from, so that is paid on every
 pod. Python cannot unload modules, so the process starts over instead: once
 the CLI has parsed and validated everything, :func:`exec_lean` pickles the
 result into an anonymous memory file (memfd) and ``execv``\\s
-``python -P -m MODULE --run FD`` (with this interpreter's own flags), and the
+``python -P -m sidecar_common.leanstart MODULE --run FD`` (with this
+interpreter's own flags; :mod:`sidecar_common.leanstart` defers OpenSSL, then
+runs MODULE as ``python -m MODULE`` would), and the
 module's ``main`` hands the payload to its serve function with :func:`run_lean`.
 
 What the exec keeps, and why it matters:
@@ -51,12 +53,15 @@ __all__ = [
     "exec_lean",
     "interpreter_flags",
     "lean_argv",
+    "lean_command",
     "load_lean_payload",
     "run_lean",
     "trim_after_start",
     "trim_memory",
 ]
 
+#: The module every lean process starts from (it then runs the sidecar's).
+STARTER = "sidecar_common.leanstart"
 #: The lean module's command line is ``--run FD``.
 RUN_FLAG = "--run"
 #: First bytes of the payload file: an fd that is not ours is refused by name, not unpickled.
@@ -94,13 +99,22 @@ def interpreter_flags() -> list[str]:
     return args
 
 
+def lean_command(module: str) -> list[str]:
+    """How to start ``module`` lean: ``python [FLAGS] -P -m sidecar_common.leanstart MODULE``.
+
+    :mod:`sidecar_common.leanstart` defers the modules that load OpenSSL
+    before ``module`` (and trio) are imported; arguments go after it.
+    """
+    return [sys.executable, *interpreter_flags(), "-P", "-m", STARTER, module]
+
+
 def lean_argv(module: str, fd: int) -> list[str]:
-    """The command line :func:`exec_lean` runs: ``python [FLAGS] -P -m MODULE --run FD``."""
-    return [sys.executable, *interpreter_flags(), "-P", "-m", module, RUN_FLAG, str(fd)]
+    """The command line :func:`exec_lean` runs: :func:`lean_command` plus ``--run FD``."""
+    return [*lean_command(module), RUN_FLAG, str(fd)]
 
 
 def exec_lean(module: str, payload: object) -> NoReturn:
-    """Replace this process by ``python -P -m MODULE --run FD`` with ``payload`` in fd FD.
+    """Replace this process by :func:`lean_argv` (MODULE ``--run FD``), ``payload`` in fd FD.
 
     ``payload`` must pickle (dataclasses of settings do); it is written to a
     memfd that, alone of this process's files, survives the exec. Buffered

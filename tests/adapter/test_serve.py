@@ -29,7 +29,7 @@ from sidecar_common.leanexec import MAGIC
 from tests.support.lean import CLI_LIBRARIES, assert_lean_process, modules_loaded_by
 
 ADAPTER = str(Path(sys.executable).with_name("adapter"))
-LEAN_TAIL = ["-P", "-m", "adapter.serve", "--run"]
+LEAN_TAIL = ["-P", "-m", "sidecar_common.leanstart", "adapter.serve", "--run"]
 
 # The wrapped app reports its parent's command line as it starts (so, whether it
 # was started before or after the exec), then sleeps until SIGTERM.
@@ -38,7 +38,7 @@ SLEEPING_CHILD = textwrap.dedent(
     import os, signal, sys, time
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(7))
     parent = open(f"/proc/{os.getppid()}/cmdline").read().split("\\0")[:-1]
-    print("parent " + " ".join(parent[-5:-1]), flush=True)
+    print("parent " + " ".join(parent[-6:-1]), flush=True)
     while True:
         time.sleep(0.05)
     """

@@ -56,6 +56,8 @@ def _serve(payload: object) -> int:
         "optimize": sys.flags.optimize,
         "xoptions": sys._xoptions,
         "cli_module_loaded": "xml.dom.minidom" in sys.modules,
+        "ssl": type(sys.modules.get("ssl")).__name__,
+        "openssl_loaded": "_ssl" in sys.modules,
     }
     print(json.dumps(report, default=repr), flush=True)
     return int(payload.get("status", 0))
@@ -110,7 +112,9 @@ def test_exec_keeps_pid_environment_stdout_and_payload() -> None:
     assert report["ok"] is True  # the payload arrived intact (1 MiB of bytes included)
     assert report["env"] == "set-at-runtime"  # os.environ as it was at the exec
     assert report["env_outer"] == "from-the-parent"
-    assert report["cmdline"][-5:-1] == ["-P", "-m", MODULE, "--run"]
+    assert report["cmdline"][-6:-1] == ["-P", "-m", "sidecar_common.leanstart", MODULE, "--run"]
+    # Started through sidecar_common.leanstart: OpenSSL's modules are still placeholders.
+    assert report["ssl"] == "DeferredModule" and not report["openssl_loaded"]
     assert report["cli_module_loaded"] is False  # a new interpreter: the CLI's imports are gone
     # The payload fd was read and closed: stdio and listdir's own fd only.
     assert report["fds"][:3] == [0, 1, 2] and len(report["fds"]) == 4

@@ -1,7 +1,8 @@
 """Checks that a sidecar serves from its lean process (``sidecar_common.leanexec``).
 
 The three CLIs parse with typer, which loads pydantic, rich and click; once the
-settings are valid each execs ``python -P -m <sidecar>.serve --run FD``. These
+settings are valid each execs ``python -P -m sidecar_common.leanstart <sidecar>.serve
+--run FD``. These
 helpers look at that from outside: which modules a fresh interpreter running
 the serving code loads, and what a live PID runs and has mapped.
 """
@@ -33,7 +34,14 @@ def cmdline(pid: int) -> list[str]:
 
 
 def assert_lean_process(pid: int, module: str) -> None:
-    """``pid`` runs ``-P -m MODULE --run FD`` and has no CLI library's native code mapped."""
+    """``pid`` runs ``-P -m sidecar_common.leanstart MODULE --run FD``, without the CLI's code.
+
+    Neither a CLI library's native code (pydantic_core) nor OpenSSL's libcrypto
+    is mapped: the callers' sidecars use no TLS, so ``sidecar_common.leanstart``
+    kept ``ssl`` and ``hmac`` (which trio imports) from loading it.
+    """
     argv = cmdline(pid)
-    assert argv[-5:-1] == ["-P", "-m", module, "--run"], argv
-    assert "pydantic_core" not in Path(f"/proc/{pid}/maps").read_text()
+    assert argv[-6:-1] == ["-P", "-m", "sidecar_common.leanstart", module, "--run"], argv
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    assert "pydantic_core" not in maps
+    assert "libcrypto" not in maps
