@@ -13,6 +13,15 @@ A drain cancels ``accepting`` (the listening sockets close at once), gives the
 open connections ``drain_timeout`` seconds, waits for ``connections`` to empty,
 and only then stops the background tasks, so /metrics and /readyz answer until
 the very end.
+
+A reloaded config file changes listeners the same way, one at a time (what
+Envoy users get from LDS): a new listener is bound and starts accepting in
+``accepting``; a removed one stops accepting at once (its socket closes) and
+its open connections get ``drain_timeout`` before they are closed; a listener
+whose address changed moves to the new socket with its connections, clusters
+and metrics (the old socket closes once the new one is bound). A changed
+``protocol`` or ``http`` table still needs a restart (the HTTP proxy and the
+protocol handling are built once per listener).
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ import logging
 import random
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -51,7 +60,7 @@ from .switch import EnvSwitch, SwitchResult
 if TYPE_CHECKING:
     from .pgbridge import AsyncioBridge
 
-__all__ = ["Ambassador", "bind_listeners", "build_cluster"]
+__all__ = ["Ambassador", "ListenerChanges", "bind_listeners", "build_cluster"]
 
 log = get_logger("ambassador")
 
@@ -93,6 +102,20 @@ def _is_ip(host: str) -> bool:
 
 
 @dataclass
+class ListenerChanges:
+    """What a reload does to the set of listeners (:meth:`Ambassador.reload`).
+
+    ``removed`` are already stopped (one event per listener, set once its
+    sockets are closed); ``added`` and ``moved`` (the new config of a listener
+    whose address changed) wait for :meth:`Ambassador.apply_listener_changes`.
+    """
+
+    added: list[ListenerConfig] = field(default_factory=list)
+    moved: list[ListenerConfig] = field(default_factory=list)
+    removed: list[trio.Event] = field(default_factory=list)
+
+
+@dataclass
 class _ClusterTasks:
     """The cancel scope of one cluster's health-check and discovery tasks (restarted on reload)."""
 
@@ -126,6 +149,13 @@ class Ambassador:
             clusters = {env: build_cluster(lst, env, self.rng, now) for env in lst.environments}
             self.runtimes[lst.name] = ListenerRuntime(lst, clusters, self.switch, self.metrics)
         self._background: trio.Nursery | None = None
+        #: Where reloads start and stop listeners while serving (None before and after).
+        self._accepting: trio.Nursery | None = None
+        self._connections: trio.Nursery | None = None
+        #: Each listener's accept loop: cancelled to stop accepting, set once its sockets closed.
+        self._accept_loops: dict[str, tuple[trio.CancelScope, trio.Event]] = {}
+        #: Listeners removed by a reload whose connections are still draining.
+        self._retiring: dict[str, tuple[ListenerRuntime, trio.Event]] = {}
         self._cluster_tasks: dict[tuple[str, str], _ClusterTasks] = {}
         self._bridge: AsyncioBridge | None = None
 
@@ -222,35 +252,58 @@ class Ambassador:
                 )
             async with trio.open_nursery() as connections:
                 async with trio.open_nursery() as accepting:
+                    self._connections = connections
                     for rt in self.runtimes.values():
                         await accepting.start(
-                            functools.partial(
-                                rt.serve, self.sockets[rt.name], handler_nursery=connections
-                            )
+                            self._accept_main, rt, self.sockets[rt.name], self._loop_handle(rt)
                         )
-                        sock = self.sockets[rt.name][0]
-                        log_event(
-                            log,
-                            "listening",
-                            listener=rt.name,
-                            address=_sockname(sock),
-                            protocol=rt.config.protocol,
-                        )
+                    self._accepting = accepting
                     await lifecycle.wait_drain()
+                    self._accepting = None
                     accepting.cancel_scope.cancel()
-                open_now = sum(len(rt.connections) for rt in self.runtimes.values())
+                every = [*self.runtimes.values(), *(rt for rt, _ in self._retiring.values())]
                 log_event(
                     log,
                     "stopped accepting; draining connections",
-                    open_connections=open_now,
+                    open_connections=sum(len(rt.connections) for rt in every),
                     drain_timeout=cfg.drain_timeout,
                 )
-                for rt in self.runtimes.values():
+                for rt in every:
                     rt.shutdown_after(cfg.drain_timeout)
+            self._connections = None
             log_event(log, "connections drained")
-            for rt in self.runtimes.values():
+            for rt in every:
                 await rt.aclose()
             background.cancel_scope.cancel()
+
+    def _loop_handle(self, rt: ListenerRuntime) -> tuple[trio.CancelScope, trio.Event]:
+        """The cancel scope and closed event of ``rt``'s next accept loop, registered now."""
+        handle = self._accept_loops[rt.name] = (trio.CancelScope(), trio.Event())
+        return handle
+
+    async def _accept_main(
+        self,
+        rt: ListenerRuntime,
+        sockets: list[socket.socket],
+        handle: tuple[trio.CancelScope, trio.Event],
+        *,
+        task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Accept on ``sockets`` for ``rt`` until the drain or a reload stops it (closing them)."""
+        assert self._connections is not None
+        scope, closed = handle
+        log_event(
+            log,
+            "listening",
+            listener=rt.name,
+            address=_sockname(sockets[0]),
+            protocol=rt.config.protocol,
+        )
+        try:
+            with scope:
+                await rt.serve(sockets, handler_nursery=self._connections, task_status=task_status)
+        finally:
+            closed.set()
 
     async def _start_admin(self, nursery: trio.Nursery) -> None:
         assert self.cfg.admin is not None
@@ -331,67 +384,111 @@ class Ambassador:
     async def _config_changed(self, path: Path) -> None:
         new = await control.reload_config(path, self.overrides, log)
         if new is not None:
-            self.reload(new)
+            await self.apply_listener_changes(self.reload(new))
 
-    def reload(self, new: AmbassadorConfig) -> None:
-        """Apply a changed config file: endpoints and environments now, listeners on restart."""
+    def reload(self, new: AmbassadorConfig) -> ListenerChanges:
+        """Apply a changed config file; what it does to the set of listeners is returned.
+
+        Endpoints, environments, policies, limits and health checks change now,
+        in place (clusters keep their endpoint state where the core settings
+        did not change). While serving, a removed listener stops accepting now
+        and drains; added and moved listeners are bound and started by
+        :meth:`apply_listener_changes` (after the removed ones have closed
+        their sockets, so an address can pass from one listener to another).
+        Not serving (before ``run``, during the drain), and for a changed
+        ``protocol``, the running listeners are kept and a restart is asked for.
+        """
         old = self.cfg
         now = trio.current_time()
-        ignored: list[str] = []
+        serving = self._accepting is not None
+        changes = ListenerChanges()
+        restart: list[str] = []
+        names = {lst.name for lst in new.listeners}
+        for name in [name for name in self.runtimes if name not in names]:
+            if serving:
+                changes.removed.append(self._remove_listener(name))
+            else:
+                restart.append(name)
         for lst in new.listeners:
             rt = self.runtimes.get(lst.name)
-            if rt is None or rt.config.listen != lst.listen or rt.config.protocol != lst.protocol:
-                ignored.append(lst.name)
-                continue
-            same_core = (
-                rt.config.policy == lst.policy
-                and rt.config.outlier == lst.outlier
-                and rt.config.health_check == lst.health_check
-                and rt.config.limits.max_connections_per_endpoint
-                == lst.limits.max_connections_per_endpoint
-            )
-            if lst.http != rt.config.http:
-                # The HTTP proxy (pool, header files, budgets) is built once per listener.
-                log_event(
-                    log,
-                    "http settings change needs a restart; kept the running ones",
-                    level=logging.WARNING,
-                    listener=lst.name,
-                )
-                lst = dataclasses.replace(lst, http=rt.config.http)
-            clusters: dict[str, Cluster] = {}
-            for env, env_cfg in lst.environments.items():
-                cluster = rt.clusters.get(env)
-                old_env = rt.config.environments.get(env)
-                addresses = [(e.host, e.port) for e in env_cfg.endpoints]
-                if cluster is not None and same_core:
-                    if env_cfg.discover is None or old_env is None or old_env.discover is None:
-                        cluster.set_addresses(addresses, now)
-                    # else: discovered addresses stay; the restarted discovery re-lists.
+            if rt is None:
+                if serving:
+                    changes.added.append(lst)
                 else:
-                    cluster = build_cluster(lst, env, self.rng, now)
-                clusters[env] = cluster
-            for env in rt.clusters:
-                if env not in clusters:
-                    task = self._cluster_tasks.pop((lst.name, env), None)
-                    if task is not None:
-                        task.scope.cancel()
-            rt.reconfigure(lst, clusters)
-            for env, cluster in clusters.items():
-                self._start_cluster_tasks(lst, env, cluster)
-        removed = [name for name in self.runtimes if name not in {x.name for x in new.listeners}]
-        if ignored or removed:
+                    restart.append(lst.name)
+                continue
+            if rt.config.protocol != lst.protocol:
+                restart.append(lst.name)
+                continue
+            if rt.config.listen != lst.listen:
+                if serving:
+                    changes.moved.append(lst)
+                else:
+                    restart.append(lst.name)
+                # Served where it is until the new address is bound.
+                lst = dataclasses.replace(lst, listen=rt.config.listen)
+            self._reconfigure(rt, lst, now)
+        if restart:
             log_event(
                 log,
                 "listener changes need a restart; kept the running listeners",
                 level=logging.WARNING,
-                added_or_moved=ignored,
-                removed=removed,
+                listeners=restart,
             )
-        kept = [lst for lst in new.listeners if lst.name not in ignored]
-        kept += [rt.config for name, rt in self.runtimes.items() if name in removed]
+        self._set_config(new, old, pending=changes.added)
+        log_event(
+            log,
+            "config reloaded",
+            path=str(new.config_file),
+            environments=list(self.switch.environments),
+        )
+        if new.env is not None and new.env != old.env:
+            self.apply_switch(new.env, "config")
+        return changes
+
+    def _reconfigure(self, rt: ListenerRuntime, lst: ListenerConfig, now: float) -> None:
+        """Same listener, new settings: clusters rebuilt only where the core settings changed."""
+        same_core = (
+            rt.config.policy == lst.policy
+            and rt.config.outlier == lst.outlier
+            and rt.config.health_check == lst.health_check
+            and rt.config.limits.max_connections_per_endpoint
+            == lst.limits.max_connections_per_endpoint
+        )
+        if lst.http != rt.config.http:
+            # The HTTP proxy (pool, header files, budgets) is built once per listener.
+            log_event(
+                log,
+                "http settings change needs a restart; kept the running ones",
+                level=logging.WARNING,
+                listener=lst.name,
+            )
+            lst = dataclasses.replace(lst, http=rt.config.http)
+        clusters: dict[str, Cluster] = {}
+        for env, env_cfg in lst.environments.items():
+            cluster = rt.clusters.get(env)
+            old_env = rt.config.environments.get(env)
+            addresses = [(e.host, e.port) for e in env_cfg.endpoints]
+            if cluster is not None and same_core:
+                if env_cfg.discover is None or old_env is None or old_env.discover is None:
+                    cluster.set_addresses(addresses, now)
+                # else: discovered addresses stay; the restarted discovery re-lists.
+            else:
+                cluster = build_cluster(lst, env, self.rng, now)
+            clusters[env] = cluster
+        for env in rt.clusters:
+            if env not in clusters:
+                self._stop_cluster_tasks(lst.name, env)
+        rt.reconfigure(lst, clusters)
+        for env, cluster in clusters.items():
+            self._start_cluster_tasks(lst, env, cluster)
+
+    def _set_config(
+        self, new: AmbassadorConfig, old: AmbassadorConfig, pending: list[ListenerConfig]
+    ) -> None:
+        """``self.cfg``: the new file's settings with the listeners as they run (and will)."""
         self.cfg = AmbassadorConfig(
-            listeners=tuple(kept),
+            listeners=tuple(rt.config for rt in self.runtimes.values()) + tuple(pending),
             env=new.env,
             env_file=old.env_file,
             admin=old.admin,
@@ -402,14 +499,127 @@ class Ambassador:
             config_file=old.config_file,
         )
         self.switch.set_environments(self.cfg.environments)
+
+    def _stop_cluster_tasks(self, name: str, env: str) -> None:
+        task = self._cluster_tasks.pop((name, env), None)
+        if task is not None:
+            task.scope.cancel()
+
+    def _stop_accepting(self, name: str) -> trio.Event:
+        """Cancel ``name``'s accept loop; the event is set once its sockets are closed."""
+        scope, closed = self._accept_loops.pop(name)
+        scope.cancel()
+        return closed
+
+    def _remove_listener(self, name: str) -> trio.Event:
+        """Stop accepting on ``name`` now; its connections get ``drain_timeout`` seconds."""
+        rt = self.runtimes.pop(name)
+        closed = self._stop_accepting(name)
+        self.sockets.pop(name, None)
+        for env in rt.clusters:
+            self._stop_cluster_tasks(name, env)
         log_event(
             log,
-            "config reloaded",
-            path=str(new.config_file),
-            environments=list(self.switch.environments),
+            "listener removed; draining its connections",
+            listener=name,
+            open_connections=len(rt.connections),
+            drain_timeout=self.cfg.drain_timeout,
         )
-        if new.env is not None and new.env != old.env:
-            self.apply_switch(new.env, "config")
+        rt.shutdown_after(self.cfg.drain_timeout)
+        retired = trio.Event()
+        self._retiring[name] = (rt, retired)
+        assert self._background is not None
+        self._background.start_soon(self._retire, rt, retired)
+        return closed
+
+    async def _retire(self, rt: ListenerRuntime, retired: trio.Event) -> None:
+        """Once a removed listener's last connection is gone: release it and its metrics."""
+        try:
+            await rt.wait_idle()
+            await rt.aclose()
+        finally:
+            self.metrics.runtimes.remove(rt)
+            if self._retiring.get(rt.name, (None, None))[0] is rt:
+                del self._retiring[rt.name]
+            retired.set()
+        log_event(log, "listener drained", listener=rt.name)
+
+    async def apply_listener_changes(self, changes: ListenerChanges) -> None:
+        """Bind and start the listeners a reload added or moved (see :meth:`reload`).
+
+        A bind that fails (address busy, not ours) is logged and leaves things
+        as they were: an added listener is not started, a moved one keeps its
+        old address. A listener added again under the name of one still
+        draining waits for it, after cutting its connections (the metrics are
+        per name).
+        """
+        for closed in changes.removed:
+            await closed.wait()
+        for lst in changes.moved:
+            rt = self.runtimes.get(lst.name)
+            sockets = self._bind(lst) if rt is not None else None
+            if rt is None or sockets is None:
+                continue
+            old_address = str(rt.config.listen)
+            await self._stop_accepting(lst.name).wait()
+            if not self._start_accepting(rt, sockets):
+                return
+            rt.reconfigure(dataclasses.replace(rt.config, listen=lst.listen), rt.clusters)
+            log_event(
+                log, "listener moved", listener=lst.name, old=old_address, new=str(lst.listen)
+            )
+        now = trio.current_time()
+        for lst in changes.added:
+            if lst.health_check.type == "postgres" and self._bridge is None:
+                log_event(
+                    log,
+                    "a new listener with a postgres health check needs a restart; not started",
+                    level=logging.WARNING,
+                    listener=lst.name,
+                )
+                continue
+            draining = self._retiring.get(lst.name)
+            if draining is not None:
+                draining[0].shutdown_after(0.0)
+                await draining[1].wait()
+            sockets = self._bind(lst)
+            if sockets is None:
+                continue
+            clusters = {env: build_cluster(lst, env, self.rng, now) for env in lst.environments}
+            rt = ListenerRuntime(lst, clusters, self.switch, self.metrics)
+            if not self._start_accepting(rt, sockets):
+                self.metrics.runtimes.remove(rt)
+                return
+            self.runtimes[lst.name] = rt
+            for env, cluster in clusters.items():
+                self._start_cluster_tasks(lst, env, cluster)
+        self._set_config(self.cfg, self.cfg, pending=[])
+
+    def _bind(self, lst: ListenerConfig) -> list[socket.socket] | None:
+        from .listener import bind_socket
+
+        try:
+            return [bind_socket(lst.listen.host, lst.listen.port)]
+        except OSError as exc:
+            log_event(
+                log,
+                "cannot listen; listener change not applied",
+                level=logging.ERROR,
+                listener=lst.name,
+                address=str(lst.listen),
+                error=exc.strerror or str(exc),
+            )
+            return None
+
+    def _start_accepting(self, rt: ListenerRuntime, sockets: list[socket.socket]) -> bool:
+        """Serve ``rt`` on ``sockets``; False (sockets closed) when the drain has begun."""
+        if self._accepting is None:
+            for sock in sockets:
+                sock.close()
+            return False
+        self.sockets[rt.name] = sockets
+        self._accepting.start_soon(self._accept_main, rt, sockets, self._loop_handle(rt))
+        return True
 
 
 def _sockname(sock: socket.socket) -> str:
