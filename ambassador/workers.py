@@ -650,23 +650,17 @@ class Supervisor:
         Workers get the whole new config on their next start, so endpoints,
         limits, health checks... change by a rolling replacement (each old
         worker drains while its successor already accepts on the same socket).
-        Listener addresses are bound once: changing them needs a restart.
+        Listeners added or moved are bound here first (one SO_REUSEPORT socket
+        per worker); the sockets of removed and moved listeners are closed once
+        the successors are ready (the old workers drain their connections). A
+        bind that fails keeps the running config, and says so.
         """
         new = await control.reload_config(path, self.overrides, log)
         if new is None:
             return
         old = self.cfg
-
-        def shape(cfg: AmbassadorConfig) -> list[tuple[str, str]]:
-            return [(lst.name, str(lst.listen)) for lst in cfg.listeners]
-
-        if shape(new) != shape(old):
-            log_event(
-                log,
-                "listener changes need a restart; kept the running config",
-                level=logging.WARNING,
-                path=str(path),
-            )
+        retired = self._rebind(new, old)
+        if retired is None:
             return
         self.cfg = dataclasses.replace(
             new, env_file=old.env_file, admin=old.admin, log_level=old.log_level
@@ -682,6 +676,55 @@ class Supervisor:
         await self.push_env()
         if dataclasses.replace(self.cfg, env=None) != dataclasses.replace(old, env=None):
             await self.replace_workers()
+        for sock in retired:
+            sock.close()
+
+    def _rebind(self, new: AmbassadorConfig, old: AmbassadorConfig) -> list[socket.socket] | None:
+        """Give every slot the sockets of ``new``'s listeners; the sockets no longer used.
+
+        Unchanged listeners (same name, same address) keep their sockets; the
+        others are bound now, once per worker. None (nothing changed, error
+        logged) when one cannot be bound.
+        """
+        running = {lst.name: lst.listen for lst in old.listeners}
+        fresh = [lst for lst in new.listeners if running.get(lst.name) != lst.listen]
+        bound: list[dict[str, list[socket.socket]]] = [{} for _ in self.slots]
+        if fresh:
+            try:
+                bound = control.bind_listeners(
+                    dataclasses.replace(new, listeners=tuple(fresh)), copies=len(self.slots)
+                )
+            except ConfigError as exc:
+                log_event(
+                    log,
+                    "cannot listen; listener change not applied",
+                    level=logging.ERROR,
+                    error=str(exc),
+                )
+                return None
+        names = {lst.name for lst in new.listeners}
+        retired: list[socket.socket] = []
+        for slot, extra in zip(self.slots, bound, strict=True):
+            kept: dict[str, list[socket.socket]] = {}
+            for name, group in slot.sockets.items():
+                if name in names and name not in extra:
+                    kept[name] = group
+                else:
+                    retired += group
+            slot.sockets = {
+                lst.name: kept.get(lst.name) or extra[lst.name] for lst in new.listeners
+            }
+        for lst in fresh:
+            log_event(
+                log,
+                "listener moved" if lst.name in running else "listener added",
+                listener=lst.name,
+                address=str(lst.listen),
+            )
+        for name in running:
+            if name not in names:
+                log_event(log, "listener removed; draining its connections", listener=name)
+        return retired
 
 
 async def _read_port(stream: trio.abc.ReceiveStream) -> int | None:

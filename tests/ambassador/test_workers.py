@@ -307,6 +307,65 @@ def test_two_workers_end_to_end(tmp_path: Path) -> None:
         backend.close()
 
 
+def test_workers_follow_listeners_added_moved_and_removed_by_a_reload(tmp_path: Path) -> None:
+    backend = EchoServer()
+    w = Workers(tmp_path, backend.port)
+    try:
+        wait_until(w.ready, timeout=30, what="both workers ready")
+        original = w.config.read_text()
+        moved_port, extra_port = free_port(), free_port()
+        extra = (
+            f'[[listeners]]\nname = "extra"\nlisten = "127.0.0.1:{extra_port}"\n'
+            f'[listeners.environments]\nblue = ["127.0.0.1:{backend.port}"]\n'
+        )
+
+        def replace_workers(text: str) -> None:
+            old_pids = {ev["pid"] for ev in w.live_workers().values()}
+            w.config.write_text(text)
+
+            def replaced() -> bool:
+                pids = {ev["pid"] for ev in w.live_workers().values()}
+                return len(pids) == 2 and not pids & old_pids and w.ready()
+
+            wait_until(replaced, timeout=30, what="both workers replaced")
+
+        # "app" moves, "extra" is added: bound by the parent, served by new workers.
+        replace_workers(original.replace(f":{w.port}", f":{moved_port}") + extra)
+        assert [ev["listener"] for ev in w.events("listener moved")] == ["app"]
+        assert [ev["listener"] for ev in w.events("listener added")] == ["extra"]
+        for port in (moved_port, extra_port):
+            for _ in range(6):  # both workers (SO_REUSEPORT spreads by 4-tuple)
+                assert echo_once(port, b"hi") == b"hi" + TRAILER
+
+        def closed(port: int) -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=5).close()
+            except ConnectionRefusedError:
+                return True
+            return False
+
+        wait_until(lambda: closed(w.port), what="the old address closed")
+
+        # "extra" is removed: its sockets close once the successors are ready.
+        replace_workers(original.replace(f":{w.port}", f":{moved_port}"))
+        assert [
+            ev["listener"] for ev in w.events("listener removed; draining its connections")
+        ] == ["extra"]
+        wait_until(lambda: closed(extra_port), what="the removed listener's address closed")
+        assert echo_once(moved_port, b"kept") == b"kept" + TRAILER
+
+        # A listener that cannot be bound: said, and the running config stays.
+        pids = {ev["pid"] for ev in w.live_workers().values()}
+        busy = extra.replace(f":{extra_port}", f":{backend.port}")
+        w.config.write_text(original.replace(f":{w.port}", f":{moved_port}") + busy)
+        wait_until(lambda: w.events("cannot listen; listener change not applied"), timeout=20)
+        assert {ev["pid"] for ev in w.live_workers().values()} == pids
+        assert echo_once(moved_port, b"alive") == b"alive" + TRAILER
+    finally:
+        w.stop()
+        backend.close()
+
+
 @pytest.mark.parametrize(
     "argv",
     [
