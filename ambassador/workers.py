@@ -64,7 +64,7 @@ from sidecar_common.metrics import (
 from sidecar_common.retry import Backoff
 
 from . import control
-from .config import AmbassadorConfig, resolve_initial_env
+from .config import AmbassadorConfig, LimitsConfig, resolve_initial_env
 from .switch import EnvSwitch, SwitchResult
 
 __all__ = [
@@ -75,6 +75,8 @@ __all__ = [
     "exec_run",
     "merge_expositions",
     "run_workers",
+    "share_limits",
+    "worker_config",
     "worker_main",
 ]
 
@@ -125,6 +127,47 @@ def bind_reuseport(cfg: AmbassadorConfig, workers: int) -> list[dict[str, list[s
     Port 0 binds the first socket anywhere and the others to the same port.
     """
     return control.bind_listeners(cfg, copies=workers)
+
+
+# --------------------------------------------------------------------------- limits
+
+
+def share_limits(limits: LimitsConfig, workers: int, index: int) -> LimitsConfig:
+    """Worker ``index``'s part of a listener's limits, so that ``workers`` together keep them.
+
+    Why: each worker has its own circuit breaker (no shared counter between
+    processes), and a limit exists to protect the backend, so the configured
+    number must hold for the whole ambassador, not per worker. The counts are
+    split as evenly as they go (the first ``total % workers`` workers get one
+    more), so they add up to the configured value; a connection limit never
+    goes below 1 per worker (a worker must be able to serve), so a limit
+    smaller than ``workers`` is exceeded by that much. Timeouts and attempts
+    are per connection and stay as they are. The price: SO_REUSEPORT spreads
+    clients by hash, so one worker may refuse while another still has room.
+    """
+
+    def part(total: int | None, floor: int) -> int | None:
+        if total is None:
+            return None
+        return max(floor, total // workers + (1 if index < total % workers else 0))
+
+    return dataclasses.replace(
+        limits,
+        max_connections=part(limits.max_connections, 1),
+        max_connections_per_endpoint=part(limits.max_connections_per_endpoint, 1),
+        max_pending=part(limits.max_pending, 0) or 0,
+    )
+
+
+def worker_config(cfg: AmbassadorConfig, workers: int, index: int) -> AmbassadorConfig:
+    """What worker ``index`` serves: ``cfg`` with each listener's limits shared out."""
+    return dataclasses.replace(
+        cfg,
+        listeners=tuple(
+            dataclasses.replace(lst, limits=share_limits(lst.limits, workers, index))
+            for lst in cfg.listeners
+        ),
+    )
 
 
 # --------------------------------------------------------------------------- metrics
@@ -552,7 +595,13 @@ class Supervisor:
     async def _start_worker(self, slot: _Slot) -> trio.Process | None:
         """Start the worker of ``slot`` and wait for its admin port; None if it failed."""
         env = self.switch.current
-        cfg = dataclasses.replace(self.cfg, env=env, env_file=None, admin=None, config_file=None)
+        cfg = dataclasses.replace(
+            worker_config(self.cfg, len(self.slots), slot.index),
+            env=env,
+            env_file=None,
+            admin=None,
+            config_file=None,
+        )
         fds = self._fds(slot)
         spec = WorkerSpec(slot.index, cfg, self.overrides, fds)
         proc = await trio.lowlevel.open_process(

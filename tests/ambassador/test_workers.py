@@ -24,7 +24,8 @@ from typing import Any
 
 import pytest
 
-from ambassador.workers import merge_expositions
+from ambassador.config import LimitsConfig, parse_config
+from ambassador.workers import merge_expositions, share_limits, worker_config
 from sidecar_common.metrics import Registry, parse_exposition, parse_text
 from tests.ambassador.e2e import (
     AMBASSADOR,
@@ -99,13 +100,61 @@ def test_merge_is_exact_for_large_counts_and_skips_bad_text() -> None:
     assert merge_expositions([]) == ""
 
 
+# --------------------------------------------------------------------------- limits
+
+
+@pytest.mark.parametrize(
+    ("total", "workers", "parts"),
+    [
+        (10, 2, [5, 5]),
+        (7, 3, [3, 2, 2]),  # the first total % workers get one more: the sum is kept
+        (2, 4, [1, 1, 1, 1]),  # never below 1 connection per worker
+        (None, 3, [None, None, None]),  # unlimited stays unlimited
+    ],
+)
+def test_limits_are_shared_out_so_the_workers_together_keep_them(
+    total: int | None, workers: int, parts: list[int | None]
+) -> None:
+    limits = LimitsConfig(
+        max_connections=total,
+        max_connections_per_endpoint=total,
+        max_pending=5,
+        pending_timeout=2.5,
+        connect_timeout=0.5,
+    )
+    shared = [share_limits(limits, workers, i) for i in range(workers)]
+    assert [x.max_connections for x in shared] == parts
+    assert [x.max_connections_per_endpoint for x in shared] == parts
+    assert sum(x.max_pending for x in shared) == 5  # pending may be 0 per worker
+    # Per-connection settings are not shares.
+    assert {(x.pending_timeout, x.connect_timeout) for x in shared} == {(2.5, 0.5)}
+
+
+def test_worker_config_shares_every_listeners_limits() -> None:
+    cfg = parse_config(
+        {
+            "listeners": [
+                {"name": "a", "listen": "127.0.0.1:1", "environments": {"dev": ["127.0.0.1:2"]},
+                 "limits": {"max_connections": 9}},
+                {"name": "b", "listen": "127.0.0.1:3", "environments": {"dev": ["127.0.0.1:4"]}},
+            ]
+        }
+    )  # fmt: skip
+    parts = [worker_config(cfg, 2, i) for i in range(2)]
+    assert [[lst.limits.max_connections for lst in p.listeners] for p in parts] == [
+        [5, None],
+        [4, None],
+    ]
+    assert all(p.environments == cfg.environments for p in parts)
+
+
 # --------------------------------------------------------------------------- end to end
 
 
 class Workers:
     """``ambassador run --workers N --config FILE`` (the real binary); stderr to a file."""
 
-    def __init__(self, tmp: Path, backend_port: int, workers: int = 2) -> None:
+    def __init__(self, tmp: Path, backend_port: int, workers: int = 2, extra: str = "") -> None:
         self.port = free_port()
         self.admin = free_port()
         self.config = config = tmp / "ambassador.toml"
@@ -121,7 +170,7 @@ listen = "127.0.0.1:{self.port}"
 endpoints = ["127.0.0.1:{backend_port}"]
 [listeners.environments.green]
 endpoints = ["127.0.0.1:{backend_port}"]
-"""
+{extra}"""
         )
         self.log_path = tmp / "workers.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
@@ -362,6 +411,41 @@ def test_workers_follow_listeners_added_moved_and_removed_by_a_reload(tmp_path: 
         assert {ev["pid"] for ev in w.live_workers().values()} == pids
         assert echo_once(moved_port, b"alive") == b"alive" + TRAILER
     finally:
+        w.stop()
+        backend.close()
+
+
+def test_two_workers_together_keep_the_listeners_connection_limit(tmp_path: Path) -> None:
+    backend = EchoServer()
+    w = Workers(tmp_path, backend.port, extra="[listeners.limits]\nmax_connections = 2\n")
+    held: list[socket.socket] = []
+    try:
+        wait_until(w.ready, timeout=30, what="both workers ready")
+        admitted = 0
+        for i in range(6):
+            client = socket.create_connection(("127.0.0.1", w.port), timeout=5)
+            held.append(client)  # kept open: each admitted one holds its slot
+            client.sendall(b"hello %d" % i)
+            try:
+                answer = client.recv(64)
+            except ConnectionResetError:
+                answer = b""
+            admitted += answer == b"hello %d" % i
+        # One slot per worker: however the kernel spread the six, at most two got in.
+        assert 1 <= admitted <= 2
+
+        def rejections() -> float:
+            m = metrics(w.admin)
+            return sum(
+                value
+                for (name, _labels), value in m.items()
+                if name == "ambassador_circuit_breaker_rejections_total"
+            )
+
+        wait_until(lambda: rejections() == 6 - admitted, what="the refusals counted")
+    finally:
+        for client in held:
+            client.close()
         w.stop()
         backend.close()
 
