@@ -19,9 +19,9 @@ Envoy users get from LDS): a new listener is bound and starts accepting in
 ``accepting``; a removed one stops accepting at once (its socket closes) and
 its open connections get ``drain_timeout`` before they are closed; a listener
 whose address changed moves to the new socket with its connections, clusters
-and metrics (the old socket closes once the new one is bound). A changed
-``protocol`` or ``http`` table still needs a restart (the HTTP proxy and the
-protocol handling are built once per listener).
+and metrics (the old socket closes once the new one is bound); a listener whose
+``protocol`` or ``http`` table changed gets a new runtime on the same socket
+while the old runtime drains its connections (metrics summed by name).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -47,7 +47,7 @@ from sidecar_common.lifecycle import Lifecycle
 from sidecar_common.metrics import Registry
 
 from . import control
-from .admin_routes import install_env_routes
+from .admin_routes import clusters_report, install_cluster_route, install_env_routes
 from .cluster import Cluster
 from .config import AmbassadorConfig, ListenerConfig, read_env_file, resolve_initial_env
 from .endpoint import EndpointState
@@ -155,7 +155,7 @@ class Ambassador:
         #: Each listener's accept loop: cancelled to stop accepting, set once its sockets closed.
         self._accept_loops: dict[str, tuple[trio.CancelScope, trio.Event]] = {}
         #: Listeners removed by a reload whose connections are still draining.
-        self._retiring: dict[str, tuple[ListenerRuntime, trio.Event]] = {}
+        self._retiring: set[ListenerRuntime] = set()
         self._cluster_tasks: dict[tuple[str, str], _ClusterTasks] = {}
         self._bridge: AsyncioBridge | None = None
 
@@ -178,6 +178,10 @@ class Ambassador:
                 for rt in self.runtimes.values():
                     rt.drain_env(result.current, self.cfg.switch_drain_timeout)
         return result
+
+    def clusters_report(self) -> dict[str, Any]:
+        """GET /clusters (see :func:`ambassador.admin_routes.clusters_report`)."""
+        return clusters_report(self.runtimes.values(), self.switch.current, trio.current_time())
 
     def ready(self) -> tuple[bool, str]:
         """Readiness: not draining, an environment chosen, and every listener that has it usable."""
@@ -261,7 +265,7 @@ class Ambassador:
                     await lifecycle.wait_drain()
                     self._accepting = None
                     accepting.cancel_scope.cancel()
-                every = [*self.runtimes.values(), *(rt for rt, _ in self._retiring.values())]
+                every = [*self.runtimes.values(), *self._retiring]
                 log_event(
                     log,
                     "stopped accepting; draining connections",
@@ -309,6 +313,7 @@ class Ambassador:
         assert self.cfg.admin is not None
         app = AdminApp(self.registry, ready=self.ready)
         install_env_routes(app, self.switch, self.apply_switch)
+        install_cluster_route(app, self.clusters_report)
         host, port = self.cfg.admin.host, self.cfg.admin.port
         try:
             bound = await nursery.start(serve_admin, app, host, port)
@@ -391,12 +396,19 @@ class Ambassador:
 
         Endpoints, environments, policies, limits and health checks change now,
         in place (clusters keep their endpoint state where the core settings
-        did not change). While serving, a removed listener stops accepting now
-        and drains; added and moved listeners are bound and started by
-        :meth:`apply_listener_changes` (after the removed ones have closed
-        their sockets, so an address can pass from one listener to another).
-        Not serving (before ``run``, during the drain), and for a changed
-        ``protocol``, the running listeners are kept and a restart is asked for.
+        did not change). While serving:
+
+        - a removed listener stops accepting now and drains;
+        - a listener whose ``protocol`` or ``http`` table changed is replaced:
+          a new runtime accepts on the same socket at once, the old one drains
+          the connections it has (the metrics stay continuous, see
+          :meth:`_retire`);
+        - added and moved listeners are bound and started by
+          :meth:`apply_listener_changes` (after the removed ones have closed
+          their sockets, so an address can pass from one listener to another).
+
+        Not serving (before ``run``, during the drain), listener changes are
+        not applied and a restart is asked for.
         """
         old = self.cfg
         now = trio.current_time()
@@ -417,17 +429,22 @@ class Ambassador:
                 else:
                     restart.append(lst.name)
                 continue
-            if rt.config.protocol != lst.protocol:
+            rebuilt = rt.config.protocol != lst.protocol or rt.config.http != lst.http
+            if not serving and (rebuilt or rt.config.listen != lst.listen):
                 restart.append(lst.name)
                 continue
-            if rt.config.listen != lst.listen:
-                if serving:
-                    changes.moved.append(lst)
-                else:
-                    restart.append(lst.name)
+            if rebuilt and rt.config.listen != lst.listen:
+                # A new runtime on a new address: a removal and an addition.
+                changes.removed.append(self._remove_listener(lst.name))
+                changes.added.append(lst)
+            elif rebuilt:
+                self._replace_listener(rt, lst, now)
+            elif rt.config.listen != lst.listen:
+                changes.moved.append(lst)
                 # Served where it is until the new address is bound.
-                lst = dataclasses.replace(lst, listen=rt.config.listen)
-            self._reconfigure(rt, lst, now)
+                self._reconfigure(rt, dataclasses.replace(lst, listen=rt.config.listen), now)
+            else:
+                self._reconfigure(rt, lst, now)
         if restart:
             log_event(
                 log,
@@ -446,8 +463,8 @@ class Ambassador:
             self.apply_switch(new.env, "config")
         return changes
 
-    def _reconfigure(self, rt: ListenerRuntime, lst: ListenerConfig, now: float) -> None:
-        """Same listener, new settings: clusters rebuilt only where the core settings changed."""
+    def _clusters(self, rt: ListenerRuntime, lst: ListenerConfig, now: float) -> dict[str, Cluster]:
+        """``lst``'s clusters: ``rt``'s own (new addresses) where the core settings are the same."""
         same_core = (
             rt.config.policy == lst.policy
             and rt.config.outlier == lst.outlier
@@ -455,15 +472,6 @@ class Ambassador:
             and rt.config.limits.max_connections_per_endpoint
             == lst.limits.max_connections_per_endpoint
         )
-        if lst.http != rt.config.http:
-            # The HTTP proxy (pool, header files, budgets) is built once per listener.
-            log_event(
-                log,
-                "http settings change needs a restart; kept the running ones",
-                level=logging.WARNING,
-                listener=lst.name,
-            )
-            lst = dataclasses.replace(lst, http=rt.config.http)
         clusters: dict[str, Cluster] = {}
         for env, env_cfg in lst.environments.items():
             cluster = rt.clusters.get(env)
@@ -479,9 +487,48 @@ class Ambassador:
         for env in rt.clusters:
             if env not in clusters:
                 self._stop_cluster_tasks(lst.name, env)
+        return clusters
+
+    def _reconfigure(self, rt: ListenerRuntime, lst: ListenerConfig, now: float) -> None:
+        """Same listener, new settings, applied in place."""
+        if lst.http != rt.config.http:
+            # Not serving (see reload): the HTTP proxy is built once per runtime.
+            log_event(
+                log,
+                "http settings change needs a restart; kept the running ones",
+                level=logging.WARNING,
+                listener=lst.name,
+            )
+            lst = dataclasses.replace(lst, http=rt.config.http)
+        clusters = self._clusters(rt, lst, now)
         rt.reconfigure(lst, clusters)
         for env, cluster in clusters.items():
             self._start_cluster_tasks(lst, env, cluster)
+
+    def _replace_listener(self, rt: ListenerRuntime, lst: ListenerConfig, now: float) -> None:
+        """A new runtime for ``lst`` on ``rt``'s sockets; ``rt`` drains what it has.
+
+        The new accept loop gets duplicates of the listening sockets and starts
+        before the old loop closes its own, so the socket never closes: no
+        client is refused, none waits longer than the hand-over.
+        """
+        sockets = [sock.dup() for sock in self.sockets[rt.name]]
+        clusters = self._clusters(rt, lst, now)
+        successor = ListenerRuntime(lst, clusters, self.switch, self.metrics)
+        self.runtimes[lst.name] = successor
+        self._stop_accepting(rt.name)
+        self._start_accepting(successor, sockets)
+        for env, cluster in clusters.items():
+            self._start_cluster_tasks(lst, env, cluster)
+        log_event(
+            log,
+            "listener replaced; the old one drains its connections",
+            listener=lst.name,
+            protocol=lst.protocol,
+            open_connections=len(rt.connections),
+            drain_timeout=self.cfg.drain_timeout,
+        )
+        self._retire_later(rt)
 
     def _set_config(
         self, new: AmbassadorConfig, old: AmbassadorConfig, pending: list[ListenerConfig]
@@ -525,23 +572,36 @@ class Ambassador:
             open_connections=len(rt.connections),
             drain_timeout=self.cfg.drain_timeout,
         )
-        rt.shutdown_after(self.cfg.drain_timeout)
-        retired = trio.Event()
-        self._retiring[name] = (rt, retired)
-        assert self._background is not None
-        self._background.start_soon(self._retire, rt, retired)
+        self._retire_later(rt)
         return closed
 
-    async def _retire(self, rt: ListenerRuntime, retired: trio.Event) -> None:
-        """Once a removed listener's last connection is gone: release it and its metrics."""
+    def _retire_later(self, rt: ListenerRuntime) -> None:
+        rt.shutdown_after(self.cfg.drain_timeout)
+        self._retiring.add(rt)
+        assert self._background is not None
+        self._background.start_soon(self._retire, rt)
+
+    async def _retire(self, rt: ListenerRuntime) -> None:
+        """Once a replaced or removed runtime's last connection is gone: release it.
+
+        Its byte totals pass to the runtime that now has its name, if any (the
+        metrics sum runtimes of one name), so ``ambassador_*_bytes_total`` never
+        goes back; a removed listener's series leave ``/metrics``.
+        """
         try:
             await rt.wait_idle()
             await rt.aclose()
         finally:
+            self._retiring.discard(rt)
+            successor = self.runtimes.get(rt.name)
+            if successor is not None:
+                for mine, theirs in (
+                    (rt.closed_bytes_in, successor.closed_bytes_in),
+                    (rt.closed_bytes_out, successor.closed_bytes_out),
+                ):
+                    for env, n in mine.items():
+                        theirs[env] = theirs.get(env, 0) + n
             self.metrics.runtimes.remove(rt)
-            if self._retiring.get(rt.name, (None, None))[0] is rt:
-                del self._retiring[rt.name]
-            retired.set()
         log_event(log, "listener drained", listener=rt.name)
 
     async def apply_listener_changes(self, changes: ListenerChanges) -> None:
@@ -549,9 +609,8 @@ class Ambassador:
 
         A bind that fails (address busy, not ours) is logged and leaves things
         as they were: an added listener is not started, a moved one keeps its
-        old address. A listener added again under the name of one still
-        draining waits for it, after cutting its connections (the metrics are
-        per name).
+        old address. A name added again while its old runtime still drains is
+        fine: both count under the name until the old one is done.
         """
         for closed in changes.removed:
             await closed.wait()
@@ -578,10 +637,6 @@ class Ambassador:
                     listener=lst.name,
                 )
                 continue
-            draining = self._retiring.get(lst.name)
-            if draining is not None:
-                draining[0].shutdown_after(0.0)
-                await draining[1].wait()
             sockets = self._bind(lst)
             if sockets is None:
                 continue

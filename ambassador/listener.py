@@ -131,7 +131,7 @@ class Metrics:
         registry.gauge_callback(
             "ambassador_pending_connections",
             "Clients waiting in the listener's pending queue for a connection slot.",
-            lambda: (({"listener": rt.name}, float(rt.breaker.pending)) for rt in self.runtimes),
+            self._pending,
         )
         registry.counter_callback(
             "ambassador_received_bytes_total",
@@ -149,32 +149,48 @@ class Metrics:
             self._healthy,
         )
 
-    def _active(self) -> Iterable[tuple[dict[str, str], float]]:
+    # A listener replaced by a config reload has two runtimes of one name while
+    # the old one drains: the samples below are summed by label set (healthy:
+    # the newest runtime's word), so every series stays one series.
+
+    def _pending(self) -> Iterable[tuple[dict[str, str], float]]:
+        totals: dict[str, int] = {}
         for rt in self.runtimes:
-            counts: dict[str, int] = dict.fromkeys(rt.clusters, 0)
+            totals[rt.name] = totals.get(rt.name, 0) + rt.breaker.pending
+        return (({"listener": name}, float(n)) for name, n in totals.items())
+
+    def _active(self) -> Iterable[tuple[dict[str, str], float]]:
+        totals: dict[tuple[str, str], int] = {}
+        for rt in self.runtimes:
+            for env in rt.clusters:
+                totals.setdefault((rt.name, env), 0)
             for conn in rt.connections:
-                counts[conn.env] = counts.get(conn.env, 0) + 1
-            for env, n in counts.items():
-                yield {"listener": rt.name, "env": env}, float(n)
+                key = (rt.name, conn.env)
+                totals[key] = totals.get(key, 0) + 1
+        return (({"listener": n, "env": e}, float(v)) for (n, e), v in totals.items())
 
     def _bytes(self, *, inbound: bool) -> Iterable[tuple[dict[str, str], float]]:
+        totals: dict[tuple[str, str], int] = {}
         for rt in self.runtimes:
-            totals = dict(rt.closed_bytes_in if inbound else rt.closed_bytes_out)
+            closed = rt.closed_bytes_in if inbound else rt.closed_bytes_out
             for env in rt.clusters:
-                totals.setdefault(env, 0)
+                totals.setdefault((rt.name, env), 0)
+            for env, n in closed.items():
+                totals[(rt.name, env)] = totals.get((rt.name, env), 0) + n
             for conn in rt.connections:
                 live = conn.counters.bytes_in if inbound else conn.counters.bytes_out
-                totals[conn.env] = totals.get(conn.env, 0) + live
-            for env, n in totals.items():
-                yield {"listener": rt.name, "env": env}, float(n)
+                key = (rt.name, conn.env)
+                totals[key] = totals.get(key, 0) + live
+        return (({"listener": n, "env": e}, float(v)) for (n, e), v in totals.items())
 
     def _healthy(self) -> Iterable[tuple[dict[str, str], float]]:
         now = trio.current_time()
-        for rt in self.runtimes:
+        values: dict[tuple[str, str, str], float] = {}
+        for rt in self.runtimes:  # in creation order: the newest runtime's value wins
             for env, cluster in rt.clusters.items():
                 for ep in cluster.endpoints:
-                    labels = {"listener": rt.name, "env": env, "endpoint": ep.name}
-                    yield labels, 1.0 if ep.usable(now) else 0.0
+                    values[(rt.name, env, ep.name)] = 1.0 if ep.usable(now) else 0.0
+        return (({"listener": n, "env": e, "endpoint": ep}, v) for (n, e, ep), v in values.items())
 
 
 @dataclass(eq=False)

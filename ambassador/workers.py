@@ -393,6 +393,26 @@ class Supervisor:
         )
         return Response(200, (own + merged).encode(), CONTENT_TYPE)
 
+    async def clusters(self, request: Request) -> Response:
+        """GET /clusters: every worker's own report (balancing state is per worker)."""
+        reports: dict[int, object] = {}
+
+        async def ask(slot: _Slot) -> None:
+            got = await self._get(slot, "/clusters")
+            if got is not None and got[0] == 200:
+                with contextlib.suppress(ValueError):
+                    reports[slot.index] = json.loads(got[1])
+
+        async with trio.open_nursery() as nursery:
+            for slot in self.slots:
+                nursery.start_soon(ask, slot)
+        workers = [
+            {"worker": slot.index, "pid": slot.process.pid if slot.process else None,
+             "report": reports.get(slot.index)}
+            for slot in self.slots
+        ]  # fmt: skip
+        return json_response(200, {"env": self.switch.current, "workers": workers})
+
     def _own_families(self) -> set[str]:
         return {
             line.split()[2]
@@ -447,6 +467,7 @@ class Supervisor:
                 app.route("GET", "/readyz", self.readyz)
                 app.route("GET", "/env", self.get_env, loopback_only=True)
                 app.route("PUT", "/env", self.put_env, loopback_only=True)
+                app.route("GET", "/clusters", self.clusters, loopback_only=True)
                 bound = await background.start(
                     serve_admin, app, self.cfg.admin.host, self.cfg.admin.port
                 )
@@ -820,12 +841,13 @@ def worker_main() -> None:
     sockets = {name: [socket.socket(fileno=fd) for fd in fds] for name, fds in spec.fds.items()}
 
     async def main(lifecycle: Lifecycle) -> None:
-        from .admin_routes import install_env_routes
+        from .admin_routes import install_cluster_route, install_env_routes
         from .app import Ambassador
 
         ambassador = Ambassador(spec.config, sockets, overrides=spec.overrides)
         app = AdminApp(ambassador.registry, ready=ambassador.ready)
         install_env_routes(app, ambassador.switch, ambassador.apply_switch)
+        install_cluster_route(app, ambassador.clusters_report)
         async with trio.open_nursery() as nursery:
             port = await nursery.start(serve_admin, app, "127.0.0.1", 0)
             os.write(1, f"port {port}\n".encode())

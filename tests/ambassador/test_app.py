@@ -186,3 +186,51 @@ async def test_reload_keeps_discovered_endpoints_and_the_running_http_settings(
         assert [ep.address for ep in rt.clusters["prod"].endpoints] == [("127.0.0.1", 6009)]
     finally:
         sock.close()
+
+
+async def test_clusters_report_shows_what_the_balancer_knows(
+    sockets: dict[str, list[socket.socket]],
+) -> None:
+    outlier = "[listeners.outlier]\nconsecutive_failures = 1\n"
+    text = CONFIG.replace("[listeners.health_check]", outlier + "[listeners.health_check]")
+    amb = Ambassador(config(text, env="prod"), sockets)
+    now = trio.current_time()
+    prod = amb.runtimes["pg"].clusters["prod"]
+    first, second = prod.endpoints
+    prod.connect_started(first)
+    prod.connect_succeeded(first, 0.002, now)  # one open connection, 2 ms to connect
+    prod.connect_started(second)
+    assert prod.connect_failed(second, now)  # one failure ejects (consecutive_failures = 1)
+    report = amb.clusters_report()
+    assert report["env"] == "prod"
+    (listener,) = report["listeners"]
+    assert {k: listener[k] for k in ("name", "protocol", "policy", "open_connections")} == {
+        "name": "pg",
+        "protocol": "tcp",
+        "policy": "peak_ewma",
+        "open_connections": 0,
+    }
+    assert listener["listen"].startswith("127.0.0.1:")
+    envs = listener["environments"]
+    assert (envs["dev"]["current"], envs["prod"]["current"]) == (False, True)
+    up, ejected = envs["prod"]["endpoints"]
+    assert up == {
+        "address": "127.0.0.1:6002",
+        "usable": True,
+        "healthy": True,
+        "ejected": False,
+        "ejected_for_seconds": None,
+        "times_ejected": 0,
+        "active_connections": 1,
+        "latency_ewma_seconds": pytest.approx(0.002),
+        "connects_total": 1,
+        "connect_failures_total": 0,
+    }
+    assert ejected["address"] == "127.0.0.1:6003"
+    assert (ejected["usable"], ejected["healthy"], ejected["ejected"]) == (False, True, True)
+    assert 0 < ejected["ejected_for_seconds"] <= 30.0  # the base ejection time, running
+    assert (ejected["times_ejected"], ejected["connect_failures_total"]) == (1, 1)
+    # A failure counts as the cluster's penalty latency (peak EWMA shuns it).
+    assert ejected["latency_ewma_seconds"] == pytest.approx(prod.failure_latency)
+    assert envs["dev"]["endpoints"][0]["connects_total"] == 0
+    assert envs["dev"]["endpoints"][0]["latency_ewma_seconds"] is None  # nothing measured yet
