@@ -21,6 +21,7 @@ import pytest
 
 from sidecar_common.leanexec import MAGIC
 from tests.support.lean import CLI_LIBRARIES, assert_lean_process, modules_loaded_by
+from tests.support.wait import wait_until
 from watcher.config import WatcherSettings, validate
 from watcher.serve import main
 
@@ -47,8 +48,9 @@ def test_watcher_run_serves_from_the_lean_module_with_the_same_pid(
     pid = w.proc.pid  # the `watcher` console script we started
     # pydantic's native core is not mapped (the CLI process had it: typer imports pydantic).
     assert_lean_process(pid, "watcher.serve")
-    # And this lean process is the one serving: ready, its start logged once.
-    assert w.admin_get("/readyz")[0] == 200
+    # And this lean process is the one serving: ready (once its first probe passed,
+    # which may come just after "started"), its start logged once.
+    wait_until(lambda: w.admin_get("/readyz")[0] == 200, timeout=10, what="ready")
     assert len(w.events("started")) == 1
 
 
