@@ -19,7 +19,10 @@ Bytes never enter Python (zero copy). By default the loop runs in a thread of
 its own blocked in ``epoll_wait`` (the GIL is free while it waits and during
 every splice), so a ready socket wakes it directly instead of going through
 trio's loop; the trio thread only hears of a connection again when it ends
-(``run_sync_soon``). ``AMBASSADOR_RELAY=splice-loop`` runs the same loop as a
+(``run_sync_soon``). The listener's plain TCP connections go further
+(``detached_available``): no task waits for them at all, the hub closes their
+sockets and their ends are collected by the accept loop in batches.
+``AMBASSADOR_RELAY=splice-loop`` runs the same loop as a
 trio task instead (one ``wait_readable`` on the epoll fd for all connections);
 ``AMBASSADOR_RELAY_THREADS=N`` spreads connections over N hub threads.
 
@@ -42,12 +45,14 @@ baseline the benchmark compares against).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import fcntl
 import os
 import select
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -58,7 +63,7 @@ import trio
 from sidecar_common.errors import ConfigError
 from sidecar_common.jsonlog import get_logger, log_event
 
-from .relay import RelayCounters, RelayOutcome, RelayResult, abort_stream
+from .relay import RelayCounters, RelayOutcome, RelayResult
 from .relay import relay as stream_relay
 
 __all__ = [
@@ -68,6 +73,8 @@ __all__ = [
     "SpliceHub",
     "can_splice",
     "check_settings",
+    "detached_available",
+    "hubs",
     "relay",
     "relay_mode",
     "relay_threads",
@@ -84,6 +91,9 @@ RELAY_MODES: Final = ("splice", "splice-loop", "stream")
 PIPE_SIZE: Final = 1 << 18
 #: Idle pipes kept for reuse; beyond this a freed pipe is closed.
 POOL_MAX: Final = 32
+#: How long (seconds) ended detached connections may wait for the accept loop
+#: to collect them before the hub wakes trio for them.
+END_DELAY: Final = 0.005
 #: Extra reads of one source in a row while it fills whole chunks (bulk
 #: transfers): fewer trips through the event loop, bounded for fairness.
 BURST: Final = 4
@@ -153,6 +163,19 @@ class _Dir:
         self.finished = False  # EOF forwarded to dst
 
 
+#: What the hub relays between: a trio socket stream, or a plain (non-blocking) socket.
+Relayable = trio.SocketStream | socket.socket
+
+
+def _arm_rst(sock: trio.socket.SocketType | socket.socket) -> None:
+    """Make ``sock``'s close send RST rather than FIN (``abort_stream`` for a bare socket)."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_0)
+
+
+_LINGER_0: Final = struct.pack("ii", 1, 0)
+
+
 class _Conn:
     """One relayed connection as the hub sees it: two sockets, two directions."""
 
@@ -163,29 +186,34 @@ class _Conn:
         "fds",
         "last",
         "masks",
+        "on_done",
         "outcome",
         "released",
         "socks",
-        "streams",
     )
 
     def __init__(
         self,
-        client: trio.SocketStream,
-        upstream: trio.SocketStream,
+        client: Relayable,
+        upstream: Relayable,
         counters: RelayCounters,
         now: float,
+        on_done: Callable[[], object] | None = None,
     ) -> None:
-        self.streams = (client, upstream)
-        self.socks = (client.socket, upstream.socket)
-        self.fds = (client.socket.fileno(), upstream.socket.fileno())
+        csock = client.socket if type(client) is trio.SocketStream else client
+        usock = upstream.socket if type(upstream) is trio.SocketStream else upstream
+        self.socks = (csock, usock)
+        self.fds = (csock.fileno(), usock.fileno())
         self.counters = counters
         self.dirs = (_Dir(self, 0), _Dir(self, 1))
         self.masks = [_EPOLLIN, _EPOLLIN]
         self.outcome: RelayOutcome | None = None
         #: Set by the hub once it let go of the sockets (after ``outcome``).
         self.released = False
-        self.done = trio.Event()
+        #: A detached connection (no task waits) is ended by ``on_done``, run
+        #: in the trio thread; otherwise its task waits for ``done``.
+        self.on_done = on_done
+        self.done = trio.Event() if on_done is None else None
         self.last = now
 
 
@@ -212,15 +240,21 @@ class SpliceHub:
         self.pool: list[tuple[int, int]] = []
         self.pipes_open = 0
         self.closed = False
+        #: ``on_done`` of detached connections the hub ended, for ``flush_ended``
+        #: (a deque: ``append`` and ``popleft`` are atomic, no lock needed).
+        self.ended: collections.deque[Callable[[], object]] = collections.deque()
+        self.ended_since = 0.0
+        self.flush_due = False
         self.spare = self._new_pipe()
 
     # -- bookkeeping ---------------------------------------------------------
 
     def add(
         self,
-        client: trio.SocketStream,
-        upstream: trio.SocketStream,
+        client: Relayable,
+        upstream: Relayable,
         counters: RelayCounters,
+        on_done: Callable[[], object] | None = None,
     ) -> _Conn:
         """Start relaying ``conn``'s two sockets (from the trio thread).
 
@@ -232,7 +266,7 @@ class SpliceHub:
         the lock matters: the hub holds it while it splices, so the trio thread
         waited there for the hub and then for the GIL on every new connection.
         """
-        conn = _Conn(client, upstream, counters, time.perf_counter())
+        conn = _Conn(client, upstream, counters, time.perf_counter(), on_done)
         cfd, ufd = conn.fds
         by_fd = self.by_fd
         by_fd[cfd] = (conn, 0)
@@ -255,6 +289,21 @@ class SpliceHub:
             return
         with self.lock:
             self._discard(conn)
+
+    def cut(self, conn: _Conn, outcome: RelayOutcome) -> bool:
+        """End a detached connection from the trio side (drain, shutdown, idle timeout).
+
+        True when it was still relaying: the hub lets go of it now with
+        ``outcome`` and will not call its ``on_done`` (the caller ends it).
+        False when the hub finished it already: ``on_done`` is on its way.
+        """
+        with self.lock:
+            if conn.released:
+                return False
+            self._discard(conn)
+            conn.outcome = outcome
+            conn.released = True
+            return True
 
     def _discard(self, conn: _Conn) -> None:
         if conn.released:
@@ -333,13 +382,18 @@ class SpliceHub:
         poll = self.epoll.poll
         lock = self.lock
         step = self.step
+        perf = time.perf_counter
         while not self.stopping:
             try:
-                events = poll(-1)
+                events = poll(END_DELAY if self.ended else -1)
             except InterruptedError:
                 continue
             with lock:
                 step(events)
+                if self.ended and not self.flush_due and perf() - self.ended_since >= END_DELAY:
+                    # Nobody collected them meanwhile (no new connection): wake trio.
+                    self.flush_due = True
+                    self._wake_trio(self.flush_ended)
 
     def step(self, events: list[tuple[int, int]]) -> None:
         """Handle a batch of ready sockets (never raises: a bug ends one connection).
@@ -407,8 +461,8 @@ class SpliceHub:
                     self._pump(this)  # a full chunk: more may be waiting (bulk)
             except Exception as exc:  # pragma: no cover - a bug, not an I/O error
                 log_event(log, "relay bug; connection reset", level=40, error=repr(exc))
-                abort_stream(conn.streams[0])
-                abort_stream(conn.streams[1])
+                _arm_rst(conn.socks[0])
+                _arm_rst(conn.socks[1])
                 self._finish(conn, "upstream_reset")
 
     def _event(self, conn: _Conn, idx: int, ev: int) -> None:
@@ -522,22 +576,68 @@ class SpliceHub:
     def _reset(self, conn: _Conn, side: int) -> None:
         """Socket ``side`` reset (or failed): RST the other one, end the relay."""
         # Arm the RST before ``_finish`` lets the trio side close the sockets.
-        abort_stream(conn.streams[1 - side])
+        _arm_rst(conn.socks[1 - side])
         self._finish(conn, "client_reset" if side == 0 else "upstream_reset")
 
     def _finish(self, conn: _Conn, outcome: RelayOutcome) -> None:
         """The hub is done with ``conn``: its last act on it (the trio side may close it now)."""
         if conn.outcome is None:
             conn.outcome = outcome
-        self._discard(conn)
+        on_done = conn.on_done
+        if on_done is None:
+            self._discard(conn)
+            conn.released = True
+            assert conn.done is not None
+            self._wake_trio(conn.done.set)
+            return
+        # A detached connection: the hub closes its (plain) sockets itself
+        # (closing takes them out of the epoll set, no unregister needed); its
+        # end waits in ``ended`` for the trio side (``flush_ended``).
+        socks = conn.socks
+        if type(socks[0]) is socket.socket and type(socks[1]) is socket.socket:
+            by_fd = self.by_fd
+            for fd in conn.fds:
+                entry = by_fd.get(fd)
+                if entry is not None and entry[0] is conn:
+                    del by_fd[fd]
+            for d in conn.dirs:
+                if d.pipe is not None:
+                    self._close_pipe(d.pipe)
+                    d.pipe = None
+            socks[0].close()
+            socks[1].close()
+        else:
+            self._discard(conn)  # trio sockets are closed in the trio thread only
         conn.released = True
+        if not self.ended:
+            self.ended_since = time.perf_counter()
+        self.ended.append(on_done)
         if not self.threaded:
-            conn.done.set()
+            self.flush_ended()
+
+    def _wake_trio(self, callback: Callable[[], object]) -> None:
+        if not self.threaded:
+            callback()
             return
         assert self.token is not None
         # RunFinishedError: trio is gone, nobody waits any more.
         with contextlib.suppress(trio.RunFinishedError):
-            self.token.run_sync_soon(conn.done.set)
+            self.token.run_sync_soon(callback)
+
+    def flush_ended(self) -> None:
+        """(In the trio thread.) Run the ``on_done`` of detached connections that ended.
+
+        Called by the listener's accept loop on every wake-up (under a steady
+        stream of new connections that is all it takes: no wake-up of trio per
+        ended connection) and, through ``run_sync_soon``, by the hub when ends
+        waited longer than ``END_DELAY``. Without the lock (the hub holds it
+        while it splices): ``ended`` is a deque, so an end the hub appends
+        meanwhile is taken now or by the next call, never lost.
+        """
+        self.flush_due = False
+        ended = self.ended
+        while ended:
+            ended.popleft()()
 
     def _update_interest(self, conn: _Conn) -> None:
         """Level-triggered interest: read a source while its pipe is empty, write while not.
@@ -627,6 +727,20 @@ def _hub() -> SpliceHub:
 # --------------------------------------------------------------------------- relay
 
 
+def detached_available() -> SpliceHub | None:
+    """The hub to hand a connection to with no task waiting, or None (stream relay).
+
+    A detached connection (``SpliceHub.add`` with ``on_done``, two plain
+    sockets) is the listener's: the hub closes its sockets when it ends it and
+    queues ``on_done`` in ``ended``, which the listener's accept loop collects
+    (``flush_ended``) on its next wake-up; the hub wakes trio for them only when
+    no new connection came for ``END_DELAY``. No task is resumed per connection.
+    """
+    if _settings()[0] == "stream":
+        return None
+    return _hub()
+
+
 async def relay(
     client: trio.abc.HalfCloseableStream,
     upstream: trio.abc.HalfCloseableStream,
@@ -649,6 +763,7 @@ async def relay(
         return await stream_relay(client, upstream, counters, idle_timeout=idle_timeout)
     hub = _hub()
     conn = hub.add(client, upstream, counters)
+    assert conn.done is not None
     outcome: RelayOutcome
     try:
         if idle_timeout is None:

@@ -25,7 +25,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import socket
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -42,16 +44,17 @@ from .cluster import Cluster
 from .config import ListenerConfig
 from .control import register_switch_metrics
 from .endpoint import EndpointState
-from .fastrelay import relay
+from .fastrelay import SpliceHub, detached_available, hubs, relay
 from .pgtls import PgStartupError, read_client_startup
 from .relay import RelayCounters, abort_stream
 from .switch import EnvSwitch
-from .tcp import finish_tcp, start_tcp
+from .tcp import connect_socket, finish_tcp, start_tcp
 from .tls import UpstreamTLS
 
 if TYPE_CHECKING:
     # Imported where an HTTP listener is built: a TCP-only ambassador does not
     # pay for h11 and the HTTP package in its idle RSS.
+    from .fastrelay import _Conn as HubConn
     from .http import HttpProxy, Route
 
 __all__ = [
@@ -70,6 +73,8 @@ log = get_logger("ambassador.listener")
 ACCEPT_BATCH = 64
 #: Pause after accept failed for lack of resources (file descriptors, memory).
 ACCEPT_RETRY = 0.1
+#: TCP_NOTSENT_LOWAT (Linux 3.12+; the constant is missing from older Pythons).
+_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
 _CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 #: accept errors that concern one client who is gone already (as trio's SocketListener).
 _IGNORED_ACCEPT_ERRNOS = frozenset(
@@ -206,6 +211,62 @@ class Connection:
     cancel_reason: str = ""
 
 
+#: A connect attempt begun before its task existed (the listener's task-less
+#: path, handing over): endpoint, start time, socket still connecting, error.
+FirstAttempt = tuple[EndpointState, float, socket.socket | None, OSError | None]
+
+
+class _Detached:
+    """A connection the splice hub relays with no task waiting for it (``_detach``).
+
+    Its end (the hub's ``on_done``, or the reaper cutting it) does in one
+    synchronous call what the task's ``finally`` blocks do on the task path.
+    """
+
+    __slots__ = (
+        "attempts",
+        "client",
+        "cluster",
+        "conn",
+        "connect_time",
+        "ep",
+        "hub",
+        "relay",
+        "rt",
+        "start",
+        "upstream",
+    )
+
+    def __init__(
+        self,
+        rt: ListenerRuntime,
+        conn: Connection,
+        client: socket.socket,
+        upstream: socket.socket,
+        cluster: Cluster,
+        ep: EndpointState,
+        start: float,
+        connect_time: float,
+        hub: SpliceHub,
+    ) -> None:
+        self.rt = rt
+        self.conn = conn
+        self.client = client
+        self.upstream = upstream
+        self.cluster = cluster
+        self.ep = ep
+        self.start = start
+        self.attempts = 1
+        self.connect_time = connect_time
+        self.hub = hub
+        self.relay: HubConn | None = None
+
+    def finished(self) -> None:
+        """The hub's ``on_done`` (in the trio thread): the relay ended on its own."""
+        relay = self.relay
+        self.rt._end_detached(self, (relay.outcome if relay is not None else None) or "closed")
+
+
 def bind_socket(
     host: str, port: int, *, reuse_port: bool = False, backlog: int = 1024
 ) -> socket.socket:
@@ -307,6 +368,17 @@ class ListenerRuntime:
         self._connect_timers: dict[str, HistogramChild] = {}
         self._idle = trio.Event()
         self._idle.set()
+        #: Connections relayed with no task (``_detach``), and the one task that
+        #: enforces their deadlines (drain, shutdown, idle timeout) and keeps the
+        #: handler nursery open while any is left (``_reap``).
+        self._loose: dict[Connection, _Detached] = {}
+        self._reaping = False
+        self._reap_wake: trio.Event | None = None
+        #: When the reaper looks next by itself (trio time; inf: only when poked).
+        self._reap_at = math.inf
+        self._accept_loops = 0
+        #: The hubs of the task-less connections (known after the first one).
+        self._hubs: list[SpliceHub] = []
         #: ``open_upstream`` is ours (not a subclass's): plain TCP may take the
         #: synchronous connect in ``_connect``.
         self._plain_open = type(self).open_upstream is ListenerRuntime.open_upstream
@@ -387,6 +459,7 @@ class ListenerRuntime:
                     conn.cancel_reason = "drained"
                 conn.scope.deadline = min(conn.scope.deadline, deadline)
                 n += 1
+        self._poke_reaper()
         return n
 
     def shutdown_after(self, timeout: float) -> None:
@@ -399,6 +472,7 @@ class ListenerRuntime:
         for conn in self.connections:
             conn.cancel_reason = "shutdown"
             conn.scope.deadline = min(conn.scope.deadline, deadline)
+        self._poke_reaper()
 
     async def wait_idle(self) -> None:
         """Return once no connection is open."""
@@ -439,33 +513,313 @@ class ListenerRuntime:
         accept = sock.accept
         start = handler_nursery.start_soon
         handler = self._handle_accepted
-        while True:
-            await trio.lowlevel.wait_readable(sock)
-            for _ in range(ACCEPT_BATCH):
-                try:
-                    conn, addr = accept()
-                except BlockingIOError:
-                    break
-                except OSError as exc:
-                    if exc.errno in _IGNORED_ACCEPT_ERRNOS:
-                        continue  # that client is gone already; the next one may not be
-                    if exc.errno not in _CAPACITY_ERRNOS:
+        serve_now = self._serve_now
+        self._accept_loops += 1
+        try:
+            while True:
+                await trio.lowlevel.wait_readable(sock)
+                for hub in self._hubs:
+                    if hub.ended:
+                        hub.flush_ended()  # connections that ended since (no wake-up of theirs)
+                for _ in range(ACCEPT_BATCH):
+                    try:
+                        conn, addr = accept()
+                    except BlockingIOError:
+                        break
+                    except OSError as exc:
+                        if exc.errno in _IGNORED_ACCEPT_ERRNOS:
+                            continue  # that client is gone already; the next one may not be
+                        if exc.errno not in _CAPACITY_ERRNOS:
+                            raise
+                        log_event(
+                            log,
+                            "accept failed; retrying",
+                            level=logging.ERROR,
+                            listener=self.name,
+                            error=f"{errno.errorcode.get(exc.errno or 0, exc.errno)}: {exc}",
+                        )
+                        await trio.sleep(ACCEPT_RETRY)
+                        break
+                    if serve_now(conn, addr, handler_nursery):
+                        continue
+                    try:
+                        stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
+                        start(handler, stream, addr)
+                    except BaseException:
+                        conn.close()
                         raise
-                    log_event(
-                        log,
-                        "accept failed; retrying",
-                        level=logging.ERROR,
-                        listener=self.name,
-                        error=f"{errno.errorcode.get(exc.errno or 0, exc.errno)}: {exc}",
-                    )
-                    await trio.sleep(ACCEPT_RETRY)
-                    break
-                try:
-                    stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
-                    start(handler, stream, addr)
-                except BaseException:
-                    conn.close()
-                    raise
+        finally:
+            self._accept_loops -= 1
+            if not self._accept_loops:
+                self._poke_reaper()
+
+    # ------------------------------------------------------------ the task-less path
+
+    def _serve_now(self, sock: socket.socket, addr: Any, handler_nursery: trio.Nursery) -> bool:
+        """Serve a just-accepted plain TCP client without a task, when nothing needs waiting.
+
+        The common case of a new connection (issue 4, ``pgbench -C``): admitted
+        at once, a plain endpoint whose loopback handshake is done when
+        ``connect`` returns, relayed by the threaded splice hub. Then accept,
+        admission, connect and the hand-over to the hub all happen here, in
+        the accept loop, and the hub, which closes the sockets when the relay
+        ends, leaves the rest of the end (``_end_detached``) for the accept loop
+        to collect on its next wake-up: no task is started, resumed or finished
+        for it, no cancel scope entered, the sockets are never wrapped for trio,
+        and under a steady stream of connections trio is not woken for ends.
+        Drain, shutdown and idle deadlines of such connections are kept by one
+        reaper task per listener (``_reap``), which also keeps the handler
+        nursery open while any is left: structured concurrency holds.
+
+        False (nothing done, ``sock`` untouched) when the client needs the task
+        path: HTTP, upstream TLS, an allow-list refusal, no environment, a full
+        listener (pending queue), the stream or loop relay, shutting down. A
+        connect that is still in progress or failed continues in a task
+        (``_continue``) with the attempt already made.
+        """
+        if not self.accepting or self.http_proxy is not None or not self._plain_open:
+            return False
+        env = self.switch.current
+        if env is None:
+            return False
+        cluster = self.clusters.get(env)
+        if cluster is None or self.env_tls(env) is not None:
+            return False
+        client_ip, client = _format_peer(addr)
+        allow = self.config.allow
+        if allow and not address_allowed(client_ip, allow):
+            return False
+        hub = detached_available()
+        if hub is None:
+            return False
+        breaker = self.breaker
+        if not breaker.try_acquire():
+            return False
+        start = trio.current_time()
+        ep = cluster.choose(start)
+        if ep is None:
+            breaker.release()
+            return False
+        # From here on the connection is ours: every way out ends it.
+        cluster.connect_started(ep)
+        first: FirstAttempt | None = None
+        upstream: socket.socket | None = None
+        try:
+            started = connect_socket(ep.address)
+        except OSError as exc:
+            first = (ep, start, None, exc)
+        else:
+            if started is None:
+                first = (ep, start, None, None)  # a host name: trio's resolver, in the task
+            elif started[1]:
+                upstream = started[0]
+            else:
+                first = (ep, start, started[0], None)
+        try:
+            sock.setblocking(False)
+            if first is not None:
+                stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+                attempt: FirstAttempt = first
+                handler_nursery.start_soon(
+                    self._continue, stream, env, cluster, client, start, attempt
+                )
+                return True
+            assert upstream is not None
+            connect_time = trio.current_time() - start
+            cluster.connect_succeeded(ep, connect_time, trio.current_time())
+            timer = self._connect_timers.get(env)
+            if timer is None:
+                timer = self.metrics.connect_duration.labels(listener=self.name, env=env)
+                self._connect_timers[env] = timer
+            timer.observe(connect_time)
+            self._detach(
+                sock, upstream, env, cluster, ep, client, start, connect_time, hub, handler_nursery
+            )
+        except BaseException as exc:
+            # ``setblocking`` refused (the client is gone already), or not
+            # expected at all (the nursery is closed): end what was begun.
+            sock.close()
+            if first is not None and first[2] is not None:
+                first[2].close()
+            if upstream is not None:
+                upstream.close()
+            cluster.connection_closed(ep)
+            breaker.release()
+            if not isinstance(exc, OSError):
+                raise
+            self._ended(env, client, "error", start)
+            log_event(
+                log,
+                "connection error",
+                level=logging.WARNING,
+                listener=self.name,
+                client=client,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+        return True
+
+    async def _continue(
+        self,
+        stream: trio.SocketStream,
+        env: str,
+        cluster: Cluster,
+        client: str,
+        start: float,
+        first: FirstAttempt,
+    ) -> None:
+        """The task path from a connect attempt ``_serve_now`` began (connecting or failed)."""
+        try:
+            try:
+                await self._serve_admitted(stream, env, cluster, client, start, first)
+            finally:
+                self.breaker.release()
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            log_event(
+                log,
+                "connection error",
+                level=logging.WARNING,
+                listener=self.name,
+                client=client,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+        finally:
+            await _close(stream)
+
+    def _detach(
+        self,
+        client_sock: socket.socket,
+        upstream: socket.socket,
+        env: str,
+        cluster: Cluster,
+        ep: EndpointState,
+        client: str,
+        start: float,
+        connect_time: float,
+        hub: SpliceHub,
+        handler_nursery: trio.Nursery,
+    ) -> None:
+        """Hand an admitted, connected pair to the hub; ``_end_detached`` ends it."""
+        # The socket options trio's SocketStream sets (these are bare sockets):
+        # Nagle off, and at most 16 KiB queued unsent, so the hub's relaying
+        # behaves as it does for the task path's streams.
+        # (OSError: an old kernel, or the client gone already; trio ignores it too.)
+        for sock in (client_sock, upstream):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, _NOTSENT_LOWAT, 1 << 14)
+        if not self._reaping:
+            # (Raises when the nursery is closed: nothing is tracked yet.)
+            handler_nursery.start_soon(self._reap)
+            self._reaping = True
+        conn = Connection(env=env, client=client, endpoint=ep.name, scope=trio.CancelScope())
+        d = _Detached(self, conn, client_sock, upstream, cluster, ep, start, connect_time, hub)
+        if not self._hubs:
+            self._hubs = hubs()
+        self._track(conn)
+        self._loose[conn] = d
+        try:
+            d.relay = hub.add(client_sock, upstream, conn.counters, d.finished)
+        except OSError:
+            self._end_detached(d, "error")
+            return
+        if self._reap_at == math.inf and self.config.limits.idle_timeout is not None:
+            self._poke_reaper()  # the reaper sleeps with no deadline: it has one now
+
+    def _end_detached(self, d: _Detached, outcome: str) -> None:
+        """A task-less connection is over: what the task path's ``finally`` blocks do.
+
+        Idempotent (the hub's callback and the reaper may both get here).
+        """
+        conn = d.conn
+        if self._loose.pop(conn, None) is None:
+            return
+        try:
+            d.upstream.close()
+            d.client.close()
+            d.cluster.connection_closed(d.ep)
+            self.breaker.release()
+            env = conn.env
+            counters = conn.counters
+            self.closed_bytes_in[env] = self.closed_bytes_in.get(env, 0) + counters.bytes_in
+            self.closed_bytes_out[env] = self.closed_bytes_out.get(env, 0) + counters.bytes_out
+            self._ended(
+                env,
+                conn.client,
+                outcome,
+                d.start,
+                endpoint=conn.endpoint,
+                attempts=d.attempts,
+                connect_time=round(d.connect_time, 6),
+                bytes_in=counters.bytes_in,
+                bytes_out=counters.bytes_out,
+            )
+        finally:
+            self._untrack(conn)
+            if not self._loose and not self._accept_loops:
+                self._poke_reaper()
+
+    def _poke_reaper(self) -> None:
+        """Deadlines changed, or the reaper may be done: let it look again."""
+        wake = self._reap_wake
+        if wake is not None:
+            wake.set()
+
+    async def _reap(self) -> None:
+        """Enforce task-less connections' deadlines; last while they or an accept loop do.
+
+        It runs in the handler nursery, so that nursery (and the app's drain)
+        waits for every task-less connection as it waits for the tasks. If it
+        is cancelled, the connections end with it (as their tasks would).
+        """
+        try:
+            while self._loose or self._accept_loops:
+                wake = self._reap_wake = trio.Event()
+                self._reap_at = self._next_reap()
+                with trio.CancelScope(deadline=self._reap_at):
+                    await wake.wait()
+                self._reap_due()
+        finally:
+            self._reaping = False
+            self._reap_wake = None
+            self._reap_at = math.inf
+            for d in list(self._loose.values()):
+                if d.relay is not None:
+                    d.hub.cut(d.relay, "closed")
+                self._end_detached(d, d.conn.cancel_reason or "error")
+
+    def _next_reap(self) -> float:
+        """The trio time of the earliest drain/shutdown deadline or idle timeout (inf: none)."""
+        deadline = math.inf
+        idle = self.config.limits.idle_timeout
+        last = math.inf
+        for conn, d in self._loose.items():
+            deadline = min(deadline, conn.scope.deadline)
+            if idle is not None and d.relay is not None:
+                last = min(last, d.relay.last)
+        if last != math.inf and idle is not None:
+            deadline = min(deadline, trio.current_time() + last + idle - time.perf_counter())
+        return deadline
+
+    def _reap_due(self) -> None:
+        """End the task-less connections whose deadline or idle timeout has passed."""
+        now = trio.current_time()
+        idle = self.config.limits.idle_timeout
+        perf = time.perf_counter()
+        for conn, d in list(self._loose.items()):
+            relay = d.relay
+            if relay is None:
+                continue
+            if conn.scope.deadline <= now:
+                reason = conn.cancel_reason or "cancelled"
+                if d.hub.cut(relay, "closed"):
+                    abort_stream(d.client)
+                    abort_stream(d.upstream)
+                    self._end_detached(d, reason)
+            elif (
+                idle is not None and relay.last + idle <= perf and d.hub.cut(relay, "idle_timeout")
+            ):
+                self._end_detached(d, "idle_timeout")
 
     def _count(self, env: str, outcome: str) -> None:
         child = self._counted.get((env, outcome))
@@ -636,9 +990,12 @@ class ListenerRuntime:
         return stream
 
     async def _connect(
-        self, env: str, cluster: Cluster
+        self, env: str, cluster: Cluster, first: FirstAttempt | None = None
     ) -> tuple[trio.abc.HalfCloseableStream | None, EndpointState | None, str, int, float]:
-        """Connect to an endpoint with bounded retries; (stream, ep, outcome, attempts, seconds)."""
+        """Connect to an endpoint with bounded retries; (stream, ep, outcome, attempts, seconds).
+
+        ``first``: an attempt already begun (``_serve_now``), counted as the first.
+        """
         limits = self.config.limits
         tried: set[tuple[str, int]] = set()
         attempts = 0
@@ -647,26 +1004,37 @@ class ListenerRuntime:
         tls = self.env_tls(env)
         plain = tls is None and self._plain_open
         while attempts < limits.connect_attempts:
-            now = trio.current_time()
-            ep = cluster.choose(now, exclude=tried)
-            if ep is None:
-                if attempts == 0 and any(e.usable(now) for e in cluster.endpoints):
-                    # Usable endpoints exist but all are at their connection limit.
-                    outcome = "rejected"
-                    self.metrics.breaker_rejections.labels(
-                        listener=self.name, scope="endpoint"
-                    ).inc()
-                break
+            begun: socket.socket | None = None
+            failed: OSError | None = None
+            if first is not None:
+                ep, t0, begun, failed = first
+                first = None
+            else:
+                now = trio.current_time()
+                chosen = cluster.choose(now, exclude=tried)
+                if chosen is None:
+                    if attempts == 0 and any(e.usable(now) for e in cluster.endpoints):
+                        # Usable endpoints exist but all are at their connection limit.
+                        outcome = "rejected"
+                        self.metrics.breaker_rejections.labels(
+                            listener=self.name, scope="endpoint"
+                        ).inc()
+                    break
+                ep = chosen
+                cluster.connect_started(ep)
+                t0 = trio.current_time()
             attempts += 1
             tried.add(ep.address)
-            cluster.connect_started(ep)
-            t0 = trio.current_time()
             try:
                 opened: trio.abc.HalfCloseableStream | None = None
+                if failed is not None:
+                    raise failed
                 # A plain connect that completes at once (loopback, the common
                 # case) needs no cancel scope: entering and leaving one with a
                 # deadline is trio bookkeeping on every new connection.
-                started = start_tcp(ep.address) if plain else None
+                started: trio.SocketStream | socket.socket | None = begun
+                if started is None and plain:
+                    started = start_tcp(ep.address)
                 if type(started) is trio.SocketStream:
                     opened = started
                 else:
@@ -766,6 +1134,7 @@ class ListenerRuntime:
         cluster: Cluster,
         client: str,
         start: float,
+        first: FirstAttempt | None = None,
     ) -> None:
         startup = b""
         if self.config.protocol == "postgres" and self.env_tls(env) is not None:
@@ -773,7 +1142,7 @@ class ListenerRuntime:
             if got is None:
                 return
             startup = got
-        upstream, ep, outcome, attempts, connect_time = await self._connect(env, cluster)
+        upstream, ep, outcome, attempts, connect_time = await self._connect(env, cluster, first)
         if upstream is None or ep is None:
             # Fail fast: RST rather than FIN, so a client reading a reply sees
             # an error at once and not an empty answer.

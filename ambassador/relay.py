@@ -52,9 +52,12 @@ class RelayResult:
     bytes_out: int
 
 
-def abort_stream(stream: trio.abc.Stream) -> None:
-    """Arrange for ``stream``'s close to send RST rather than FIN (when it is a socket)."""
-    sock = getattr(stream, "socket", None)
+def abort_stream(stream: trio.abc.Stream | socket.socket) -> None:
+    """Arrange for ``stream``'s close to send RST rather than FIN (when it is a socket).
+
+    A bare socket (the listener's task-less connections) is armed the same way.
+    """
+    sock = stream if isinstance(stream, socket.socket) else getattr(stream, "socket", None)
     if sock is None:
         return
     # OSError: already closed, nothing left to reset.

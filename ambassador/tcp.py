@@ -18,7 +18,7 @@ import socket
 
 import trio
 
-__all__ = ["finish_tcp", "numeric_family", "open_tcp", "start_tcp"]
+__all__ = ["connect_socket", "finish_tcp", "numeric_family", "open_tcp", "start_tcp"]
 
 
 @functools.lru_cache(maxsize=256)
@@ -45,6 +45,25 @@ def start_tcp(address: tuple[str, int]) -> trio.SocketStream | socket.socket | N
     name (the caller uses trio's resolver). Raises ``OSError`` (refused, ...).
     Synchronous so that the common case needs no cancel scope and no checkpoint.
     """
+    started = connect_socket(address)
+    if started is None:
+        return None
+    sock, connected = started
+    if not connected:
+        return sock
+    try:
+        return trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+    except BaseException:
+        sock.close()
+        raise
+
+
+def connect_socket(address: tuple[str, int]) -> tuple[socket.socket, bool] | None:
+    """:func:`start_tcp` without the trio stream: (non-blocking socket, handshake done).
+
+    For the listener's task-less path, which hands both sockets to the splice
+    hub and never does trio I/O on them. None for a name; raises ``OSError``.
+    """
     host, port = address
     family = numeric_family(host)
     if family is None:
@@ -57,11 +76,11 @@ def start_tcp(address: tuple[str, int]) -> trio.SocketStream | socket.socket | N
                 # On loopback the handshake is usually complete by now: no wait.
                 sock.getpeername()
             except OSError:
-                return sock
+                return sock, False
             err = 0
         if err:
             raise OSError(err, f"connect to {host}:{port} failed: {os.strerror(err)}")
-        return trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+        return sock, True
     except BaseException:
         sock.close()
         raise

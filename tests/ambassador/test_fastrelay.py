@@ -454,6 +454,7 @@ async def test_a_connection_the_hub_finished_is_released_without_the_lock() -> N
     assert await read_exactly(backend, 2) == b"hi"
     await app.send_eof()
     await backend.send_eof()
+    assert conn.done is not None
     with trio.fail_after(10):
         await conn.done.wait()
     assert conn.released and conn.outcome == "closed"
@@ -461,5 +462,72 @@ async def test_a_connection_the_hub_finished_is_released_without_the_lock() -> N
     with h.lock:
         h.discard(conn)
     assert not h.by_fd
+    for s in (app, client, upstream, backend):
+        await s.aclose()
+
+
+def plain_pair() -> tuple[trio.SocketStream, socket.socket]:
+    """A loopback connection: a trio stream at one end, a plain non-blocking socket at the other."""
+    lst = socket.socket()
+    try:
+        lst.bind(("127.0.0.1", 0))
+        lst.listen(1)
+        near = socket.create_connection(lst.getsockname())
+        far, _ = lst.accept()
+    finally:
+        lst.close()
+    far.setblocking(False)
+    return trio.SocketStream(trio.socket.from_stdlib_socket(near)), far
+
+
+async def test_a_detached_connection_ends_in_its_callback_with_its_sockets_closed() -> None:
+    """No task waits: the hub closes both sockets and the end reaches trio by itself.
+
+    Nobody collects it here (no accept loop), so the hub wakes trio for it
+    after ``END_DELAY``; an accept loop would collect it earlier (``flush_ended``).
+    """
+    app, client = plain_pair()
+    backend, upstream = plain_pair()
+    hub = fastrelay.detached_available()
+    assert hub is not None
+    ended = trio.Event()
+    conn = hub.add(client, upstream, RelayCounters(), ended.set)
+    assert conn.done is None
+    await app.send_all(b"ping")
+    assert await read_exactly(backend, 4) == b"ping"
+    await backend.send_all(b"pong!")
+    assert await read_exactly(app, 5) == b"pong!"
+    await app.send_eof()
+    assert await backend.receive_some() == b""
+    await backend.send_eof()
+    assert await app.receive_some() == b""
+    with trio.fail_after(10):
+        await ended.wait()
+    assert conn.released and conn.outcome == "closed"
+    assert (conn.counters.bytes_in, conn.counters.bytes_out) == (4, 5)
+    assert client.fileno() == -1 and upstream.fileno() == -1
+    assert not hub.by_fd and not hub.ended
+    # Cut after the end: nothing to do, the callback has run already.
+    assert not hub.cut(conn, "closed")
+    for s in (app, backend):
+        await s.aclose()
+
+
+async def test_cutting_a_detached_connection_stops_the_hub_and_skips_its_callback() -> None:
+    app, client = await tcp_pair()
+    upstream, backend = await tcp_pair()
+    hub = fastrelay.detached_available()
+    assert hub is not None
+    called: list[bool] = []
+    conn = hub.add(client, upstream, RelayCounters(), lambda: called.append(True))
+    await app.send_all(b"x")
+    assert await read_exactly(backend, 1) == b"x"
+    assert hub.cut(conn, "idle_timeout")
+    assert conn.released and conn.outcome == "idle_timeout"
+    assert not hub.cut(conn, "closed")  # once only
+    # The hub lets go of the sockets (the caller closes them) and never calls back.
+    await app.send_all(b"more")
+    await trio.sleep(0.05)
+    assert client.socket.fileno() != -1 and not hub.by_fd and called == []
     for s in (app, client, upstream, backend):
         await s.aclose()

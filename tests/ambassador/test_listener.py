@@ -556,3 +556,194 @@ async def test_a_plain_connect_that_hangs_counts_as_a_timeout(
         assert [r._sidecar_fields["reason"] for r in failed] == ["timeout"]  # type: ignore[attr-defined]
         assert 'outcome="connect_failed"' in metrics.registry.render()
         await app.aclose()
+
+
+# ------------------------------------------------------------ the task-less path (issue 4)
+
+
+@pytest.fixture
+def splice_relay(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The threaded splice hub (the default), whatever AMBASSADOR_RELAY the run has."""
+    monkeypatch.setenv("AMBASSADOR_RELAY", "splice")
+
+
+def _task_less_rig(
+    endpoints: tuple[HostPort, ...], limits: LimitsConfig
+) -> tuple[ListenerRuntime, socket.socket]:
+    config = ListenerConfig(
+        name="t",
+        listen=HostPort("127.0.0.1", 0),
+        environments={"dev": EnvironmentConfig("dev", endpoints)},
+        limits=limits,
+        health_check=HealthCheckConfig(type="none"),
+    )
+    metrics = Metrics(Registry())
+    switch = EnvSwitch(["dev"], "dev")
+    metrics.switch = switch
+    clusters = {"dev": build_cluster(config, "dev", random.Random(1), trio.current_time())}
+    return ListenerRuntime(config, clusters, switch, metrics), bind_socket("127.0.0.1", 0)
+
+
+def _outcomes(rt: ListenerRuntime) -> dict[str, float]:
+    return {
+        dict(labels)["outcome"]: v
+        for (name, labels), v in parse_text(rt.metrics.registry.render()).items()
+        if name == "ambassador_connections_total"
+    }
+
+
+async def _until(check: Callable[[], bool]) -> None:
+    with trio.fail_after(10):
+        while not check():  # noqa: ASYNC110
+            await trio.sleep(0.01)
+
+
+@pytest.mark.usefixtures("splice_relay")
+async def test_a_plain_client_is_relayed_without_a_task_and_ends_in_one_callback(
+    rig_factory: RigFactory,
+) -> None:
+    """Admitted at once, connected at once: handed to the hub from the accept loop."""
+    rig = await rig_factory(LimitsConfig())
+    rt = rig.runtime
+    client = await rig.client()
+    await client.send_all(b"hello")
+    with trio.fail_after(10):
+        assert await client.receive_some() == b"hello"
+    # Tracked (drain, shutdown and the live metrics see it), but no task waits for it.
+    (conn,) = rt.connections
+    assert conn in rt._loose
+    assert rig.value("ambassador_active_connections", listener="t", env="dev") == 1
+    (ep,) = rt.clusters["dev"].endpoints
+    assert ep.active == 1 and rt.breaker.active == 1
+    await client.send_eof()
+    assert await read_until_eof(client) == b""
+    await _until(lambda: not rt.connections)
+    assert rt._loose == {} and ep.active == 0 and rt.breaker.active == 0
+    assert _outcomes(rt) == {"closed": 1}
+    assert rig.value("ambassador_received_bytes_total", listener="t", env="dev") == 5
+    assert rig.value("ambassador_sent_bytes_total", listener="t", env="dev") == 5
+    await client.aclose()
+
+
+@pytest.mark.usefixtures("splice_relay")
+async def test_the_handler_nursery_waits_for_task_less_connections_until_shutdown(
+    rig_factory: RigFactory, nursery: trio.Nursery
+) -> None:
+    """Structured concurrency: the nursery ends only when the connection did (the reaper)."""
+    backend = await nursery.start(trio.serve_tcp, echo_handler, 0)
+    port = backend[0].socket.getsockname()[1]
+    rt, sock = _task_less_rig((HostPort("127.0.0.1", port),), LimitsConfig())
+    lport = sock.getsockname()[1]
+    with trio.fail_after(10):
+        async with trio.open_nursery() as handlers:
+            async with trio.open_nursery() as accepting:
+                await accepting.start(functools.partial(rt.serve, [sock], handler_nursery=handlers))
+                client = await trio.open_tcp_stream("127.0.0.1", lport)
+                await client.send_all(b"x")
+                assert await client.receive_some() == b"x"
+                assert len(rt._loose) == 1
+                accepting.cancel_scope.cancel()
+            t0 = trio.current_time()
+            rt.shutdown_after(0.2)
+        # Left only once the shutdown deadline cut the connection.
+        assert trio.current_time() - t0 >= 0.2
+    assert await read_until_eof(client) == b"<reset>"
+    assert _outcomes(rt) == {"shutdown": 1}
+    assert rt.connections == set() and rt.breaker.active == 0
+    await client.aclose()
+
+
+@pytest.mark.usefixtures("splice_relay")
+async def test_a_switch_drain_and_an_idle_timeout_cut_task_less_connections(
+    nursery: trio.Nursery,
+) -> None:
+    backend = await nursery.start(trio.serve_tcp, echo_handler, 0)
+    port = backend[0].socket.getsockname()[1]
+    rt, sock = _task_less_rig((HostPort("127.0.0.1", port),), LimitsConfig(idle_timeout=0.3))
+    lport = sock.getsockname()[1]
+    await nursery.start(functools.partial(rt.serve, [sock], handler_nursery=nursery))
+    drained = await trio.open_tcp_stream("127.0.0.1", lport)
+    idle = await trio.open_tcp_stream("127.0.0.1", lport)
+    with trio.fail_after(10):
+        for c in (drained, idle):
+            await c.send_all(b"x")
+            assert await c.receive_some() == b"x"
+        (conn_d,) = [
+            c for c in rt.connections if c.client.endswith(f":{drained.socket.getsockname()[1]}")
+        ]
+        assert rt.drain_env("prod", 0.0) == 2
+        # Deadline 0 for both; the drain reason wins over the idle timeout.
+        await _until(lambda: not rt.connections)
+    assert await read_until_eof(drained) == b"<reset>"
+    assert _outcomes(rt) == {"drained": 2}
+    assert conn_d.cancel_reason == "drained"
+    # Idle: no byte either way for idle_timeout.
+    silent = await trio.open_tcp_stream("127.0.0.1", lport)
+    await silent.send_all(b"y")
+    with trio.fail_after(10):
+        assert await silent.receive_some() == b"y"
+        assert await read_until_eof(silent) == b""
+    await _until(lambda: not rt.connections)
+    assert _outcomes(rt) == {"drained": 2, "idle_timeout": 1}
+    for c in (drained, idle, silent):
+        await c.aclose()
+
+
+@pytest.mark.usefixtures("splice_relay")
+async def test_cancelling_the_handler_nursery_ends_task_less_connections(
+    nursery: trio.Nursery,
+) -> None:
+    backend = await nursery.start(trio.serve_tcp, echo_handler, 0)
+    port = backend[0].socket.getsockname()[1]
+    rt, sock = _task_less_rig((HostPort("127.0.0.1", port),), LimitsConfig())
+    lport = sock.getsockname()[1]
+    async with trio.open_nursery() as handlers:
+        await handlers.start(functools.partial(rt.serve, [sock], handler_nursery=handlers))
+        client = await trio.open_tcp_stream("127.0.0.1", lport)
+        await client.send_all(b"x")
+        with trio.fail_after(10):
+            assert await client.receive_some() == b"x"
+        handlers.cancel_scope.cancel()
+    # As a task's would: closed (FIN), counted, the slots given back.
+    with trio.fail_after(10):
+        assert await read_until_eof(client) == b""
+    assert _outcomes(rt) == {"error": 1}
+    (ep,) = rt.clusters["dev"].endpoints
+    assert rt.connections == set() and ep.active == 0 and rt.breaker.active == 0
+    await client.aclose()
+
+
+@pytest.mark.usefixtures("splice_relay")
+async def test_a_connect_that_fails_or_waits_continues_in_a_task(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The attempt begun in the accept loop counts: reported, retried or timed out in a task."""
+    import logging
+
+    from tests.support.procs import refused_port
+
+    caplog.set_level(logging.INFO)
+    with refused_port() as dead:
+        rt, sock = _task_less_rig((HostPort("127.0.0.1", dead),), LimitsConfig(connect_attempts=1))
+        lport = sock.getsockname()[1]
+        await nursery.start(functools.partial(rt.serve, [sock], handler_nursery=nursery))
+        client = await trio.open_tcp_stream("127.0.0.1", lport)
+        with trio.fail_after(10):
+            assert await read_until_eof(client) == b"<reset>"
+        await _until(lambda: _outcomes(rt) == {"connect_failed": 1})
+        await client.aclose()
+    failed = [r for r in caplog.records if r.getMessage() == "connect failed"]
+    assert len(failed) == 1 and "refused" in failed[0]._sidecar_fields["reason"].lower()  # type: ignore[attr-defined]
+    with _full_backlog() as (port, _fillers):
+        rt, sock = _task_less_rig(
+            (HostPort("127.0.0.1", port),), LimitsConfig(connect_attempts=1, connect_timeout=0.2)
+        )
+        lport = sock.getsockname()[1]
+        await nursery.start(functools.partial(rt.serve, [sock], handler_nursery=nursery))
+        client = await trio.open_tcp_stream("127.0.0.1", lport)
+        with trio.fail_after(10):
+            assert await read_until_eof(client) == b"<reset>"
+        await _until(lambda: _outcomes(rt) == {"connect_failed": 1})
+        (ep,) = rt.clusters["dev"].endpoints
+        assert ep.active == 0 and rt.breaker.active == 0
+        await client.aclose()
