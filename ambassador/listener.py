@@ -674,16 +674,20 @@ class ListenerRuntime:
             finally:
                 self.breaker.release()
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            log_event(
-                log,
-                "connection error",
-                level=logging.WARNING,
-                listener=self.name,
-                client=client,
-                error=f"{type(exc).__name__}: {exc}",
-            )
+            self._connection_error(client, exc)
         finally:
             await _close(stream)
+
+    def _connection_error(self, client: str, exc: BaseException) -> None:
+        """Safety net: one client's I/O trouble is logged, never takes the accept loop down."""
+        log_event(
+            log,
+            "connection error",
+            level=logging.WARNING,
+            listener=self.name,
+            client=client,
+            error=f"{type(exc).__name__}: {exc}",
+        )
 
     def _detach(
         self,
@@ -934,15 +938,7 @@ class ListenerRuntime:
             finally:
                 self.breaker.release()
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            # Safety net: one client's I/O trouble must never take the accept loop down.
-            log_event(
-                log,
-                "connection error",
-                level=logging.WARNING,
-                listener=self.name,
-                client=client,
-                error=f"{type(exc).__name__}: {exc}",
-            )
+            self._connection_error(client, exc)
         finally:
             await _close(stream)
 
