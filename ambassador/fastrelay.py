@@ -82,6 +82,9 @@ __all__ = [
 
 log = get_logger("ambassador.fastrelay")
 
+#: TCP_NOTSENT_LOWAT (Linux 3.12+; the constant is missing from older Pythons).
+_NOTSENT_LOWAT: Final = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
+
 #: ``splice``: the hub runs in its own thread (blocking epoll; the default);
 #: ``splice-loop``: the hub is a task of the trio loop; ``stream``: no splice.
 RELAY_MODES: Final = ("splice", "splice-loop", "stream")
@@ -217,6 +220,23 @@ class _Conn:
         self.last = now
 
 
+def _unlimit_unsent(sock: socket.socket | trio.socket.SocketType) -> None:
+    """Undo trio's ``TCP_NOTSENT_LOWAT`` of 16 KiB on a socket the hub relays.
+
+    Why: trio sets it on every ``SocketStream`` so that an interactive writer
+    does not queue much unsent data, but with it the kernel refuses a splice
+    into the socket once 16 KiB are unsent, so a bulk transfer costs a wake-up
+    and a splice per 16 KiB. The relay's buffer is the pipe; the socket may
+    take what the kernel's own limits allow, as HAProxy and Envoy leave it.
+    Measured (iperf3, 1 stream, 6 interleaved rounds): 14.7 -> 15.6 Gbit/s
+    (Envoy 15.4) at 0.80 -> 0.47 cores; 4 streams 0.97 -> 0.72 cores; small
+    request/response traffic unchanged. 0 means the system default (unlimited
+    unless ``net.ipv4.tcp_notsent_lowat`` says otherwise).
+    """
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, _NOTSENT_LOWAT, 0)
+
+
 class SpliceHub:
     """Spliced connections driven by one epoll set: from a thread of its own, or a trio task.
 
@@ -266,6 +286,9 @@ class SpliceHub:
         the lock matters: the hub holds it while it splices, so the trio thread
         waited there for the hub and then for the GIL on every new connection.
         """
+        for stream in (client, upstream):
+            if type(stream) is trio.SocketStream:
+                _unlimit_unsent(stream.socket)
         conn = _Conn(client, upstream, counters, time.perf_counter(), on_done)
         cfd, ufd = conn.fds
         by_fd = self.by_fd

@@ -73,8 +73,6 @@ log = get_logger("ambassador.listener")
 ACCEPT_BATCH = 64
 #: Pause after accept failed for lack of resources (file descriptors, memory).
 ACCEPT_RETRY = 0.1
-#: TCP_NOTSENT_LOWAT (Linux 3.12+; the constant is missing from older Pythons).
-_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
 _CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 #: accept errors that concern one client who is gone already (as trio's SocketListener).
 _IGNORED_ACCEPT_ERRNOS = frozenset(
@@ -703,15 +701,13 @@ class ListenerRuntime:
         handler_nursery: trio.Nursery,
     ) -> None:
         """Hand an admitted, connected pair to the hub; ``_end_detached`` ends it."""
-        # The socket options trio's SocketStream sets (these are bare sockets):
-        # Nagle off, and at most 16 KiB queued unsent, so the hub's relaying
-        # behaves as it does for the task path's streams.
-        # (OSError: an old kernel, or the client gone already; trio ignores it too.)
+        # Nagle off, as trio's SocketStream sets it (these are bare sockets); not
+        # trio's 16 KiB TCP_NOTSENT_LOWAT, which the hub undoes for streams too
+        # (see fastrelay._unlimit_unsent).
+        # (OSError: the client gone already; trio ignores it too.)
         for sock in (client_sock, upstream):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, _NOTSENT_LOWAT, 1 << 14)
         if not self._reaping:
             # (Raises when the nursery is closed: nothing is tracked yet.)
             handler_nursery.start_soon(self._reap)

@@ -100,6 +100,9 @@ admin = "127.0.0.1:{admin}"
 name = "api"
 listen = "127.0.0.1:{port}"
 health_check = {{ type = "none" }}
+# Round robin: both discovered instances are reached in turn (peak EWMA would
+# rightly keep choosing whichever connected faster; this test is about discovery).
+policy = "round_robin"
 [listeners.environments.prod.discover]
 etcd = "{etcd.url}"
 prefix = "/services/api"

@@ -136,6 +136,21 @@ async def test_streams_are_spliceable(proxy: Proxy) -> None:
     await wait_result(proxy)
 
 
+async def test_relayed_sockets_may_queue_more_than_trios_16_kib_unsent(proxy: Proxy) -> None:
+    # trio's streams come with TCP_NOTSENT_LOWAT 16 KiB (the app's end keeps it);
+    # the hub's sockets go back to the kernel's default (0), so bulk splices are not
+    # cut into 16 KiB pieces.
+    lowat = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
+    await proxy.app.send_all(b"x")  # the relay has started once a byte crossed
+    assert await read_exactly(proxy.backend, 1) == b"x"
+    assert proxy.app.socket.getsockopt(socket.IPPROTO_TCP, lowat) == 1 << 14
+    for stream in (proxy.client, proxy.upstream):
+        assert stream.socket.getsockopt(socket.IPPROTO_TCP, lowat) == 0
+    await proxy.app.send_eof()
+    await proxy.backend.send_eof()
+    await wait_result(proxy)
+
+
 async def test_request_response_and_half_close_from_client(proxy: Proxy) -> None:
     await proxy.app.send_all(b"hello")
     assert await read_exactly(proxy.backend, 5) == b"hello"
