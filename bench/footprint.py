@@ -15,8 +15,10 @@ put under a short load, measured again, and stopped by PID:
   its HTTP port; the load is a few config changes (each awaited as a reload) and probes.
 
 Reported per sidecar: RSS idle (VmRSS after settling), RSS peak (VmHWM at the end of the
-load, so it includes start-up), and the CPU seconds used during the load (utime + stime from
-/proc/PID/stat). Shared machines are noisy: the numbers size a pod, they are no speed test.
+load, so it includes start-up; at least the idle reading, since the kernel updates the high-water
+mark lazily and a heap trim in between can leave it below an RSS we saw), and the CPU seconds
+used during the load (utime + stime from /proc/PID/stat). Shared machines are noisy: the
+numbers size a pod, they are no speed test.
 
 And the ambassador's idle RSS by config size (issue 4: "independent of the number of
 configured listeners and endpoints"): three configs, started and measured alike, with TCP
@@ -111,6 +113,16 @@ class Footprint:
 
 
 # ---- /proc ---------------------------------------------------------------------------------
+
+
+def peak_bytes(pid: int, seen: int) -> int:
+    """VmHWM, but never below ``seen``, an RSS read earlier from the same process.
+
+    Linux keeps the high-water mark lazily (updated at unmaps and exit, not at
+    every page fault), and ``malloc_trim`` gives pages back with madvise, not
+    munmap: the mark can then read lower than an RSS we already saw.
+    """
+    return max(status_kib(pid, "VmHWM"), seen)
 
 
 def status_kib(pid: int, key: str) -> int:
@@ -319,7 +331,7 @@ def measure_ambassador(load: Load, tmp: Path) -> Footprint:
             moved = trio.run(push, listen, load.connections, load.seconds, load.chunk)
             elapsed = time.monotonic() - t0
             cpu = cpu_seconds(proc.pid) - cpu0
-            peak = status_kib(proc.pid, "VmHWM")
+            peak = peak_bytes(proc.pid, idle)
     if moved <= 0:
         raise RuntimeError("no data went through the ambassador")
     what = (
@@ -485,7 +497,7 @@ def measure_adapter(load: Load, tmp: Path) -> Footprint:
         if counter[0] < load.lines * 0.9:
             raise RuntimeError(f"the adapter wrote {counter[0]} of {load.lines} records")
         cpu = cpu_seconds(proc.pid) - cpu0
-        peak = status_kib(proc.pid, "VmHWM")
+        peak = peak_bytes(proc.pid, idle)
     what = (
         f"{load.lines:,} lines from the wrapped app to JSON records on stdout "
         f"({counter[0]:,} out when measured)"
@@ -573,7 +585,7 @@ def measure_watcher(load: Load, tmp: Path) -> Footprint:
                     time.sleep(0.05)
             elapsed = time.monotonic() - t0
             cpu = cpu_seconds(proc.pid) - cpu0
-            peak = status_kib(proc.pid, "VmHWM")
+            peak = peak_bytes(proc.pid, idle)
     what = f"{load.changes} ConfigMap-style changes, each a SIGHUP; probes every 0.2 s"
     return Footprint("watcher", what, idle, peak, cpu, elapsed)
 
