@@ -623,13 +623,7 @@ class ListenerRuntime:
                 )
                 return True
             assert upstream is not None
-            connect_time = trio.current_time() - start
-            cluster.connect_succeeded(ep, connect_time, trio.current_time())
-            timer = self._connect_timers.get(env)
-            if timer is None:
-                timer = self.metrics.connect_duration.labels(listener=self.name, env=env)
-                self._connect_timers[env] = timer
-            timer.observe(connect_time)
+            connect_time = self._connected(env, cluster, ep, start)
             self._detach(
                 sock, upstream, env, cluster, ep, client, start, connect_time, hub, handler_nursery
             )
@@ -1075,15 +1069,21 @@ class ListenerRuntime:
                 # counting a failure against the endpoint.
                 cluster.connection_closed(ep)
                 raise
-            connect_time = trio.current_time() - t0
-            cluster.connect_succeeded(ep, connect_time, trio.current_time())
-            timer = self._connect_timers.get(env)
-            if timer is None:
-                timer = self.metrics.connect_duration.labels(listener=self.name, env=env)
-                self._connect_timers[env] = timer
-            timer.observe(connect_time)
+            connect_time = self._connected(env, cluster, ep, t0)
             return upstream, ep, "connected", attempts, connect_time
         return None, None, outcome, attempts, connect_time
+
+    def _connected(self, env: str, cluster: Cluster, ep: EndpointState, t0: float) -> float:
+        """A connect begun at ``t0`` succeeded: the balancer and the histogram hear of it."""
+        now = trio.current_time()
+        connect_time = now - t0
+        cluster.connect_succeeded(ep, connect_time, now)
+        timer = self._connect_timers.get(env)
+        if timer is None:
+            timer = self.metrics.connect_duration.labels(listener=self.name, env=env)
+            self._connect_timers[env] = timer
+        timer.observe(connect_time)
+        return connect_time
 
     async def _read_pg_startup(
         self, stream: trio.abc.HalfCloseableStream, env: str, client: str, start: float
