@@ -739,7 +739,7 @@ def targets(
     def ratio(workload: str, peer: str, goal: float, label: str) -> None:
         a, b = _med(results, workload, subject), _med(results, workload, peer)
         if a and b:
-            rows.append((label, f"{a / b:.2f}x {peer}", "yes" if a / b >= goal else "no"))
+            rows.append((label, f"{a / b:.3f}x {peer}", "yes" if a / b >= goal else "no"))
 
     ratio("pgbench-s16", "haproxy", 0.9, "pgbench -S 16 clients >= 0.9x HAProxy")
     a, h, d = (_med(results, "pgbench-s1", v) for v in (subject, "haproxy", "direct"))
