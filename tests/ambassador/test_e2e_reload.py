@@ -128,6 +128,14 @@ def test_listeners_are_added_moved_and_removed_while_connections_carry_on(
         assert failed["level"] == "error"
         assert echo(port_b, b"alive") == b"alive"
         assert amb.proc.poll() is None
+
+        # A rename at the same address: "b" goes (its socket closes first), "c" takes the port.
+        path.write_text(config(admin, ("c", port_b, two.port)))
+        wait_until(lambda: any(e["listener"] == "c" for e in amb.events("listening")),
+                   timeout=20, what="c listening")  # fmt: skip
+        assert echo(port_b, b"renamed") == b"renamed"
+        removed_names = amb.events("listener removed; draining its connections")
+        assert [e["listener"] for e in removed_names] == ["a", "b"]
     finally:
         amb.stop()
 
