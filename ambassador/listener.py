@@ -640,14 +640,7 @@ class ListenerRuntime:
             if not isinstance(exc, OSError):
                 raise
             self._ended(env, client, "error", start)
-            log_event(
-                log,
-                "connection error",
-                level=logging.WARNING,
-                listener=self.name,
-                client=client,
-                error=f"{type(exc).__name__}: {exc}",
-            )
+            self._connection_error(client, exc)
         return True
 
     async def _continue(

@@ -68,8 +68,7 @@ def load(module: types.ModuleType) -> types.ModuleType:
             if sys.modules.get(name) is module:
                 del sys.modules[name]
             real = importlib.import_module(name)
-            vars(module).update({k: v for k, v in vars(real).items() if k != "__spec__"})
-            vars(module)["__spec__"] = real.__spec__
+            vars(module).update(vars(real))
             vars(module)["_deferred_real"] = real
         return real
 

@@ -165,6 +165,7 @@ class _Reader:
 
     #: Read size the shell uses; a head still arriving may exceed the limit by this much.
     SLACK = 65536
+    _parser: httptools.HttpRequestParser | httptools.HttpResponseParser  # each subclass's own
 
     def __init__(self, max_header_bytes: int) -> None:
         self.max_header_bytes = max_header_bytes
@@ -189,6 +190,49 @@ class _Reader:
             self._pos = pos + 1
             return self._events[pos]
         return None
+
+    def feed(self, data: bytes) -> None:
+        """Parse ``data`` (``b""``: EOF); call only when ``next_event`` returned None."""
+        self._events.clear()
+        self._pos = 0
+        self._begin = None
+        if self.failed:
+            return
+        if self.switched:
+            self.trailing += data
+            return
+        if not data:
+            self._at_eof()
+            self._events.append(CLOSED)
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            # Upgrade or CONNECT: the head is complete, the rest is not HTTP.
+            self.switched = True
+            self.trailing = data[exc.args[0] :]
+        except httptools.HttpParserCallbackError:
+            self._fail(self._error or self._invalid(None))
+        except httptools.HttpParserError as exc:
+            self._fail(self._invalid(exc))
+        else:
+            if self._in_head:
+                self._pending += len(data)
+                if self._pending > self.max_header_bytes + self.SLACK:
+                    self._fail(self._too_large())
+
+    # What the two readers say differently (the error wording is each side's).
+
+    def _at_eof(self) -> None:
+        """The connection ended: events owed before ``CLOSED`` (none for a request)."""
+
+    def _invalid(self, exc: httptools.HttpParserError | None) -> ProtocolError:
+        """The error for bytes llhttp refused (``exc``), or for a callback's refusal."""
+        raise NotImplementedError
+
+    def _too_large(self) -> ProtocolError:
+        """The error for a head over ``max_header_bytes``."""
+        raise NotImplementedError
 
     def _fail(self, error: ProtocolError) -> None:
         if self._begin is not None:
@@ -224,36 +268,13 @@ class RequestReader(_Reader):
 
     def __init__(self, max_header_bytes: int) -> None:
         super().__init__(max_header_bytes)
-        self._parser = httptools.HttpRequestParser(self)
+        self._parser: httptools.HttpRequestParser = httptools.HttpRequestParser(self)
 
-    def feed(self, data: bytes) -> None:
-        """Parse ``data`` (``b""``: EOF); call only when ``next_event`` returned None."""
-        self._events.clear()
-        self._pos = 0
-        self._begin = None
-        if self.failed:
-            return
-        if self.switched:
-            self.trailing += data
-            return
-        if not data:
-            self._events.append(CLOSED)
-            return
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            # Upgrade or CONNECT: the head is complete, the rest is not HTTP.
-            self.switched = True
-            self.trailing = data[exc.args[0] :]
-        except httptools.HttpParserCallbackError:
-            self._fail(self._error or BadRequest("invalid request"))
-        except httptools.HttpParserError as exc:
-            self._fail(BadRequest(str(exc) or "invalid request"))
-        else:
-            if self._in_head:
-                self._pending += len(data)
-                if self._pending > self.max_header_bytes + self.SLACK:
-                    self._fail(BadRequest("request header section too large", 431))
+    def _invalid(self, exc: httptools.HttpParserError | None) -> ProtocolError:
+        return BadRequest((str(exc) if exc is not None else "") or "invalid request")
+
+    def _too_large(self) -> ProtocolError:
+        return BadRequest("request header section too large", 431)
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -317,7 +338,7 @@ class ResponseReader(_Reader):
 
     def __init__(self, max_header_bytes: int) -> None:
         super().__init__(max_header_bytes)
-        self._parser = httptools.HttpResponseParser(self)
+        self._parser: httptools.HttpResponseParser = httptools.HttpResponseParser(self)
         self._head_only = False
         self._fresh = True
         self._framing = Framing.NONE
@@ -332,36 +353,18 @@ class ResponseReader(_Reader):
             self._fresh = True
         self._head_only = method == b"HEAD"
 
-    def feed(self, data: bytes) -> None:
-        """Parse ``data`` (``b""``: EOF); call only when ``next_event`` returned None."""
-        self._events.clear()
-        self._pos = 0
-        self._begin = None
-        if self.failed:
-            return
-        if self.switched:
-            self.trailing += data
-            return
-        if not data:
-            if not self._in_head and self._framing == Framing.CLOSE:
-                self._framing = Framing.NONE
-                self._events.append(END)  # a body delimited by the connection's end
-            self._events.append(CLOSED)
-            return
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            self.switched = True
-            self.trailing = data[exc.args[0] :]
-        except httptools.HttpParserCallbackError:
-            self._fail(self._error or BadResponse("invalid response"))
-        except httptools.HttpParserError as exc:
-            self._fail(BadResponse(f"invalid HTTP from upstream: {exc}"))
-        else:
-            if self._in_head:
-                self._pending += len(data)
-                if self._pending > self.max_header_bytes + self.SLACK:
-                    self._fail(BadResponse("upstream response head too large"))
+    def _at_eof(self) -> None:
+        if not self._in_head and self._framing == Framing.CLOSE:
+            self._framing = Framing.NONE
+            self._events.append(END)  # a body delimited by the connection's end
+
+    def _invalid(self, exc: httptools.HttpParserError | None) -> ProtocolError:
+        if exc is None:
+            return BadResponse("invalid response")
+        return BadResponse(f"invalid HTTP from upstream: {exc}")
+
+    def _too_large(self) -> ProtocolError:
+        return BadResponse("upstream response head too large")
 
     def on_status(self, reason: bytes) -> None:
         self._reason += reason
