@@ -936,8 +936,10 @@ def serve_spec(payload: object) -> int:
     cfg = spec.config
     setup_logging(cfg.log_level)
     from .fastrelay import check_settings
+    from .http.settings import lane_enabled
 
     check_settings()
+    lane_enabled()  # a bad AMBASSADOR_HTTP_LANE is one line and exit 2, before anything starts
     if spec.workers > 1:
         worker_command = [*spec.command, "--worker"] if spec.command else None
         return run_workers(cfg, spec.overrides, spec.workers, command=worker_command)

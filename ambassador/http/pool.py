@@ -11,14 +11,13 @@ been closed by the server's idle timeout) and expiry drops the oldest first.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import math
 import os
 import socket
 from collections.abc import Awaitable, Callable, Hashable, Iterator
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import trio
 
@@ -287,19 +286,8 @@ class UpstreamPool:
         Only a new connection is timed: a reused one costs no cancel scope (on
         the hot path of a keep-alive proxy, every scope counts).
         """
-        while True:
-            t = trio.current_time() if now is None else now
-            now = None  # a second round (the first was closed) reads the clock
-            conn, expired = self.book.checkout(key, t)
-            for old in expired:
-                await _close(old)
-            if conn is None:
-                break
-            if (check or t - conn.idle_since >= PEEK_AFTER) and looks_closed(conn):
-                self.book.discard(key)
-                await _close(conn)
-                continue
-            self.reused_total += 1
+        conn = self.take_idle(key, trio.current_time() if now is None else now, check=check)
+        if conn is not None:
             return conn
         if connect_timeout is None:
             stream = await self._connect(key.address, key.tls, "http")
@@ -310,34 +298,69 @@ class UpstreamPool:
         self.opened_total += 1
         return UpstreamConnection(key, stream, ResponseReader(self.max_header_bytes))
 
-    async def release(
-        self, conn: UpstreamConnection, *, reusable: bool, now: float | None = None
-    ) -> None:
+    def take_idle(self, key: PoolKey, now: float, *, check: bool) -> UpstreamConnection | None:
+        """An idle connection to reuse now, or None (without waiting: the lane calls this too).
+
+        Closes what it finds stale on the way (expired, or ``looks_closed``).
+        """
+        while True:
+            conn, expired = self.book.checkout(key, now)
+            for old in expired:
+                close_now(old)
+            if conn is None:
+                return None
+            if (check or now - conn.idle_since >= PEEK_AFTER) and looks_closed(conn):
+                self.book.discard(key)
+                close_now(conn)
+                continue
+            self.reused_total += 1
+            return conn
+
+    def release_now(self, conn: UpstreamConnection, *, reusable: bool, now: float) -> None:
         """Back to the pool when the exchange ended cleanly and both sides keep alive.
 
         The caller says whether it did (request sent whole, response read to
         its end, keep-alive on); bytes after a HEAD response spoil it too.
+        Otherwise (or when the pool is full) the connection is closed now.
         """
         reader = conn.reader
         if reader.failed or reader.switched or reader.stray:
             reusable = False
         if not reusable:
             self.book.discard(conn.key)
-            await _close(conn)
+            close_now(conn)
             return
-        now = trio.current_time() if now is None else now
         conn.idle_since = now
         for old in self.book.checkin(conn.key, conn, now):
-            await _close(old)
+            close_now(old)
+
+    async def release(
+        self, conn: UpstreamConnection, *, reusable: bool, now: float | None = None
+    ) -> None:
+        """``release_now``, then a checkpoint (as closing a stream would have)."""
+        self.release_now(conn, reusable=reusable, now=trio.current_time() if now is None else now)
+        await trio.lowlevel.checkpoint()
 
     async def aclose(self) -> None:
         for conn in self.book.drain():
-            await _close(conn)
+            close_now(conn)
+        await trio.lowlevel.checkpoint()
 
 
-async def _close(conn: UpstreamConnection) -> None:
+def close_now(conn: UpstreamConnection) -> None:
+    """Close an upstream connection at once (a plain or TLS stream: no goodbye is waited for).
+
+    The descriptor view goes first, so no duplicate keeps the socket open.
+    """
     if conn.view is not None:
         conn.view.close()
         conn.view = None
-    with contextlib.suppress(trio.TooSlowError):
-        await trio.aclose_forcefully(conn.stream)
+    stream: Any = conn.stream
+    while not isinstance(stream, trio.SocketStream):
+        inner = getattr(stream, "transport_stream", None)
+        if inner is None:
+            break
+        stream = inner
+    sock = getattr(stream, "socket", None)
+    if sock is not None:
+        sock.close()

@@ -30,9 +30,8 @@ import logging
 import math
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, NamedTuple
+from typing import Any
 
 import orjson
 import trio
@@ -41,12 +40,12 @@ from sidecar_common.jsonlog import get_logger, log_event
 from sidecar_common.metrics import CounterChild, HistogramChild, Registry
 from sidecar_common.retry import Backoff
 
-from ..cluster import Cluster
 from ..endpoint import EndpointState
 from ..relay import RelayCounters, abort_stream, relay
 from ..tls import UpstreamTLS
 from .accesslog import AccessLog, access_log
 from .deadlines import Deadlines
+from .exchange import Done, Exchange, Failed, Resume, Route
 from .headers import (
     HeaderFiles,
     IdSource,
@@ -54,11 +53,12 @@ from .headers import (
     prepare_request_headers,
     prepare_response_headers,
 )
+from .lane import LANE_DONE, Lane
 from .metrics import HttpMetrics, code_class, method_label
 from .pool import Connector, PoolKey, UpstreamConnection, UpstreamPool
-from .retry import IDEMPOTENT_METHODS, Failure, RetryBudget, retry_refusal
-from .settings import HttpSettings
-from .transport import CHUNK, Transport, TransportBroken, open_transport
+from .retry import IDEMPOTENT_METHODS, RetryBudget, retry_refusal
+from .settings import HttpSettings, lane_enabled
+from .transport import CHUNK, SocketTransport, Transport, TransportBroken, open_transport
 from .wire import (
     CLOSED,
     END,
@@ -78,73 +78,12 @@ __all__ = ["HttpProxy", "Route", "serve_http_client"]
 log = get_logger("ambassador.http")
 
 
-class Route(NamedTuple):
-    """Where requests go now: the current environment's cluster and its upstream TLS.
-
-    Made per request by the listener's ``route()``: a NamedTuple costs a
-    fraction of a frozen dataclass to build.
-    """
-
-    env: str
-    cluster: Cluster
-    tls: UpstreamTLS | None = None
-
-
 class _ClientGone(Exception):
     """The app's connection broke, closed or broke HTTP mid-exchange: nothing more to send it."""
 
 
 class _UpstreamBroken(Exception):
     """The upstream connection broke, closed, or spoke invalid HTTP."""
-
-
-@dataclass
-class _Failed:
-    """An attempt failed before anything reached the client: it may be retried."""
-
-    failure: Failure
-    status: int
-    reason: str
-
-
-class _Done:
-    """The exchange is over for the client (a response was sent, or it was aborted)."""
-
-    __slots__ = ("keep_alive", "outcome", "status")
-
-    def __init__(self, status: int, keep_alive: bool, outcome: str = "ok") -> None:
-        self.status = status
-        self.keep_alive = keep_alive
-        self.outcome = outcome
-
-
-class _Exchange:
-    """What the access log says about one request."""
-
-    __slots__ = (
-        "attempts",
-        "bytes_in",
-        "bytes_out",
-        "env",
-        "method",
-        "reasons",
-        "request_id",
-        "target",
-        "trace_id",
-        "upstream",
-    )
-
-    def __init__(self, method: bytes, target: bytes) -> None:
-        self.method = method
-        self.target = target
-        self.request_id = ""
-        self.trace_id = ""
-        self.env = ""
-        self.upstream = ""
-        self.attempts = 0
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.reasons: list[str] = []
 
 
 class _Client:
@@ -361,6 +300,8 @@ class HttpProxy:
         self.draining = False
         #: Client connections waiting for their next request (drain closes them at once).
         self._idle: set[_Client] = set()
+        #: The fast lane for plain keep-alive exchanges (None: ``AMBASSADOR_HTTP_LANE=off``).
+        self.lane = Lane(self) if lane_enabled() else None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -378,6 +319,8 @@ class HttpProxy:
         """
         self.access.close()
         self.deadlines.close()
+        if self.lane is not None:
+            self.lane.close()
         await self.pool.aclose()
 
     # ------------------------------------------------------------------ client connection
@@ -392,16 +335,28 @@ class HttpProxy:
         bytes read from and written to the app (tunnels included).
         """
         c = _Client(stream, self.settings.max_header_bytes, counters)
+        lane = self.lane if type(c.transport) is SocketTransport else None
         try:
             with c.scope:
                 while not self.draining:
                     event = c.reader.next_event()
                     if event is None:
-                        event = await self._wait_request(c)
-                        if c.scope.cancel_called:
-                            return  # idle timeout or drain (even if a request just came)
+                        if lane is not None:
+                            # The lane serves the plain requests; what it hands back
+                            # (anything unusual, a retry) is served here.
+                            event = await lane.serve(c, client)
+                            if event is LANE_DONE:
+                                return
+                        else:
+                            event = await self._wait_request(c)
+                            if c.scope.cancel_called:
+                                return  # idle timeout or drain (even if a request just came)
                     if type(event) is RequestHead:
                         if not await self._handle(c, event, client):
+                            return
+                        continue
+                    if type(event) is Resume:
+                        if not await self._handle(c, event.head, client, event):
                             return
                         continue
                     if isinstance(event, ProtocolError):
@@ -423,6 +378,7 @@ class HttpProxy:
     async def _bad_request(self, c: _Client, error: ProtocolError, client: str) -> None:
         status = error.status if error.status in (400, 431) else 400
         c.request_done = False
+        c.responded = False  # still True from the connection's previous request
         await self._send_error(c, status, _MESSAGES[status], "", close=True)
         self._count(b"OTHER", self._env_label(), status, 0.0)
         log_event(
@@ -520,40 +476,20 @@ class HttpProxy:
 
     # ------------------------------------------------------------------ one request
 
-    async def _handle(self, c: _Client, req: RequestHead, client: str) -> bool:
-        """Serve one request; True when the client connection may carry another."""
-        start = trio.current_time()
-        c.responded = False
-        c.keep_alive = req.keep_alive and req.version == "1.1"
-        ex = _Exchange(method=req.method, target=req.target)
-        if req.framing == Framing.NONE:
-            # Its end is already parsed (it follows the head in the same read):
-            # any answer, errors included, leaves the connection reusable.
-            if await c.next_event() is not END:
-                raise _ClientGone
-            c.request_done = True
-        else:
-            c.request_done = False
-        route = self.route()
-        ex.env = route.env if route is not None else ""
-        prepared = prepare_request_headers(
+    def prepare(self, req: RequestHead, now: float) -> PreparedRequest:
+        """The request's upstream headers and ids (the header policy; once per request)."""
+        return prepare_request_headers(
             req.headers,
             ids=self.ids,
-            injected=self._injected(start),
+            injected=self._injected(now),
             upstream_host=self._upstream_host,
             request_id_header=self._rid_header,
         )
-        ex.request_id, ex.trace_id = prepared.request_id, prepared.trace.trace_id
-        done: _Done
-        if req.method == b"CONNECT":
-            # A forward-proxy tunnel makes no sense towards fixed upstreams.
-            await self._send_error(c, 405, _MESSAGES[405], ex.request_id, close=True)
-            done = _Done(405, False, "bad_request")
-        elif route is None:
-            await self._send_error(c, 503, "no environment selected", ex.request_id, close=False)
-            done = _Done(503, c.request_done, "no_env")
-        else:
-            done = await self._route_request(c, req, prepared, route, ex, start)
+
+    def finish_request(
+        self, c: _Client, ex: Exchange, client: str, done: Done, start: float
+    ) -> None:
+        """A request is over: its metrics and its access-log line (the lane's and this shell's)."""
         c.idle_since = trio.current_time()
         duration = c.idle_since - start
         self._count(ex.method, ex.env, done.status, duration)
@@ -574,6 +510,50 @@ class HttpProxy:
             outcome=done.outcome,
             reason="; ".join(ex.reasons),
         )
+
+    async def _handle(
+        self, c: _Client, req: RequestHead, client: str, resume: Resume | None = None
+    ) -> bool:
+        """Serve one request; True when the client connection may carry another.
+
+        ``resume``: the lane began this request (its end is read; a route, an
+        endpoint, maybe a failed first attempt): carry on from there.
+        """
+        c.responded = False
+        c.keep_alive = req.keep_alive and req.version == "1.1"
+        if resume is not None:
+            start = resume.start
+            c.request_done = True
+        else:
+            start = trio.current_time()
+            if req.framing == Framing.NONE:
+                # Its end is already parsed (it follows the head in the same read):
+                # any answer, errors included, leaves the connection reusable.
+                if await c.next_event() is not END:
+                    raise _ClientGone
+                c.request_done = True
+            else:
+                c.request_done = False
+        if resume is not None and resume.ex is not None:
+            ex, prepared, route = resume.ex, resume.prepared, resume.route
+            assert prepared is not None and route is not None
+        else:
+            ex = Exchange(method=req.method, target=req.target)
+            route = resume.route if resume is not None else self.route()
+            ex.env = route.env if route is not None else ""
+            prepared = self.prepare(req, start)
+            ex.request_id, ex.trace_id = prepared.request_id, prepared.trace.trace_id
+        done: Done
+        if req.method == b"CONNECT":
+            # A forward-proxy tunnel makes no sense towards fixed upstreams.
+            await self._send_error(c, 405, _MESSAGES[405], ex.request_id, close=True)
+            done = Done(405, False, "bad_request")
+        elif route is None:
+            await self._send_error(c, 503, "no environment selected", ex.request_id, close=False)
+            done = Done(503, c.request_done, "no_env")
+        else:
+            done = await self._route_request(c, req, prepared, route, ex, start, resume)
+        self.finish_request(c, ex, client, done, start)
         return (
             done.keep_alive
             and c.keep_alive
@@ -588,28 +568,59 @@ class HttpProxy:
         req: RequestHead,
         prepared: PreparedRequest,
         route: Route,
-        ex: _Exchange,
+        ex: Exchange,
         now: float,
-    ) -> _Done:
+        resume: Resume | None = None,
+    ) -> Done:
         budget = self._budget(route.env)
-        budget.record_request(now)
         body = _RequestBody(
             c, self.settings.retry.replay_buffer, complete=req.framing == Framing.NONE
         )
         tried: set[tuple[str, int]] = set()
         retries = 0
-        last: _Failed | None = None
+        last: Failed | None = None
+        first = resume.ep if resume is not None else None
+        if resume is not None and resume.prior is not None:
+            # The lane's attempt (on ``first``) failed: decide on a retry as for our own.
+            assert first is not None
+            tried.add(first.address)
+            first, last = None, resume.prior
+        else:
+            budget.record_request(now)
         while True:
-            if retries:
+            if last is not None:
+                ex.reasons.append(f"{ex.upstream}: {last.reason}")
+                refusal = retry_refusal(
+                    settings=self.settings.retry,
+                    method=req.method,
+                    failure=last.failure,
+                    retries_done=retries,
+                    status=last.status,
+                    body_replayable=body.replayable,
+                )
+                if refusal is not None:
+                    break
+                if not budget.try_withdraw(trio.current_time()):
+                    self.metrics.budget_exhausted.labels(
+                        listener=self.listener, env=route.env
+                    ).inc()
+                    ex.reasons.append("retry budget exhausted")
+                    break
+                self.metrics.retries.labels(listener=self.listener, env=route.env).inc()
+                await trio.sleep(self.backoff.delay(retries, self.rng))
+                retries += 1
                 now = trio.current_time()
-            ep = route.cluster.choose(now, exclude=tried)
+            ep: EndpointState | None = first
+            first = None
+            if ep is None:
+                ep = route.cluster.choose(now, exclude=tried)
             if ep is None and tried:
                 # Every endpoint tried once: a retry may go back to one of them.
                 ep = route.cluster.choose(now)
             if ep is None:
                 if last is None:
                     await self._send_error(c, 503, _MESSAGES[503], ex.request_id, close=False)
-                    return _Done(503, c.request_done, "no_endpoint")
+                    return Done(503, c.request_done, "no_endpoint")
                 break
             tried.add(ep.address)
             ex.attempts += 1
@@ -631,27 +642,9 @@ class HttpProxy:
                 )
 
             result = await self._attempt(c, req, prepared, route, ep, body, ex, may_retry, now)
-            if isinstance(result, _Done):
+            if isinstance(result, Done):
                 return result
             last = result
-            ex.reasons.append(f"{ep.name}: {result.reason}")
-            refusal = retry_refusal(
-                settings=self.settings.retry,
-                method=req.method,
-                failure=result.failure,
-                retries_done=retries,
-                status=result.status,
-                body_replayable=body.replayable,
-            )
-            if refusal is not None:
-                break
-            if not budget.try_withdraw(trio.current_time()):
-                self.metrics.budget_exhausted.labels(listener=self.listener, env=route.env).inc()
-                ex.reasons.append("retry budget exhausted")
-                break
-            self.metrics.retries.labels(listener=self.listener, env=route.env).inc()
-            await trio.sleep(self.backoff.delay(retries, self.rng))
-            retries += 1
         assert last is not None
         await self._send_error(
             c, last.status, _MESSAGES.get(last.status, "bad gateway"), ex.request_id, close=False
@@ -659,7 +652,7 @@ class HttpProxy:
         outcome = {"connect": "connect_failed", "timeout": "timeout"}.get(
             last.failure, "upstream_error"
         )
-        return _Done(last.status, c.request_done, outcome)
+        return Done(last.status, c.request_done, outcome)
 
     def _endpoint_failed(self, route: Route, ep: EndpointState, reason: str) -> None:
         now = trio.current_time()
@@ -687,10 +680,10 @@ class HttpProxy:
         route: Route,
         ep: EndpointState,
         body: _RequestBody,
-        ex: _Exchange,
+        ex: Exchange,
         may_retry: Callable[[int], bool],
         t0: float,
-    ) -> _Done | _Failed:
+    ) -> Done | Failed:
         cluster = route.cluster
         cluster.connect_started(ep)
         settled = False  # the attempt's "active" slot is given back exactly once
@@ -712,31 +705,50 @@ class HttpProxy:
                 settled = True
                 self._endpoint_failed(route, ep, "connect")
                 reason = "connect timeout" if isinstance(exc, trio.TooSlowError) else str(exc)
-                return _Failed("connect", 503, f"connect failed: {reason}")
+                return Failed("connect", 503, f"connect failed: {reason}")
             reused = up.requests > 0
             up.requests += 1
             result, reusable, succeeded = await self._exchange(
                 c, req, prepared, up, body, ex, may_retry, t0 + self.settings.request_timeout
             )
             now = trio.current_time()
-            if succeeded is True:
-                cluster.connect_succeeded(ep, now - t0, now)
-            elif succeeded is False:
-                if isinstance(result, _Failed) and result.failure == "reset" and reused:
-                    pass  # a pooled connection the server had closed: not the endpoint's fault
-                else:
-                    settled = True
-                    # Metric reasons: connect | reset | timeout | 5xx (a retried
-                    # 5xx is a "status" failure to the retry policy; same thing).
-                    failure = result.failure if isinstance(result, _Failed) else "5xx"
-                    reason = "5xx" if failure == "status" else failure
-                    self._endpoint_failed(route, ep, reason)
+            settled = True
+            self.settle_attempt(route, ep, t0, now, result, succeeded, reused)
             return result
         finally:
             if up is not None:
                 await self.pool.release(up, reusable=reusable, now=now)
             if not settled:
                 cluster.connection_closed(ep)
+
+    def settle_attempt(
+        self,
+        route: Route,
+        ep: EndpointState,
+        t0: float,
+        now: float,
+        result: Done | Failed,
+        succeeded: bool | None,
+        reused: bool,
+    ) -> None:
+        """Tell the cluster how an attempt on ``ep`` ended (its latency, or its failure).
+
+        ``succeeded``: True (answered below 500), False (failed or 5xx), None
+        (nothing to say: the client went away). Ends the attempt's active slot.
+        """
+        cluster = route.cluster
+        if succeeded is True:
+            cluster.connect_succeeded(ep, now - t0, now)
+        elif succeeded is False and not (
+            # A pooled connection the server had closed: not the endpoint's fault.
+            isinstance(result, Failed) and result.failure == "reset" and reused
+        ):
+            # Metric reasons: connect | reset | timeout | 5xx (a retried
+            # 5xx is a "status" failure to the retry policy; same thing).
+            failure = result.failure if isinstance(result, Failed) else "5xx"
+            self._endpoint_failed(route, ep, "5xx" if failure == "status" else failure)
+            return  # connect_failed ended the active slot
+        cluster.connection_closed(ep)
 
     async def _exchange(
         self,
@@ -745,10 +757,10 @@ class HttpProxy:
         prepared: PreparedRequest,
         up: UpstreamConnection,
         body: _RequestBody,
-        ex: _Exchange,
+        ex: Exchange,
         may_retry: Callable[[int], bool],
         head_deadline: float,
-    ) -> tuple[_Done | _Failed, bool, bool | None]:
+    ) -> tuple[Done | Failed, bool, bool | None]:
         """One request/response on ``up``: (result, upstream reusable, endpoint outcome).
 
         The endpoint outcome is True (answered below 500), False (failed or 5xx),
@@ -783,11 +795,11 @@ class HttpProxy:
         try:
             await _up_send(up, head)
         except _UpstreamBroken as exc:
-            return _Failed("reset", 502, str(exc)), False, False
+            return Failed("reset", 502, str(exc)), False, False
         if not has_body:
             body.consumed = True
         # What the exchange ends as if the pump cancels it (the app went away mid-body).
-        result: _Done | _Failed = _Done(499, False, "client_gone")
+        result: Done | Failed = Done(499, False, "client_gone")
         response: ResponseHead | None = None
         # A nursery (and its cancel scope) only when a body must be pumped
         # concurrently: most requests have none.
@@ -810,14 +822,14 @@ class HttpProxy:
             except _UpstreamBroken as exc:
                 nursery.cancel_scope.cancel()
                 if up.timed_out:
-                    return _Failed("timeout", 504, "no response head in time"), False, False
-                return _Failed("reset", 502, str(exc)), False, False
+                    return Failed("timeout", 504, "no response head in time"), False, False
+                return Failed("reset", 502, str(exc)), False, False
             except _ClientGone:
                 nursery.cancel_scope.cancel()
-                return _Done(499, False, "client_gone"), False, None
+                return Done(499, False, "client_gone"), False, None
             if final is None:
                 nursery.cancel_scope.cancel()
-                return _Failed("timeout", 504, "no response head in time"), False, False
+                return Failed("timeout", 504, "no response head in time"), False, False
             if final.status == 101:
                 # 101 Switching Protocols: a tunnel from here on.
                 with trio.move_on_after(self.settings.request_timeout):
@@ -831,12 +843,12 @@ class HttpProxy:
             if failed and body_done.is_set() and may_retry(status):
                 # Possibly retried: the caller decides; this response is dropped.
                 nursery.cancel_scope.cancel()
-                return _Failed("status", status, f"status {status}"), False, False
+                return Failed("status", status, f"status {status}"), False, False
             try:
                 result = await self._forward_response(c, up, response, prepared, ex)
             except _ClientGone:
                 nursery.cancel_scope.cancel()
-                return _Done(status, False, "client_gone"), False, None
+                return Done(status, False, "client_gone"), False, None
             if not body_done.is_set():
                 # The upstream answered before reading the whole body: the app's
                 # connection is mid-request, so it cannot carry another one.
@@ -845,8 +857,8 @@ class HttpProxy:
         ex.bytes_in = body.size
         if "client" in pump_state:
             ex.reasons.append(pump_state["client"])
-            if isinstance(result, _Failed):
-                return _Done(499, False, "client_gone"), False, None
+            if isinstance(result, Failed):
+                return Done(499, False, "client_gone"), False, None
             result.keep_alive = False
         reusable = (
             result.outcome == "ok"
@@ -872,20 +884,13 @@ class HttpProxy:
                 await c.send(b"HTTP/1.1 %d %s\r\n\r\n" % (event.status, event.reason))
             event = await _up_next(up)
 
-    async def _forward_response(
-        self,
-        c: _Client,
-        up: UpstreamConnection,
-        response: ResponseHead,
-        prepared: PreparedRequest,
-        ex: _Exchange,
-    ) -> _Done:
-        """Send the response head and stream its body to the app.
+    def response_start(
+        self, c: _Client, response: ResponseHead, prepared: PreparedRequest
+    ) -> tuple[bytes, bool, bool]:
+        """(the response head for the app, body re-chunked, connection closes after it).
 
-        Head and body go out in one write when the upstream sent them together
-        (the usual small response); otherwise one write per read from the
-        upstream, before waiting for more. ``request_timeout`` bounds each
-        silence of the upstream, not the body's total time.
+        A chunked or close-delimited body goes to an HTTP/1.1 app chunked (the
+        connection stays reusable), to an HTTP/1.0 app close-delimited.
         """
         http11 = c.keep_alive  # keep-alive implies HTTP/1.1; an HTTP/1.0 app gets close-delimited
         framing = response.framing
@@ -902,7 +907,25 @@ class HttpProxy:
         elif reframe:
             close = True
         c.responded = True
-        out = [response_head(response.status, response.reason, headers)]
+        return response_head(response.status, response.reason, headers), reframe and http11, close
+
+    async def _forward_response(
+        self,
+        c: _Client,
+        up: UpstreamConnection,
+        response: ResponseHead,
+        prepared: PreparedRequest,
+        ex: Exchange,
+    ) -> Done:
+        """Send the response head and stream its body to the app.
+
+        Head and body go out in one write when the upstream sent them together
+        (the usual small response); otherwise one write per read from the
+        upstream, before waiting for more. ``request_timeout`` bounds each
+        silence of the upstream, not the body's total time.
+        """
+        head, chunked, close = self.response_start(c, response, prepared)
+        out = [head]
         size = 0
         reader = up.reader
         timeout = self.settings.request_timeout
@@ -928,17 +951,17 @@ class HttpProxy:
                 continue
             if type(event) is bytes:
                 ex.bytes_out += len(event)
-                out.append(frame_chunk(event) if reframe and http11 else event)
+                out.append(frame_chunk(event) if chunked else event)
                 size += len(event)
                 if size >= CHUNK:
                     await c.send(b"".join(out))
                     out.clear()
                     size = 0
             elif event is END:
-                if reframe and http11:
+                if chunked:
                     out.append(LAST_CHUNK)
                 await c.send(b"".join(out))
-                return _Done(response.status, not close)
+                return Done(response.status, not close)
             else:
                 failure = (
                     event.reason if isinstance(event, ProtocolError) else "upstream closed mid-body"
@@ -950,7 +973,7 @@ class HttpProxy:
             with contextlib.suppress(_ClientGone):
                 await c.send(b"".join(out))
         abort_stream(c.stream)
-        return _Done(response.status, False, "upstream_reset")
+        return Done(response.status, False, "upstream_reset")
 
     async def _tunnel(
         self,
@@ -958,13 +981,13 @@ class HttpProxy:
         up: UpstreamConnection,
         switch: ResponseHead,
         prepared: PreparedRequest,
-        ex: _Exchange,
-    ) -> _Done:
+        ex: Exchange,
+    ) -> Done:
         """101 from upstream: answer the app with 101, then relay raw bytes both ways."""
         if not prepared.upgrade or not c.reader.switched or not up.reader.switched:
             abort_stream(c.stream)
             ex.reasons.append("upstream switched protocols unasked")
-            return _Done(502, False, "upstream_error")
+            return Done(502, False, "upstream_error")
         headers = prepare_response_headers(
             switch.headers,
             request_id=prepared.request_id,
@@ -979,16 +1002,16 @@ class HttpProxy:
             if client_rest:
                 await up.transport.send(client_rest)
         except (_ClientGone, TransportBroken):
-            return _Done(101, False, "tunnel_reset")
+            return Done(101, False, "tunnel_reset")
         client_stream = c.stream
         if not isinstance(client_stream, trio.abc.HalfCloseableStream):
-            return _Done(101, False, "tunnel_unsupported")
+            return Done(101, False, "tunnel_unsupported")
         counters = c.transport.counters or RelayCounters()
         in0, out0 = counters.bytes_in, counters.bytes_out
         result = await relay(client_stream, up.stream, counters)
         ex.bytes_in = len(client_rest) + counters.bytes_in - in0
         ex.bytes_out = len(upstream_rest) + counters.bytes_out - out0
-        return _Done(101, False, f"tunnel_{result.outcome}")
+        return Done(101, False, f"tunnel_{result.outcome}")
 
 
 class _NoNursery:

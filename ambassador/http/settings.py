@@ -7,7 +7,9 @@ the way the user wrote it.
 
 from __future__ import annotations
 
+import os
 import re
+import select
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +18,7 @@ from typing import Any
 from sidecar_common.errors import ConfigError
 from sidecar_common.settings import parse_duration
 
-__all__ = ["HttpSettings", "RetrySettings", "parse_http_settings"]
+__all__ = ["HttpSettings", "RetrySettings", "lane_enabled", "parse_http_settings"]
 
 #: RFC 9110 token characters: what a header field name may be made of.
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
@@ -61,7 +63,7 @@ class HttpSettings:
     request_id_header: str = "x-request-id"
     max_header_bytes: int = 16384
     keepalive_timeout: float = 60.0
-    pool_max_idle: int = 16
+    pool_max_idle: int = 64
     pool_idle_timeout: float = 30.0
     retry: RetrySettings = field(default_factory=RetrySettings)
 
@@ -204,3 +206,12 @@ def parse_http_settings(value: object, path: str) -> HttpSettings:
     if "retry" in table:
         kw["retry"] = _retry(table["retry"], f"{path}.retry")
     return HttpSettings(**kw)
+
+
+def lane_enabled(environ: Mapping[str, str] | None = None) -> bool:
+    """``AMBASSADOR_HTTP_LANE``: ``on`` (default, where epoll exists) or ``off``."""
+    env = os.environ if environ is None else environ
+    wanted = env.get("AMBASSADOR_HTTP_LANE", "on").strip().lower() or "on"
+    if wanted not in ("on", "off"):
+        raise ConfigError("AMBASSADOR_HTTP_LANE", wanted, "on or off")
+    return wanted == "on" and hasattr(select, "epoll")

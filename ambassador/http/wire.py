@@ -191,6 +191,11 @@ class _Reader:
             return self._events[pos]
         return None
 
+    def peek(self) -> Event | None:
+        """The event ``next_event`` would return, left in place."""
+        pos = self._pos
+        return self._events[pos] if pos < len(self._events) else None
+
     def feed(self, data: bytes) -> None:
         """Parse ``data`` (``b""``: EOF); call only when ``next_event`` returned None."""
         self._events.clear()

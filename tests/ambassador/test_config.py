@@ -487,7 +487,7 @@ def test_tls_http_and_discover_keys(tmp_path: Path) -> None:
         "    test -> 127.0.0.1:6002 [tls sslmode=require]",
         f"  * prod -> 127.0.0.1:6003 [tls sslmode=verify-full ca={ca}]",
         "listener api: 127.0.0.1:8080 protocol=http policy=peak_ewma health=tcp",
-        "    http: request_timeout=5s retries=1 on 502,503,504 pool_max_idle=16"
+        "    http: request_timeout=5s retries=1 on 502,503,504 pool_max_idle=64"
         " upstream_host=api.internal inject authorization from /run/secrets/api-token",
         "    dev -> 127.0.0.1:9001",
         "  * prod -> etcd http://127.0.0.1:2379 prefix /services/api environment=prod",

@@ -318,6 +318,14 @@ def header(response: h11.Response, name: str) -> str | None:
 # --------------------------------------------------------------------------- tests
 
 
+@pytest.fixture(autouse=True, params=["on", "off"], ids=["lane-on", "lane-off"])
+def http_lane(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs with the fast lane on and off (read when an HttpProxy is built)."""
+    mode = str(request.param)
+    monkeypatch.setenv("AMBASSADOR_HTTP_LANE", mode)
+    return mode
+
+
 async def test_keepalive_both_sides_and_header_policy() -> None:
     async with running_upstream() as up, running_proxy([up.address]) as px:
         client = await Client.connect(px.port)
