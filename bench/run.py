@@ -224,6 +224,7 @@ def start_ambassador(
     relay: str = "splice",
     threads: int = 1,
     name: str | None = None,
+    http_lane: bool = True,
 ) -> tuple[Proxy, list[subprocess.Popen[bytes]]]:
     """The ambassador from a TOML config (the shell's keys), started as users start it.
 
@@ -256,7 +257,12 @@ endpoints = ["127.0.0.1:{backends.target(kind)}"]
     argv = [str(VENV_BIN / "ambassador"), "run", "--config", str(config)]
     if workers > 1:
         argv += ["--workers", str(workers)]
-    env = {**os.environ, "AMBASSADOR_RELAY": relay, "AMBASSADOR_RELAY_THREADS": str(threads)}
+    env = {
+        **os.environ,
+        "AMBASSADOR_RELAY": relay,
+        "AMBASSADOR_RELAY_THREADS": str(threads),
+        "AMBASSADOR_HTTP_LANE": "on" if http_lane else "off",
+    }
     proc = subprocess.Popen(argv, stdout=out, stderr=out, env=env)
     for port in ports.values():
         wait_for_port("127.0.0.1", port, proc=proc)
@@ -457,6 +463,10 @@ STARTERS: dict[str, Callable[[Backends, Path], tuple[Proxy, list[subprocess.Pope
     "ambassador-splice-loop": lambda b, w: start_ambassador(b, w, relay="splice-loop"),
     "ambassador-w2": lambda b, w: start_ambassador(b, w, workers=2),
     "ambassador-t2": lambda b, w: start_ambassador(b, w, threads=2),
+    # The HTTP listener without its fast lane (every request through the trio shell).
+    "ambassador-shell": lambda b, w: start_ambassador(
+        b, w, http_lane=False, name="ambassador-shell"
+    ),
     "haproxy": start_haproxy,
     "envoy": start_envoy,
     "naive-trio": start_naive_trio,
@@ -707,7 +717,10 @@ VARIANT_NOTES = {
     "direct": "the client talks to the server itself (the baseline of every ratio)",
     "ambassador": "`ambassador run`, 1 process (lean exec'd process, ambassador.fastrelay "
     'splice hub thread for L4); for wrk-l7 its `protocol = "http"` listener (llhttp via '
-    "httptools both sides, keep-alive pool, one JSON access-log line per request to a file)",
+    "httptools both sides, keep-alive pool, one JSON access-log line per request to a file; "
+    "plain requests in the fast lane)",
+    "ambassador-shell": "the same with AMBASSADOR_HTTP_LANE=off: every HTTP request through the "
+    "trio shell (the before of the lane)",
     "ambassador-stream": "`ambassador run` with AMBASSADOR_RELAY=stream: the trio stream relay "
     "(the before of issue 4)",
     "ambassador-splice-loop": "fastrelay with the hub as a trio task instead of a thread",
