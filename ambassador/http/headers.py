@@ -22,18 +22,26 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+from .wire import header_lines
+
 __all__ = [
     "HOP_BY_HOP",
     "HeaderFiles",
     "IdSource",
     "PreparedRequest",
+    "RequestPlan",
+    "RequestTemplate",
+    "ResponseTemplate",
     "TraceContext",
     "connection_tokens",
     "is_upgrade_request",
     "parse_traceparent",
+    "plan_request_headers",
     "prepare_request_headers",
     "prepare_response_headers",
+    "request_ids",
     "strip_hop_by_hop",
+    "with_ids",
 ]
 
 Headers = list[tuple[bytes, bytes]]
@@ -192,16 +200,25 @@ def _drop_set(headers: Sequence[tuple[bytes, bytes]]) -> tuple[frozenset[bytes],
     return HOP_BY_HOP | tokens, b"upgrade" in tokens
 
 
-def prepare_request_headers(
+class RequestPlan(NamedTuple):
+    """The policy's result for one header section, before the request's own ids."""
+
+    kept: Headers  # before the ids (Host first when the app sent one)
+    request_id: str  # the app's, kept; "" when one is made per request
+    traceparent: tuple[str, str, str] | None  # the app's valid trace context
+    tail: Headers  # after the ids: tracestate, injected headers, TE, upgrade
+    upgrade: bool
+
+
+def plan_request_headers(
     headers: Sequence[tuple[bytes, bytes]],
     *,
-    ids: IdSource,
     injected: Sequence[tuple[bytes, bytes]] = (),
     upstream_host: bytes | None = None,
     default_host: bytes = b"",
     request_id_header: bytes = b"x-request-id",
-) -> PreparedRequest:
-    """The upstream request's headers from the client's (pure, given ``ids``).
+) -> RequestPlan:
+    """The policy for the app's header section (pure; no ids: see ``prepare_request_headers``).
 
     ``default_host`` is used when the client sent no Host (HTTP/1.0) and none
     is configured: an HTTP/1.1 request upstream must carry one. One pass over
@@ -251,25 +268,77 @@ def prepare_request_headers(
         host = upstream_host if upstream_host is not None else default_host
         if host:
             kept.insert(0, (b"host", host))
-    if not request_id:
-        request_id = ids.request_id()
-    kept.append((request_id_header, request_id.encode("ascii")))
-    if traceparent is not None:
-        trace_id, _, flags = traceparent
-        trace = TraceContext(trace_id, ids.span_id(), flags, started=False)
-        kept.append((b"traceparent", trace.traceparent))
-        # tracestate travels with a valid traceparent only (W3C 3.3).
-        kept.extend((b"tracestate", v) for v in tracestate)
-    else:
-        trace = TraceContext(ids.trace_id(), ids.span_id(), "01", started=True)
-        kept.append((b"traceparent", trace.traceparent))
-    kept.extend(injected)
+    # tracestate travels with a valid traceparent only (W3C 3.3).
+    tail: Headers = [(b"tracestate", v) for v in tracestate] if traceparent is not None else []
+    tail.extend(injected)
     if chunked and not content_length:
-        kept.append((b"transfer-encoding", b"chunked"))
+        tail.append((b"transfer-encoding", b"chunked"))
     if upgrade:
-        kept.append((b"connection", b"upgrade"))
-        kept.extend((b"upgrade", v) for v in upgrade_values)
-    return PreparedRequest(kept, request_id, trace, upgrade)
+        tail.append((b"connection", b"upgrade"))
+        tail.extend((b"upgrade", v) for v in upgrade_values)
+    return RequestPlan(kept, request_id, traceparent, tail, upgrade)
+
+
+def request_ids(plan: RequestPlan, ids: IdSource) -> tuple[str, TraceContext]:
+    """This request's id (the app's, else a new one) and trace context (continued or started)."""
+    request_id = plan.request_id or ids.request_id()
+    if plan.traceparent is not None:
+        trace_id, _, flags = plan.traceparent
+        return request_id, TraceContext(trace_id, ids.span_id(), flags, started=False)
+    return request_id, TraceContext(ids.trace_id(), ids.span_id(), "01", started=True)
+
+
+def with_ids(
+    plan: RequestPlan, request_id: str, trace: TraceContext, request_id_header: bytes
+) -> PreparedRequest:
+    """The upstream headers of ``plan`` with this request's ids in their place."""
+    headers = [
+        *plan.kept,
+        (request_id_header, request_id.encode("ascii")),
+        (b"traceparent", trace.traceparent),
+        *plan.tail,
+    ]
+    return PreparedRequest(headers, request_id, trace, plan.upgrade)
+
+
+def prepare_request_headers(
+    headers: Sequence[tuple[bytes, bytes]],
+    *,
+    ids: IdSource,
+    injected: Sequence[tuple[bytes, bytes]] = (),
+    upstream_host: bytes | None = None,
+    default_host: bytes = b"",
+    request_id_header: bytes = b"x-request-id",
+) -> PreparedRequest:
+    """The upstream request's headers from the client's (pure, given ``ids``)."""
+    plan = plan_request_headers(
+        headers,
+        injected=injected,
+        upstream_host=upstream_host,
+        default_host=default_host,
+        request_id_header=request_id_header,
+    )
+    request_id, trace = request_ids(plan, ids)
+    return with_ids(plan, request_id, trace, request_id_header)
+
+
+def _response_kept(
+    headers: Sequence[tuple[bytes, bytes]], request_id_header: bytes
+) -> tuple[Headers, list[bytes], bool]:
+    """(the upstream's headers the app gets, its Upgrade values, it set the request id)."""
+    drop, _ = _drop_set(headers)
+    out: Headers = []
+    upgrade_values: list[bytes] = []
+    has_id = False
+    for name, value in headers:
+        if name in drop:
+            if name == b"upgrade":
+                upgrade_values.append(value)
+            continue
+        if name == request_id_header:
+            has_id = True
+        out.append((name, value))
+    return out, upgrade_values, has_id
 
 
 def prepare_response_headers(
@@ -287,18 +356,7 @@ def prepare_response_headers(
     101) keeps ``Upgrade`` and says ``Connection: upgrade``; ``close`` ends
     keep-alive.
     """
-    drop, _ = _drop_set(headers)
-    out: Headers = []
-    upgrade_values: list[bytes] = []
-    has_id = False
-    for name, value in headers:
-        if name in drop:
-            if name == b"upgrade":
-                upgrade_values.append(value)
-            continue
-        if name == request_id_header:
-            has_id = True
-        out.append((name, value))
+    out, upgrade_values, has_id = _response_kept(headers, request_id_header)
     if not has_id:
         out.append((request_id_header, request_id.encode("ascii")))
     if switching:
@@ -307,6 +365,120 @@ def prepare_response_headers(
     elif close:
         out.append((b"connection", b"close"))
     return out
+
+
+# --------------------------------------------------------------------------- templates
+
+
+class RequestTemplate:
+    """Upstream request heads for one repeated header section: the policy once, ids per request.
+
+    Why: on a keep-alive connection an app sends the same header section with
+    nearly every request (HTTP/2's HPACK is built on that), and the policy's
+    result then differs only in the ids. ``render`` gives exactly the bytes
+    ``request_head(method, target, prepare_request_headers(...).headers)``
+    gives (the tests compare them); ``prepared`` the full ``PreparedRequest``
+    when a request leaves the fast path.
+    """
+
+    __slots__ = ("_after", "_before", "_rid", "has_host", "headers", "injected", "plan")
+
+    def __init__(
+        self,
+        headers: list[tuple[bytes, bytes]],
+        injected: list[tuple[bytes, bytes]],
+        plan: RequestPlan,
+        request_id_header: bytes,
+    ) -> None:
+        self.headers = headers
+        self.injected = injected
+        self.plan = plan
+        self._rid = request_id_header
+        self._before = header_lines(plan.kept)
+        self._after = header_lines(plan.tail) + b"\r\n"
+        #: The head names a Host (else the caller adds the endpoint's: not templated).
+        self.has_host = any(name == b"host" for name, _ in plan.kept)
+
+    def matches(
+        self, headers: list[tuple[bytes, bytes]], injected: list[tuple[bytes, bytes]]
+    ) -> bool:
+        return headers == self.headers and injected == self.injected
+
+    def render(
+        self, method: bytes, target: bytes, ids: IdSource
+    ) -> tuple[bytes, str, TraceContext]:
+        """(the request head, its request id, its trace context)."""
+        request_id, trace = request_ids(self.plan, ids)
+        head = b"%s %s HTTP/1.1\r\n%s%s: %s\r\ntraceparent: %s\r\n%s" % (
+            method,
+            target,
+            self._before,
+            self._rid,
+            request_id.encode("ascii"),
+            trace.traceparent,
+            self._after,
+        )
+        return head, request_id, trace
+
+    def prepared(self, request_id: str, trace: TraceContext) -> PreparedRequest:
+        return with_ids(self.plan, request_id, trace, self._rid)
+
+
+class ResponseTemplate:
+    """The app's response heads for one upstream head: the policy once, the request id per response.
+
+    ``close``: the app's connection ends after this response (``Connection:
+    close`` is said); ``chunked``: the body goes to the app re-chunked.
+    """
+
+    __slots__ = ("_after", "_before", "_echo", "chunked", "close", "headers", "reason", "status")
+
+    def __init__(
+        self,
+        status: int,
+        reason: bytes,
+        headers: list[tuple[bytes, bytes]],
+        request_id_header: bytes,
+        *,
+        close: bool,
+        chunked: bool,
+    ) -> None:
+        self.status, self.reason, self.headers = status, reason, headers
+        self.close, self.chunked = close, chunked
+        kept, _, has_id = _response_kept(headers, request_id_header)
+        self._before = b"HTTP/1.1 %d %s\r\n%s" % (status, reason, header_lines(kept))
+        after: Headers = [(b"connection", b"close")] if close else []
+        if chunked:
+            after.append((b"transfer-encoding", b"chunked"))
+        self._after = header_lines(after) + b"\r\n"
+        #: The upstream did not set the request id: the app gets ours.
+        self._echo = not has_id
+        if self._echo:
+            self._before += request_id_header + b": "
+            self._after = b"\r\n" + self._after
+
+    def matches(
+        self,
+        status: int,
+        reason: bytes,
+        headers: list[tuple[bytes, bytes]],
+        *,
+        close: bool,
+        chunked: bool,
+    ) -> bool:
+        return (
+            headers == self.headers
+            and status == self.status
+            and close == self.close
+            and chunked == self.chunked
+            and reason == self.reason
+        )
+
+    def render(self, request_id: str) -> bytes:
+        """The head for the app (the request id echoed unless the upstream set its own)."""
+        if self._echo:
+            return self._before + request_id.encode("ascii") + self._after
+        return self._before + self._after
 
 
 # --------------------------------------------------------------------------- header files

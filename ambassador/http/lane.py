@@ -55,7 +55,7 @@ from sidecar_common.jsonlog import get_logger, log_event
 from ..endpoint import EndpointState
 from ..relay import abort_stream
 from .exchange import Done, Exchange, Failed, Resume, Route
-from .headers import PreparedRequest
+from .headers import PreparedRequest, RequestTemplate, ResponseTemplate, TraceContext
 from .pool import UpstreamConnection
 from .retry import IDEMPOTENT_METHODS, retry_refusal
 from .transport import CHUNK
@@ -120,12 +120,16 @@ class _Conn:
         "pending_read",
         "prepared",
         "req",
+        "request_id",
         "response",
         "reused",
         "route",
+        "rtemplate",
         "start",
         "state",
         "task",
+        "template",
+        "trace",
         "up",
         "up_fd",
         "up_hup",
@@ -159,6 +163,13 @@ class _Conn:
         self.up: UpstreamConnection | None = None
         self.up_fd = -1
         self.prepared: PreparedRequest | None = None
+        #: The request's ids (its ``prepared`` headers are made only if the shell needs them).
+        self.request_id = ""
+        self.trace: TraceContext | None = None
+        #: The header policy of this app's last header section and of the last response head:
+        #: a keep-alive client repeats its headers, an upstream its response headers.
+        self.template: RequestTemplate | None = None
+        self.rtemplate: ResponseTemplate | None = None
         self.ex: Exchange | None = None
         self.start = 0.0
         self.reused = False
@@ -454,10 +465,22 @@ class Lane:
         if not up.watchable:
             p.pool.release_now(up, reusable=True, now=start)
             return Resume(req, start, route, ep)
-        prepared = p.prepare(req, start)
+        injected = p._injected(start)
+        template = conn.template
+        if template is None or not template.matches(req.headers, injected):
+            template = conn.template = p.request_template(req.headers, injected)
+        if template.has_host:
+            data, request_id, trace = template.render(req.method, req.target, p.ids)
+            prepared = None
+        else:
+            # No Host from the app: the endpoint's is added (rare; not templated).
+            prepared = p.prepare(req, start)
+            headers = [(b"host", up.key.endpoint.encode()), *prepared.headers]
+            data = request_head(req.method, req.target, headers)
+            request_id, trace = prepared.request_id, prepared.trace
         ex = Exchange(method=req.method, target=req.target)
         ex.env = route.env
-        ex.request_id, ex.trace_id = prepared.request_id, prepared.trace.trace_id
+        ex.request_id, ex.trace_id = request_id, trace.trace_id
         ex.attempts = 1
         ex.upstream = ep.name
         p._budget(route.env).record_request(start)
@@ -466,14 +489,12 @@ class Lane:
         c.request_done = True
         conn.req, conn.route, conn.ep, conn.up = req, route, ep, up
         conn.prepared, conn.ex, conn.start = prepared, ex, start
+        conn.request_id, conn.trace = request_id, trace
         conn.response = None
         conn.reused = up.requests > 0
         conn.up_hup = False
         up.requests += 1
         route.cluster.connect_started(ep)
-        headers = prepared.headers
-        if headers[0][0] != b"host" and not any(name == b"host" for name, _ in headers):
-            headers = [(b"host", up.key.endpoint.encode()), *headers]
         up.reader.start(req.method)
         fd = up.transport.sock.fileno()  # type: ignore[attr-defined]
         conn.up_fd = fd
@@ -486,7 +507,6 @@ class Lane:
         self._by_fd[fd] = conn
         conn.state = _HEAD
         p.deadlines.add(conn, start + p.settings.request_timeout)
-        data = request_head(req.method, req.target, headers)
         try:
             sent = os.write(fd, data)
         except BlockingIOError:
@@ -577,10 +597,9 @@ class Lane:
                         ),
                     )
                     return
-                assert conn.prepared is not None
-                head, conn.chunked, conn.close = self.proxy.response_start(
-                    conn.c, event, conn.prepared
-                )
+                rt = conn.rtemplate = self.proxy.response_template(conn.c, event, conn.rtemplate)
+                head, conn.chunked, conn.close = rt.render(conn.request_id), rt.chunked, rt.close
+                conn.c.responded = True
                 conn.state = _BODY
                 conn.response = event
                 out.append(head)
@@ -658,9 +677,11 @@ class Lane:
         self._end_attempt(conn, failed, reusable=False)
         conn.state = _IDLE
         assert conn.req is not None and conn.route is not None
-        return Resume(
-            conn.req, conn.start, conn.route, conn.ep, conn.prepared, conn.ex, prior=failed
-        )
+        prepared = conn.prepared
+        if prepared is None:
+            assert conn.template is not None and conn.trace is not None
+            prepared = conn.template.prepared(conn.request_id, conn.trace)
+        return Resume(conn.req, conn.start, conn.route, conn.ep, prepared, conn.ex, prior=failed)
 
     def _upstream_broken(self, conn: _Conn, reason: str, out: list[bytes] | None = None) -> None:
         if conn.state == _HEAD:

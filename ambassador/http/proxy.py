@@ -50,6 +50,9 @@ from .headers import (
     HeaderFiles,
     IdSource,
     PreparedRequest,
+    RequestTemplate,
+    ResponseTemplate,
+    plan_request_headers,
     prepare_request_headers,
     prepare_response_headers,
 )
@@ -884,10 +887,22 @@ class HttpProxy:
                 await c.send(b"HTTP/1.1 %d %s\r\n\r\n" % (event.status, event.reason))
             event = await _up_next(up)
 
-    def response_start(
-        self, c: _Client, response: ResponseHead, prepared: PreparedRequest
-    ) -> tuple[bytes, bool, bool]:
-        """(the response head for the app, body re-chunked, connection closes after it).
+    def request_template(
+        self, headers: list[tuple[bytes, bytes]], injected: list[tuple[bytes, bytes]]
+    ) -> RequestTemplate:
+        """The header policy for one header section of the app, ids left to each request."""
+        plan = plan_request_headers(
+            headers,
+            injected=injected,
+            upstream_host=self._upstream_host,
+            request_id_header=self._rid_header,
+        )
+        return RequestTemplate(headers, injected, plan, self._rid_header)
+
+    def response_template(
+        self, c: _Client, response: ResponseHead, current: ResponseTemplate | None = None
+    ) -> ResponseTemplate:
+        """How ``response`` goes to the app (``current`` when it still fits: no work).
 
         A chunked or close-delimited body goes to an HTTP/1.1 app chunked (the
         connection stays reusable), to an HTTP/1.0 app close-delimited.
@@ -895,19 +910,24 @@ class HttpProxy:
         http11 = c.keep_alive  # keep-alive implies HTTP/1.1; an HTTP/1.0 app gets close-delimited
         framing = response.framing
         reframe = framing == Framing.CHUNKED or framing == Framing.CLOSE
-        close = self.draining or not c.keep_alive or not c.request_done
-        headers = prepare_response_headers(
-            response.headers,
-            request_id=prepared.request_id,
-            request_id_header=self._rid_header,
-            close=close or (reframe and not http11),
+        close = self.draining or not c.keep_alive or not c.request_done or (reframe and not http11)
+        chunked = reframe and http11
+        status, reason, headers = response.status, response.reason, response.headers
+        if current is not None and current.matches(
+            status, reason, headers, close=close, chunked=chunked
+        ):
+            return current
+        return ResponseTemplate(
+            status, reason, headers, self._rid_header, close=close, chunked=chunked
         )
-        if reframe and http11:
-            headers.append((b"transfer-encoding", b"chunked"))
-        elif reframe:
-            close = True
+
+    def response_start(
+        self, c: _Client, response: ResponseHead, prepared: PreparedRequest
+    ) -> tuple[bytes, bool, bool]:
+        """(the response head for the app, body re-chunked, connection closes after it)."""
+        template = self.response_template(c, response)
         c.responded = True
-        return response_head(response.status, response.reason, headers), reframe and http11, close
+        return template.render(prepared.request_id), template.chunked, template.close
 
     async def _forward_response(
         self,

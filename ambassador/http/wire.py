@@ -43,6 +43,7 @@ __all__ = [
     "ResponseHead",
     "ResponseReader",
     "frame_chunk",
+    "header_lines",
     "request_head",
     "response_head",
 ]
@@ -432,16 +433,19 @@ class ResponseReader(_Reader):
 # --------------------------------------------------------------------------- writing
 
 
+def header_lines(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """``name: value`` lines, each ending CRLF (names and values validated when parsed or set)."""
+    return b"".join([n + b": " + v + b"\r\n" for n, v in headers])
+
+
 def request_head(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
-    """An HTTP/1.1 request head (names and values were validated when parsed or configured)."""
-    lines = b"".join([n + b": " + v + b"\r\n" for n, v in headers])
-    return b"%s %s HTTP/1.1\r\n%s\r\n" % (method, target, lines)
+    """An HTTP/1.1 request head."""
+    return b"%s %s HTTP/1.1\r\n%s\r\n" % (method, target, header_lines(headers))
 
 
 def response_head(status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
     """An HTTP/1.1 response head."""
-    lines = b"".join([n + b": " + v + b"\r\n" for n, v in headers])
-    return b"HTTP/1.1 %d %s\r\n%s\r\n" % (status, reason, lines)
+    return b"HTTP/1.1 %d %s\r\n%s\r\n" % (status, reason, header_lines(headers))
 
 
 def frame_chunk(data: bytes) -> bytes:

@@ -297,6 +297,43 @@ async def test_sequential_gets_on_one_connection_are_served_in_the_lane(
         assert line["bytes_out"] > 0
 
 
+async def test_headers_that_change_between_requests_are_honoured() -> None:
+    """The lane keeps the policy of a connection's last header section: a change is seen at once."""
+    trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    async with running_upstream() as up, running_proxy([up.address]) as px:
+        lane = lane_of(px)
+        client = await Client.connect(px.port)
+        await client.get("/echo")  # the shell connects; the rest is the lane's
+        sent: list[list[tuple[str, str]]] = [
+            [("x-a", "1")],
+            [("x-a", "1"), ("traceparent", trace), ("x-request-id", "mine-1")],
+            [("x-a", "2"), ("keep-alive", "timeout=5"), ("connection", "keep-alive, x-a")],
+            [("x-a", "1")],
+            [("x-a", "1")],
+        ]
+        seen = []
+        for headers in sent:
+            resp, body = await client.get("/echo", headers)
+            assert resp.status_code == 200
+            seen.append((json.loads(body)["headers"], header(resp, "x-request-id")))
+        await client.aclose()
+        assert lane.served == len(sent)
+    first, with_trace, hop, again, same = seen
+    assert first[0]["x-a"] == "1" and "keep-alive" not in first[0]
+    # The app's trace is continued (new span), its request id kept and echoed.
+    assert with_trace[0]["traceparent"].startswith("00-4bf92f3577b34da6a3ce929d0e0e4736-")
+    assert with_trace[0]["traceparent"] != trace
+    assert with_trace[0]["x-request-id"] == "mine-1" and with_trace[1] == "mine-1"
+    # Hop-by-hop headers and what Connection names are stripped.
+    assert "x-a" not in hop[0] and "keep-alive" not in hop[0] and "connection" not in hop[0]
+    # The same section again: new ids for each request, a new trace each time.
+    assert again[0]["x-a"] == same[0]["x-a"] == "1"
+    ids = {first[1], again[1], same[1]}
+    assert len(ids) == 3
+    traces = {first[0]["traceparent"][3:35], again[0]["traceparent"][3:35]}
+    assert len(traces) == 2
+
+
 async def test_lane_and_shell_write_the_same_access_log_and_metrics(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
