@@ -88,7 +88,8 @@ class Resume(NamedTuple):
     goes there (the lane found no idle connection to it). With ``prior`` that
     attempt was made by the lane and failed before anything reached the app:
     the shell decides on a retry as for its own attempts, and ``prepared``/``ex``
-    carry the ids and the access-log record on.
+    carry the ids and the access-log record on. The request was read to its end
+    (``body``: all of it, at most the replay buffer).
     """
 
     head: RequestHead
@@ -98,3 +99,5 @@ class Resume(NamedTuple):
     prepared: PreparedRequest | None = None
     ex: Exchange | None = None
     prior: Failed | None = None
+    #: The request's body, which the lane read whole (kept for a retry).
+    body: bytes = b""

@@ -10,9 +10,11 @@ ready, handles every ready socket with plain non-blocking ``read``/``write`` and
 the same pure cores as the shell (``wire`` readers, the header policy,
 ``PoolBook``, the cluster's balancer, the retry policy): ~35 us per request.
 
-What the lane serves: an HTTP/1.1 request without a body (no Expect, no
-Upgrade, not CONNECT) to a plain-TCP environment, when the chosen endpoint has
-an idle pooled connection. The response can be anything HTTP/1.1 allows
+What the lane serves: an HTTP/1.1 request without a body, or with a
+Content-Length body no larger than the retry replay buffer (read whole, then
+sent with its head: a retry can send it again), no Expect, no Upgrade, not
+CONNECT, to a plain-TCP environment, when the chosen endpoint has an idle
+pooled connection. The response can be anything HTTP/1.1 allows
 (Content-Length, chunked, close-delimited, 1xx first, HEAD), streamed with
 back-pressure: while the app does not read, the upstream is not read either.
 
@@ -106,6 +108,7 @@ class _Conn:
     """One app connection while the lane serves it (and its exchange in flight, if any)."""
 
     __slots__ = (
+        "body",
         "c",
         "chunked",
         "client",
@@ -117,6 +120,7 @@ class _Conn:
         "hup",
         "lane",
         "out",
+        "parts",
         "pending_read",
         "prepared",
         "req",
@@ -135,6 +139,7 @@ class _Conn:
         "up_hup",
         "up_out",
         "up_paused",
+        "waiting",
     )
 
     def __init__(self, lane: Lane, c: _Client, client: str, fd: int) -> None:
@@ -157,6 +162,11 @@ class _Conn:
         self.up_hup = False
         self.deadline = 0.0
         self.req: RequestHead | None = None
+        #: The request's body (sent with its head; kept for a retry in the shell).
+        self.body = b""
+        #: A request whose body is still arriving, and what arrived of it.
+        self.waiting: RequestHead | None = None
+        self.parts: list[bytes] = []
         self.response: ResponseHead | None = None
         self.route: Route | None = None
         self.ep: EndpointState | None = None
@@ -357,9 +367,31 @@ class Lane:
             p = self.proxy
             p.deadlines.discard(c)
             p._idle.discard(c)
-            if event is CLOSED:
+            waiting = conn.waiting
+            if waiting is not None:
+                # Collecting the body of a request the lane took (it comes whole).
+                if type(event) is bytes:
+                    conn.parts.append(event)
+                    continue
+                conn.waiting = None
+                if event is not END:
+                    # The app broke HTTP or left mid-body: the shell answers or closes.
+                    if event is CLOSED:
+                        return self._finish(conn, LANE_DONE)
+                    return self._hand_back(conn, event)
+                body = b"".join(conn.parts)
+                conn.parts = []
+                back = self._begin(conn, waiting, body)
+            elif event is CLOSED:
                 return self._finish(conn, LANE_DONE)
-            back = self._begin(conn, event) if type(event) is RequestHead else event
+            elif type(event) is not RequestHead or not self._takes(conn, event):
+                back = event
+            elif event.framing == Framing.LENGTH:
+                conn.waiting = event
+                continue
+            else:
+                reader.next_event()  # its END (a request without a body ends with its head)
+                back = self._begin(conn, event, b"")
             if back is not None:
                 return self._hand_back(conn, back)
             return None
@@ -433,38 +465,46 @@ class Lane:
 
     # ------------------------------------------------------------------ one request
 
-    def _begin(self, conn: _Conn, req: RequestHead) -> object:
-        """Start ``req`` in the lane: None, or what the shell must serve instead."""
+    def _takes(self, conn: _Conn, req: RequestHead) -> bool:
+        """The lane serves ``req``: plain HTTP/1.1, its body (if any) small enough to replay."""
         p = self.proxy
-        c = conn.c
         if (
-            req.framing != Framing.NONE
-            or req.upgrade
+            req.upgrade
             or req.expect_continue
             or req.version != "1.1"
             or not req.keep_alive
             or req.method == b"CONNECT"
             or p.draining
-            or c.reader.peek() is not END
+            or req.framing == Framing.CHUNKED
+            or req.content_length > p.settings.retry.replay_buffer
         ):
-            return req
-        c.reader.next_event()  # its END (a request without a body ends with its head)
+            return False
+        # Without a body its end follows its head (llhttp parsed both at once).
+        return req.framing != Framing.NONE or conn.c.reader.peek() is END
+
+    def _begin(self, conn: _Conn, req: RequestHead, body: bytes) -> object:
+        """Start ``req`` (read whole: ``body``) in the lane: None, or what the shell must serve."""
+        p = self.proxy
+        c = conn.c
         start = trio.current_time()
         route = p.route()
         if route is None or route.tls is not None:
-            return Resume(req, start, route)
+            return Resume(req, start, route, body=body)
         ep = route.cluster.choose(start)
         if ep is None:
-            return Resume(req, start, route)
+            return Resume(req, start, route, body=body)
         up = p.pool.take_idle(
-            p._pool_key(route, ep), start, check=req.method not in IDEMPOTENT_METHODS
+            p._pool_key(route, ep),
+            start,
+            # Unchecked reuse only where a reset is surely retried (as the shell does).
+            check=bool(body) or req.method not in IDEMPOTENT_METHODS,
         )
         if up is None:
             # No idle connection: the shell connects (the next request finds one).
-            return Resume(req, start, route, ep)
+            return Resume(req, start, route, ep, body=body)
         if not up.watchable:
             p.pool.release_now(up, reusable=True, now=start)
-            return Resume(req, start, route, ep)
+            return Resume(req, start, route, ep, body=body)
         injected = p._injected(start)
         template = conn.template
         if template is None or not template.matches(req.headers, injected):
@@ -483,6 +523,10 @@ class Lane:
         ex.request_id, ex.trace_id = request_id, trace.trace_id
         ex.attempts = 1
         ex.upstream = ep.name
+        ex.bytes_in = len(body)
+        if body:
+            data += body
+        conn.body = body
         p._budget(route.env).record_request(start)
         c.responded = False
         c.keep_alive = True
@@ -681,7 +725,16 @@ class Lane:
         if prepared is None:
             assert conn.template is not None and conn.trace is not None
             prepared = conn.template.prepared(conn.request_id, conn.trace)
-        return Resume(conn.req, conn.start, conn.route, conn.ep, prepared, conn.ex, prior=failed)
+        return Resume(
+            conn.req,
+            conn.start,
+            conn.route,
+            conn.ep,
+            prepared,
+            conn.ex,
+            prior=failed,
+            body=conn.body,
+        )
 
     def _upstream_broken(self, conn: _Conn, reason: str, out: list[bytes] | None = None) -> None:
         if conn.state == _HEAD:

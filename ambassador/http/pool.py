@@ -334,13 +334,6 @@ class UpstreamPool:
         for old in self.book.checkin(conn.key, conn, now):
             close_now(old)
 
-    async def release(
-        self, conn: UpstreamConnection, *, reusable: bool, now: float | None = None
-    ) -> None:
-        """``release_now``, then a checkpoint (as closing a stream would have)."""
-        self.release_now(conn, reusable=reusable, now=trio.current_time() if now is None else now)
-        await trio.lowlevel.checkpoint()
-
     async def aclose(self) -> None:
         for conn in self.book.drain():
             close_now(conn)

@@ -183,7 +183,9 @@ class _RequestBody:
     so is never retried once sent.
     """
 
-    def __init__(self, client: _Client, limit: int, *, complete: bool = False) -> None:
+    def __init__(
+        self, client: _Client, limit: int, *, complete: bool = False, read: bytes | None = None
+    ) -> None:
         self.client = client
         self.limit = limit
         self.kept: list[bytes] = []
@@ -192,6 +194,11 @@ class _RequestBody:
         #: True once the app's body was read to its end (at once for a request without a body).
         self.complete = complete
         self.overflow = False
+        if read is not None:
+            # Read whole already (by the lane): replayed from memory on every attempt.
+            self.kept = [read] if read else []
+            self.size = len(read)
+            self.consumed = self.complete = True
 
     @property
     def replayable(self) -> bool:
@@ -577,7 +584,10 @@ class HttpProxy:
     ) -> Done:
         budget = self._budget(route.env)
         body = _RequestBody(
-            c, self.settings.retry.replay_buffer, complete=req.framing == Framing.NONE
+            c,
+            self.settings.retry.replay_buffer,
+            complete=req.framing == Framing.NONE,
+            read=resume.body if resume is not None else None,
         )
         tried: set[tuple[str, int]] = set()
         retries = 0
@@ -720,7 +730,8 @@ class HttpProxy:
             return result
         finally:
             if up is not None:
-                await self.pool.release(up, reusable=reusable, now=now)
+                # No checkpoint here: the response went out, its access line must follow.
+                self.pool.release_now(up, reusable=reusable, now=now)
             if not settled:
                 cluster.connection_closed(ep)
 

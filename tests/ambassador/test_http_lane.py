@@ -36,7 +36,7 @@ import trio
 import trio.testing
 
 from ambassador.endpoint import EndpointState
-from ambassador.http import HttpSettings
+from ambassador.http import HttpSettings, RetrySettings
 from ambassador.http.lane import Lane
 from ambassador.relay import RelayCounters
 from sidecar_common.jsonlog import JsonFormatter
@@ -362,7 +362,8 @@ async def test_pipelined_requests_across_lane_and_shell_stay_in_order() -> None:
         served, back = lane.served, lane.handed_back
         raw = (
             b"GET /echo?i=0 HTTP/1.1\r\nhost: app\r\nx-i: 0\r\n\r\n"
-            b"POST /echo?i=1 HTTP/1.1\r\nhost: app\r\nx-i: 1\r\ncontent-length: 5\r\n\r\nhello"
+            b"POST /echo?i=1 HTTP/1.1\r\nhost: app\r\nx-i: 1\r\ntransfer-encoding: chunked\r\n"
+            b"\r\n5\r\nhello\r\n0\r\n\r\n"
             b"GET /echo?i=2 HTTP/1.1\r\nhost: app\r\nx-i: 2\r\n\r\n"
             b"GET /echo?i=3 HTTP/1.1\r\nhost: app\r\nx-i: 3\r\n\r\n"
         )
@@ -379,7 +380,7 @@ async def test_pipelined_requests_across_lane_and_shell_stay_in_order() -> None:
         assert [s["headers"]["x-i"] for s in seen] == ["0", "1", "2", "3"]
         assert [s["method"] for s in seen] == ["GET", "POST", "GET", "GET"]
         assert seen[1]["body_size"] == 5
-        # The first GET in the lane; the POST (a body) handed back, the shell went on from there.
+        # The first GET in the lane; the chunked POST handed back, the shell went on from there.
         assert lane.served > served
         assert lane.handed_back > back
         # And the connection goes on in the lane afterwards.
@@ -396,8 +397,8 @@ async def test_requests_the_lane_does_not_serve_go_to_the_shell() -> None:
         client = await Client.connect(px.port)
         await client.get("/echo")
         for method, headers, body in (
-            ("POST", [("content-length", "2")], b"{}"),
             ("PUT", [("transfer-encoding", "chunked")], b"abc"),
+            ("POST", [("expect", "100-continue"), ("content-length", "2")], b"{}"),
         ):
             served, back = lane.served, lane.handed_back
             await client.send(
@@ -423,6 +424,82 @@ async def test_requests_the_lane_does_not_serve_go_to_the_shell() -> None:
             got += data
         assert got.startswith(b"HTTP/1.1 200 ") and lane.served == served
         await stream.aclose()
+
+
+async def test_a_small_body_goes_with_its_head_in_the_lane(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A body that arrived whole (up to the replay buffer) is sent with its head; larger: shell."""
+    caplog.set_level("INFO", logger="ambassador.access")
+    settings = HttpSettings(retry=RetrySettings(replay_buffer=64))
+    async with running_upstream() as up, running_proxy([up.address], settings) as px:
+        lane = lane_of(px)
+        client = await Client.connect(px.port)
+        await client.get("/echo")
+        served, back = lane.served, lane.handed_back
+        for body in (b'{"a": 1}', b"x" * 64):
+            await client.send(
+                h11.Request(
+                    method="POST",
+                    target="/echo",
+                    headers=[("host", "a"), ("content-length", str(len(body)))],
+                ),
+                h11.Data(data=body),
+                h11.EndOfMessage(),
+            )
+            resp, answer = await client.response()
+            assert resp.status_code == 200 and json.loads(answer)["body_size"] == len(body)
+        assert (lane.served, lane.handed_back) == (served + 2, back)
+        # Over the replay buffer: the shell streams it.
+        big = b"y" * 65
+        await client.send(
+            h11.Request(
+                method="POST", target="/echo", headers=[("host", "a"), ("content-length", "65")]
+            ),
+            h11.Data(data=big),
+            h11.EndOfMessage(),
+        )
+        resp, answer = await client.response()
+        assert resp.status_code == 200 and json.loads(answer)["body_size"] == 65
+        assert (lane.served, lane.handed_back) == (served + 2, back + 1)
+        # An idempotent request with a body is retried after a reset, its body sent again.
+        await client.get("/echo")
+        await client.send(
+            h11.Request(
+                method="PUT", target="/drop-once", headers=[("host", "a"), ("content-length", "5")]
+            ),
+            h11.Data(data=b"hello"),
+            h11.EndOfMessage(),
+        )
+        resp, answer = await client.response()
+        assert resp.status_code == 200 and json.loads(answer)["body_size"] == 5
+        await client.aclose()
+    puts = [line for line in access_lines(caplog) if line["path"] == "/drop-once"]
+    assert len(puts) == 1
+    assert puts[0]["attempts"] == 2 and puts[0]["bytes_in"] == 5 and puts[0]["outcome"] == "ok"
+    posts = [line for line in access_lines(caplog) if line["method"] == "POST"]
+    assert [line["bytes_in"] for line in posts] == [8, 64, 65]
+
+
+async def test_an_app_leaving_mid_body_is_closed_and_nothing_goes_upstream() -> None:
+    async with running_upstream() as up, running_proxy([up.address]) as px:
+        lane = lane_of(px)
+        client = await Client.connect(px.port)
+        await client.get("/echo")
+        await client.get("/echo")
+        hits = up.hits.get("/echo", 0)
+        await client.stream.send_all(
+            b"POST /echo HTTP/1.1\r\nhost: a\r\ncontent-length: 10\r\n\r\nabc"
+        )
+        await trio.testing.wait_all_tasks_blocked()
+        assert lane.served == 1  # parked in the lane, collecting the body
+        await client.stream.send_eof()
+        with trio.fail_after(5):
+            assert await client.stream.receive_some(10) == b""  # closed, no answer
+        await client.aclose()
+        assert up.hits.get("/echo", 0) == hits
+        ep = px.cluster.endpoint(up.address)
+        assert ep is not None and ep.active == 0
 
 
 async def test_a_request_head_arriving_in_pieces_is_served_in_the_lane() -> None:
