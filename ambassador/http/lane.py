@@ -3,12 +3,13 @@
 Why: on the proxy's hot path (a small request without a body, a pooled
 upstream connection, a response that arrives in one read) the trio shell costs
 two waits on the network per request, each an epoll registration, a wake-up and
-a task switch, plus the coroutine machinery around every step: ~130 us of CPU
-per request, where Envoy spends ~45. Here every lane connection's sockets sit
-in one private epoll set, and one system task, woken by trio when that set is
-ready, handles every ready socket with plain non-blocking ``read``/``write`` and
-the same pure cores as the shell (``wire`` readers, the header policy,
-``PoolBook``, the cluster's balancer, the retry policy): ~35 us per request.
+a task switch, plus the coroutine machinery around every step: 110-130 us of
+CPU per request. Here every lane connection's sockets sit in one private epoll
+set, and one system task, woken by trio when that set is ready, handles every
+ready socket with plain non-blocking ``read``/``write`` and the same pure cores
+as the shell (``wire`` readers, the header policy through per-connection
+templates, ``PoolBook``, the cluster's balancer, the retry policy): 70-80 us
+per request on the benchmark's machine (Envoy 40-50; bench/notes.md).
 
 What the lane serves: an HTTP/1.1 request without a body, or with a
 Content-Length body no larger than the retry replay buffer (read whole, then
@@ -32,7 +33,8 @@ closed it, an exchange broke it, ``Connection: close``, drain). Idle keep-alive
 timeout and drain cancel the parked task as they cancel the shell's idle wait;
 the abort takes the connection out of the lane.
 
-Edge-triggered interest: a socket is read until a short read, and a client
+Edge-triggered interest: a socket is read until a short read (until EOF once
+the peer closed: EPOLLRDHUP comes once, with the last bytes), and a client
 socket that becomes readable while its request is in flight is read only when
 that exchange is over (pipelined requests wait in order, as in the shell).
 

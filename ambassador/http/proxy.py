@@ -351,9 +351,11 @@ class HttpProxy:
                 while not self.draining:
                     event = c.reader.next_event()
                     if event is None:
-                        if lane is not None:
+                        route = self.route() if lane is not None else None
+                        if lane is not None and (route is None or route.tls is None):
                             # The lane serves the plain requests; what it hands back
-                            # (anything unusual, a retry) is served here.
+                            # (anything unusual, a retry) is served here. An HTTPS
+                            # upstream is the shell's (the lane speaks plain TCP).
                             event = await lane.serve(c, client)
                             if event is LANE_DONE:
                                 return
