@@ -211,6 +211,8 @@ class _Reader:
             self._at_eof()
             self._events.append(CLOSED)
             return
+        if self._repeat(data):
+            return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -226,6 +228,10 @@ class _Reader:
                 self._pending += len(data)
                 if self._pending > self.max_header_bytes + self.SLACK:
                     self._fail(self._too_large())
+
+    def _repeat(self, data: bytes) -> bool:
+        """Read ``data`` without llhttp when it repeats a message llhttp read (responses)."""
+        return False
 
     # What the two readers say differently (the error wording is each side's).
 
@@ -342,7 +348,7 @@ class ResponseReader(_Reader):
     message after the head and parses the next response with a fresh parser).
     """
 
-    def __init__(self, max_header_bytes: int) -> None:
+    def __init__(self, max_header_bytes: int, *, memo: bool = True) -> None:
         super().__init__(max_header_bytes)
         self._parser: httptools.HttpResponseParser = httptools.HttpResponseParser(self)
         self._head_only = False
@@ -351,12 +357,61 @@ class ResponseReader(_Reader):
         self._reason = b""
         #: Bytes arrived after a message this reader ended itself (HEAD): not reusable.
         self.stray = False
+        #: Repeated heads (see ``_repeat``): the raw bytes of the last plain head
+        #: llhttp read, its event and its Content-Length.
+        self.memo = memo
+        self._memo_head = b""
+        self._memo_event: ResponseHead | None = None
+        self._memo_length = 0
+        #: llhttp has nothing of a message (between messages); the feed began so.
+        self._between = True
+        self._feed_between = False
+        self._first_in_feed = False
+        self._memo_ok = False
+        self._data = b""
+
+    def _repeat(self, data: bytes) -> bool:
+        """A response whose head is byte for byte the last plain head llhttp read, body whole.
+
+        Why: an upstream answers the same resource with the same head (nginx's
+        changes once a second, with its Date), and llhttp reads a head with a
+        Python callback per header. The same bytes in the same parser state
+        (between messages, not after HEAD) parse the same, so the event is
+        reused: only a head llhttp accepted is ever reused, and only when
+        ``data`` is that head and exactly its Content-Length of body.
+        """
+        head = self._memo_head
+        if (
+            head
+            and self._between
+            and self._fresh
+            and not self._head_only
+            and data.startswith(head)
+            and len(data) - len(head) == self._memo_length
+        ):
+            events = self._events
+            events.append(self._memo_event)
+            if self._memo_length:
+                events.append(data[len(head) :])
+            events.append(END)
+            return True
+        if self.memo:
+            self._data = data
+            self._feed_between = self._between
+            self._first_in_feed = True
+            self._memo_ok = False
+        return False
+
+    def feed(self, data: bytes) -> None:
+        super().feed(data)
+        self._data = b""  # only looked at while llhttp reads it
 
     def start(self, method: bytes) -> None:
         """A request with ``method`` was sent on this connection; its response comes next."""
         if not self._fresh:
             self._parser = httptools.HttpResponseParser(self)
             self._fresh = True
+            self._between = True
         self._head_only = method == b"HEAD"
 
     def _at_eof(self) -> None:
@@ -378,6 +433,10 @@ class ResponseReader(_Reader):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._reason = b""
+        # Only a message that begins this feed (at its first byte) can be remembered.
+        self._memo_ok = self._feed_between and self._first_in_feed
+        self._first_in_feed = False
+        self._between = False
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -410,6 +469,12 @@ class ResponseReader(_Reader):
                 status, self._reason, version, self._headers, keep_alive=keep_alive, framing=framing
             )
         )
+        if self._memo_ok and framing == Framing.LENGTH and keep_alive and not head_only:
+            end = self._data.find(b"\r\n\r\n")
+            if end >= 0:
+                self._memo_head = self._data[: end + 4]
+                self._memo_event = self._events[-1]  # type: ignore[assignment]  # just appended
+                self._memo_length = int(next(v for n, v in self._headers if n == b"content-length"))
         if head_only:
             # Whatever the headers promise, a response to HEAD ends here.
             self._events.append(END)
@@ -424,6 +489,7 @@ class ResponseReader(_Reader):
 
     def on_message_complete(self) -> None:
         self._begin = None
+        self._between = True
         if not self._fresh:
             return  # the HEAD response already ended
         self._framing = Framing.NONE

@@ -326,3 +326,87 @@ def test_written_messages_parse_back(
     assert rhead.headers == [*headers, (b"content-length", b"%d" % len(body))]
     assert b"".join(e for e in rout if isinstance(e, bytes)) == body
     assert rout[-1] is END
+
+
+# --------------------------------------------------------------------------- repeated heads
+
+
+def _summary(events_: list[object]) -> list[object]:
+    out: list[object] = []
+    for e in events_:
+        if isinstance(e, ResponseHead):
+            out.append((e.status, e.reason, e.version, e.headers, e.keep_alive, e.framing))
+        elif isinstance(e, BadResponse):
+            out.append(("bad", e.reason))
+        else:
+            out.append(e)
+    return out
+
+
+_HEADS = [
+    b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 5\r\nConnection: keep-alive\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+    b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+]
+_BODIES = [b"", b"hello", b"abc", b"5\r\nhello\r\n0\r\n\r\n", b"hell", b"hello!", b"x"]
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(_HEADS),
+            st.sampled_from(_BODIES),
+            st.sampled_from([b"GET", b"HEAD"]),
+            st.integers(min_value=0, max_value=200),
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_a_repeated_head_reads_as_llhttp_reads_it(
+    exchanges: list[tuple[bytes, bytes, bytes, int]],
+) -> None:
+    """Reusing the last head's event never changes what the reader says (llhttp's reference)."""
+    memo, plain = ResponseReader(16384), ResponseReader(16384, memo=False)
+    for head, body, method, cut in exchanges:
+        raw = head + body
+        got = []
+        for reader in (memo, plain):
+            reader.start(method)
+            got.append(
+                _summary(
+                    events(reader, raw[:cut], raw[cut:]) if cut < len(raw) else events(reader, raw)
+                )
+            )
+        assert got[0] == got[1]
+        if memo.failed or plain.failed:
+            break
+
+
+def test_a_repeated_head_skips_llhttp() -> None:
+    raw = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 5\r\n\r\nhello"
+    reader = ResponseReader(16384)
+    reader.start(b"GET")
+    first = events(reader, raw)
+    parser = reader._parser
+
+    class Refuse:
+        def feed_data(self, data: bytes) -> None:
+            raise AssertionError("llhttp read a repeated head")
+
+    reader._parser = Refuse()  # type: ignore[assignment]
+    for body in (b"hello", b"world"):
+        reader.start(b"GET")
+        got = events(reader, raw[:-5] + body)
+        assert got[0] is first[0] and got[1:] == [body, END]
+    # A changed head is llhttp's again.
+    reader._parser = parser
+    reader.start(b"GET")
+    head = events(reader, raw.replace(b"nginx", b"nginy"))[0]
+    assert isinstance(head, ResponseHead)
+    assert head.headers == [(b"server", b"nginy"), (b"content-length", b"5")]
