@@ -61,7 +61,7 @@ from ..relay import abort_stream
 from .exchange import Done, Exchange, Failed, Resume, Route
 from .headers import PreparedRequest, RequestTemplate, ResponseTemplate, TraceContext
 from .pool import UpstreamConnection
-from .retry import IDEMPOTENT_METHODS, retry_refusal
+from .retry import IDEMPOTENT_METHODS
 from .transport import CHUNK
 from .wire import (
     CLOSED,
@@ -73,6 +73,7 @@ from .wire import (
     ResponseHead,
     frame_chunk,
     request_head,
+    response_head,
 )
 
 if TYPE_CHECKING:
@@ -604,8 +605,8 @@ class Lane:
     def _on_events(self, conn: _Conn, up: UpstreamConnection) -> None:
         """Act on the upstream reader's parsed events until it needs more bytes."""
         reader = up.reader
-        ex = conn.ex
-        assert ex is not None
+        ex, req, route = conn.ex, conn.req, conn.route
+        assert ex is not None and req is not None and route is not None
         out: list[bytes] = []
         while True:
             event = reader.next_event()
@@ -633,9 +634,11 @@ class Lane:
                         return
                     if reader.peek() is END:
                         reader.next_event()  # the 1xx's end (already parsed)
-                    out.append(b"HTTP/1.1 %d %s\r\n\r\n" % (event.status, event.reason))
+                    out.append(response_head(event.status, event.reason, []))
                     continue
-                if event.status >= 500 and self._may_retry(conn, event.status):
+                if event.status >= 500 and self.proxy.would_retry_status(
+                    req.method, route.env, event.status, 0, True
+                ):
                     self._hand_back(
                         conn,
                         self._attempt_failed(
@@ -675,22 +678,6 @@ class Lane:
             # More body to come: each silence of the upstream is bounded too.
             p = self.proxy
             p.deadlines.add(conn, trio.current_time() + p.settings.request_timeout)
-
-    def _may_retry(self, conn: _Conn, status: int) -> bool:
-        """Would the shell retry this 5xx? (then it is dropped and the shell retries)"""
-        assert conn.req is not None and conn.route is not None
-        p = self.proxy
-        return (
-            retry_refusal(
-                settings=p.settings.retry,
-                method=conn.req.method,
-                failure="status",
-                retries_done=0,
-                status=status,
-            )
-            is None
-            and p._budget(conn.route.env).available(trio.current_time()) >= 1.0
-        )
 
     def _end_attempt(self, conn: _Conn, result: Done | Failed | None, *, reusable: bool) -> None:
         """The exchange with the upstream is over: tell the cluster, pool or close the connection.

@@ -642,18 +642,8 @@ class HttpProxy:
             ex.upstream = ep.name
 
             def may_retry(status: int, retries_done: int = retries) -> bool:
-                """Would a retryable 5xx be retried? (then the response is dropped)"""
-                return (
-                    retry_refusal(
-                        settings=self.settings.retry,
-                        method=req.method,
-                        failure="status",
-                        retries_done=retries_done,
-                        status=status,
-                        body_replayable=body.replayable,
-                    )
-                    is None
-                    and budget.available(trio.current_time()) >= 1.0
+                return self.would_retry_status(
+                    req.method, route.env, status, retries_done, body.replayable
                 )
 
             result = await self._attempt(c, req, prepared, route, ep, body, ex, may_retry, now)
@@ -668,6 +658,23 @@ class HttpProxy:
             last.failure, "upstream_error"
         )
         return Done(last.status, c.request_done, outcome)
+
+    def would_retry_status(
+        self, method: bytes, env: str, status: int, retries_done: int, body_replayable: bool
+    ) -> bool:
+        """Would a response with this 5xx be retried? (then it is dropped, not forwarded)"""
+        return (
+            retry_refusal(
+                settings=self.settings.retry,
+                method=method,
+                failure="status",
+                retries_done=retries_done,
+                status=status,
+                body_replayable=body_replayable,
+            )
+            is None
+            and self._budget(env).available(trio.current_time()) >= 1.0
+        )
 
     def _endpoint_failed(self, route: Route, ep: EndpointState, reason: str) -> None:
         now = trio.current_time()
@@ -897,7 +904,7 @@ class HttpProxy:
                 return event
             await _up_next(up)  # the end of the 1xx (already parsed)
             if not c.responded:
-                await c.send(b"HTTP/1.1 %d %s\r\n\r\n" % (event.status, event.reason))
+                await c.send(response_head(event.status, event.reason, []))
             event = await _up_next(up)
 
     def request_template(
