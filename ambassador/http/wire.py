@@ -363,10 +363,13 @@ class ResponseReader(_Reader):
         self._memo_head = b""
         self._memo_event: ResponseHead | None = None
         self._memo_length = 0
-        #: llhttp has nothing of a message (between messages); the feed began so.
+        #: llhttp has nothing of a message and takes another (after one that
+        #: keeps the connection alive: after any other it refuses more bytes).
         self._between = True
-        self._feed_between = False
-        self._first_in_feed = False
+        self._keeps_alive = True
+        #: The next message llhttp begins starts at this feed's first byte; the
+        #: current one did (only such a head's bytes are known: ``_data``).
+        self._begins_feed = False
         self._memo_ok = False
         self._data = b""
 
@@ -397,8 +400,7 @@ class ResponseReader(_Reader):
             return True
         if self.memo:
             self._data = data
-            self._feed_between = self._between
-            self._first_in_feed = True
+            self._begins_feed = self._between
             self._memo_ok = False
         return False
 
@@ -434,8 +436,7 @@ class ResponseReader(_Reader):
         super().on_message_begin()
         self._reason = b""
         # Only a message that begins this feed (at its first byte) can be remembered.
-        self._memo_ok = self._feed_between and self._first_in_feed
-        self._first_in_feed = False
+        self._memo_ok, self._begins_feed = self._begins_feed, False
         self._between = False
 
     def on_headers_complete(self) -> None:
@@ -451,15 +452,18 @@ class ResponseReader(_Reader):
             self._error = BadResponse(f"unsupported HTTP version {version!r} from upstream")
             raise self._error
         framing = Framing.CLOSE
+        length = 0
         if status < 200 or status == 204 or status == 304:
             framing = Framing.NONE
         else:
             for name, value in self._headers:
                 if name == b"content-length":
-                    framing = Framing.LENGTH if int(value) else Framing.NONE
+                    length = int(value)
+                    framing = Framing.LENGTH if length else Framing.NONE
                 elif name == b"transfer-encoding":
                     framing = Framing.CHUNKED
         keep_alive = p.should_keep_alive() and framing != Framing.CLOSE
+        self._keeps_alive = keep_alive
         head_only = self._head_only and status >= 200
         if head_only:
             framing = Framing.NONE
@@ -474,7 +478,7 @@ class ResponseReader(_Reader):
             if end >= 0:
                 self._memo_head = self._data[: end + 4]
                 self._memo_event = self._events[-1]  # type: ignore[assignment]  # just appended
-                self._memo_length = int(next(v for n, v in self._headers if n == b"content-length"))
+                self._memo_length = length
         if head_only:
             # Whatever the headers promise, a response to HEAD ends here.
             self._events.append(END)
@@ -489,7 +493,7 @@ class ResponseReader(_Reader):
 
     def on_message_complete(self) -> None:
         self._begin = None
-        self._between = True
+        self._between = self._keeps_alive
         if not self._fresh:
             return  # the HEAD response already ended
         self._framing = Framing.NONE

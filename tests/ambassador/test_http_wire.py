@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from ambassador.http.wire import (
@@ -367,6 +367,13 @@ _BODIES = [b"", b"hello", b"abc", b"5\r\nhello\r\n0\r\n\r\n", b"hell", b"hello!"
         min_size=1,
         max_size=6,
     )
+)
+@example(  # after a response that closes, llhttp takes nothing more: neither may the reuse
+    [
+        (_HEADS[2], b"abc", b"GET", 0),
+        (b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\n", b"hello", b"GET", 0),
+        (_HEADS[2], b"abc", b"GET", 0),
+    ]
 )
 def test_a_repeated_head_reads_as_llhttp_reads_it(
     exchanges: list[tuple[bytes, bytes, bytes, int]],
