@@ -728,8 +728,7 @@ class ListenerRuntime:
             self.breaker.release()
             env = conn.env
             counters = conn.counters
-            self.closed_bytes_in[env] = self.closed_bytes_in.get(env, 0) + counters.bytes_in
-            self.closed_bytes_out[env] = self.closed_bytes_out.get(env, 0) + counters.bytes_out
+            self._keep_bytes(env, counters)
             self._ended(
                 env,
                 conn.client,
@@ -807,6 +806,11 @@ class ListenerRuntime:
                 idle is not None and relay.last + idle <= perf and d.hub.cut(relay, "idle_timeout")
             ):
                 self._end_detached(d, "idle_timeout")
+
+    def _keep_bytes(self, env: str, counters: RelayCounters) -> None:
+        """An ended connection's bytes stay in the byte totals (live ones are read on scrape)."""
+        self.closed_bytes_in[env] = self.closed_bytes_in.get(env, 0) + counters.bytes_in
+        self.closed_bytes_out[env] = self.closed_bytes_out.get(env, 0) + counters.bytes_out
 
     def _count(self, env: str, outcome: str) -> None:
         child = self._counted.get((env, outcome))
@@ -948,9 +952,7 @@ class ListenerRuntime:
                 abort_stream(stream)
         finally:
             self._count(env, outcome)
-            counters = conn.counters
-            self.closed_bytes_in[env] = self.closed_bytes_in.get(env, 0) + counters.bytes_in
-            self.closed_bytes_out[env] = self.closed_bytes_out.get(env, 0) + counters.bytes_out
+            self._keep_bytes(env, conn.counters)
 
     async def open_upstream(
         self, address: tuple[str, int], tls: UpstreamTLS | None = None
@@ -1168,8 +1170,7 @@ class ListenerRuntime:
                 await _close(upstream)
                 cluster.connection_closed(ep)
                 counters = conn.counters
-                self.closed_bytes_in[env] = self.closed_bytes_in.get(env, 0) + counters.bytes_in
-                self.closed_bytes_out[env] = self.closed_bytes_out.get(env, 0) + counters.bytes_out
+                self._keep_bytes(env, counters)
                 self._ended(
                     env,
                     client,
