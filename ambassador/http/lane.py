@@ -120,12 +120,14 @@ class _Conn:
         "ep",
         "ex",
         "fd",
+        "held",
         "hup",
         "lane",
         "out",
         "parts",
         "pending_read",
         "prepared",
+        "queued",
         "req",
         "request_id",
         "response",
@@ -139,6 +141,7 @@ class _Conn:
         "trace",
         "up",
         "up_fd",
+        "up_held",
         "up_hup",
         "up_out",
         "up_paused",
@@ -156,6 +159,11 @@ class _Conn:
         self.out = b""
         #: Request bytes for the upstream that did not fit yet.
         self.up_out = b""
+        #: Bytes for the app / the upstream held until the end of the lane's batch (see ``_run``).
+        self.held = b""
+        self.up_held = b""
+        #: In the lane's list of connections with held bytes.
+        self.queued = False
         #: The app's socket signalled data while an exchange was in flight.
         self.pending_read = False
         #: The upstream is not read while the app does not take what we have.
@@ -206,6 +214,10 @@ class Lane:
         self._registered: dict[int, UpstreamConnection] = {}
         self._token: trio.lowlevel.TrioToken | None = None
         self._closed = False
+        #: Inside a batch of ready sockets: writes are held to its end (``_run``).
+        self._batching = False
+        #: Connections with held bytes, in the order they were held.
+        self._held: list[_Conn] = []
         #: Requests served entirely in the lane, and handed back to the shell.
         self.served = 0
         self.handed_back = 0
@@ -298,10 +310,56 @@ class Lane:
                 return
             if self._closed:
                 return
-            for fd, events in poll(0):
-                conn = by_fd.get(fd)
-                if conn is not None:  # else a pooled upstream connection, or one handed back
-                    self._guarded(conn, self._ready, fd, events)
+            self._batching = True
+            try:
+                for fd, events in poll(0):
+                    conn = by_fd.get(fd)
+                    if conn is not None:  # else a pooled upstream connection, or one handed back
+                        self._guarded(conn, self._ready, fd, events)
+            finally:
+                self._batching = False
+            if self._held:
+                self._release_held()
+
+    def _release_held(self) -> None:
+        """Write what the batch held, one write per socket, back to back.
+
+        Why: a write to a sleeping peer's socket wakes it, and on loopback that
+        wake-up (in the writer's system time) costs as much as the rest of the
+        request's kernel work; written one per request, between two requests'
+        Python work, every write finds nginx or the client asleep again. Written
+        together at the batch's end, the first wakes the peer and the rest find
+        it running: what Envoy does by activating a connection's write event
+        instead of writing at once. A batch is what one ``epoll`` wake-up
+        returned, so no write waits on anything but this loop's own work.
+        """
+        held, self._held = self._held, []
+        by_fd = self._by_fd
+        for conn in held:
+            conn.queued = False
+            if by_fd.get(conn.fd) is conn:  # else it ended meanwhile
+                self._guarded(conn, self._write_held)
+
+    def _write_held(self, conn: _Conn) -> None:
+        if conn.up_held:
+            data, conn.up_held = conn.up_held, b""
+            if conn.up is not None:
+                back = self._write_upstream(conn, data)
+                if back is not None:
+                    self._hand_back(conn, back)
+                    return
+        if conn.held:
+            data, conn.held = conn.held, b""
+            if not self._write_client(conn, data):
+                self._client_gone(conn)
+                return
+            if conn.state == _IDLE and not conn.out:
+                self._after_response(conn)
+
+    def _hold(self, conn: _Conn) -> None:
+        if not conn.queued:
+            conn.queued = True
+            self._held.append(conn)
 
     def _ready(self, conn: _Conn, fd: int, events: int) -> None:
         """``fd`` of ``conn`` is ready for ``events``."""
@@ -312,7 +370,7 @@ class Lane:
                 self._flush_client(conn)
             if events & ~_OUT:
                 conn.pending_read = True
-                if conn.state == _IDLE and not conn.out:
+                if conn.state == _IDLE and not conn.out and not conn.held:
                     self._advance(conn)
         elif fd == conn.up_fd:
             if events & _HUP:
@@ -410,13 +468,28 @@ class Lane:
         p._idle.add(c)
 
     def _send_client(self, conn: _Conn, data: bytes) -> bool:
-        """Write to the app; what does not fit waits for EPOLLOUT. False: the app is gone."""
+        """Write to the app (held to the batch's end if small); False: the app is gone.
+
+        What does not fit the socket waits for EPOLLOUT.
+        """
         counters = conn.c.transport.counters
         if counters is not None:
             counters.bytes_out += len(data)
         if conn.out:
             conn.out += data
             return True
+        if self._batching:
+            held = conn.held + data if conn.held else data
+            if len(held) <= CHUNK:
+                conn.held = held
+                self._hold(conn)
+                return True
+            # More than a chunk: written now, so a big response streams with back-pressure.
+            conn.held = b""
+            data = held
+        return self._write_client(conn, data)
+
+    def _write_client(self, conn: _Conn, data: bytes) -> bool:
         try:
             sent = os.write(conn.fd, data)
         except BlockingIOError:
@@ -554,15 +627,23 @@ class Lane:
         self._by_fd[fd] = conn
         conn.state = _HEAD
         p.deadlines.add(conn, start + p.settings.request_timeout)
+        if self._batching:
+            conn.up_held = data
+            self._hold(conn)
+            return None
+        return self._write_upstream(conn, data)
+
+    def _write_upstream(self, conn: _Conn, data: bytes) -> Resume | None:
+        """Send the request; what does not fit waits for EPOLLOUT. A ``Resume``: it failed."""
         try:
-            sent = os.write(fd, data)
+            sent = os.write(conn.up_fd, data)
         except BlockingIOError:
             sent = 0
         except OSError as exc:
             return self._attempt_failed(conn, "reset", 502, f"upstream connection broken: {exc}")
         if sent < len(data):
             conn.up_out = data[sent:]
-            self._epoll.modify(fd, _IN_OUT)
+            self._epoll.modify(conn.up_fd, _IN_OUT)
         return None
 
     def _hand_back(self, conn: _Conn, value: object) -> object:
@@ -693,7 +774,7 @@ class Lane:
         if self._by_fd.get(fd) is conn:
             del self._by_fd[fd]
         conn.up_fd = -1
-        conn.up_out = b""
+        conn.up_out = conn.up_held = b""
         now = trio.current_time()
         if result is None:
             route.cluster.connection_closed(ep)
@@ -745,12 +826,14 @@ class Lane:
 
     def _flush_once(self, conn: _Conn) -> None:
         """One last try to hand the app what it is owed before a reset."""
-        if conn.out:
+        pending = conn.out or conn.held
+        conn.held = b""
+        if pending:
             try:
-                sent = os.write(conn.fd, conn.out)
+                sent = os.write(conn.fd, pending)
             except OSError:
                 return
-            conn.out = conn.out[sent:]
+            conn.out = pending[sent:]
 
     def _timed_out(self, conn: _Conn) -> None:
         """No response head within ``request_timeout``, or the body went silent that long."""
@@ -775,9 +858,9 @@ class Lane:
         self._log(conn, response.status, "ok")
         self.served += 1
         conn.state = _IDLE
-        if not conn.out:
+        if not conn.out and not conn.held:
             self._after_response(conn)
-        # else: _flush_client calls _after_response once the app took it all.
+        # else: _flush_client / _write_held call _after_response once the app took it all.
 
     def _after_response(self, conn: _Conn) -> None:
         if conn.close or self.proxy.draining:
