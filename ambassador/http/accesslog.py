@@ -43,6 +43,9 @@ class AccessLog:
         self._target: tuple[logging.Handler, TextIO] | None = None
         self._wake: trio.Event | None = None
         self._token: trio.lowlevel.TrioToken | None = None
+        #: The line's head after the time, for the logger's name (formatted once).
+        self._named: str | None = None
+        self._rest = b""
 
     def _stream(self) -> tuple[logging.Handler, TextIO] | None:
         """The JSON handler's stream when it is the only thing this line reaches, else None."""
@@ -78,11 +81,16 @@ class AccessLog:
             # The head is formatted here and the fields serialised on their own:
             # no second dict per line.
             body = orjson.dumps(fields, option=orjson.OPT_APPEND_NEWLINE)
-            head = b'{"time":"%s","level":"info","logger":%s,"message":"request"' % (
+            if self._named is not self.logger.name:
+                self._named = self.logger.name
+                self._rest = b'","level":"info","logger":%s,"message":"request"' % orjson.dumps(
+                    self._named
+                )
+            line = b'{"time":"%s%s%s' % (
                 rfc3339(time.time()).encode(),
-                orjson.dumps(self.logger.name),
+                self._rest,
+                b"," + body[1:] if fields else b"}\n",
             )
-            line = head + (b"," + body[1:] if fields else b"}\n")
             if line.isascii():
                 if target != self._target:
                     self.flush()

@@ -140,6 +140,9 @@ def parse_traceparent(value: bytes) -> tuple[str, str, str] | None:
 # RFC 4122 variant (10xx) and version 4, as the uuid module sets them.
 _UUID_CLEAR = ~((0xC000 << 48) | (0xF000 << 64)) & ((1 << 128) - 1)
 _UUID_V4 = (0x8000 << 48) | (4 << 76)
+_LOW192 = (1 << 192) - 1
+_ZERO_TRACE = "0" * 32
+_ZERO_SPAN = "0" * 16
 
 
 class IdSource:
@@ -151,24 +154,22 @@ class IdSource:
         # not secret; a Mersenne Twister seeded from the OS is plenty.
         self._rng = rng if rng is not None else random.Random(int.from_bytes(os.urandom(32)))
 
-    def bits(self, n: int) -> int:
-        value = 0
-        while value == 0:  # all-zero trace/span ids are invalid
-            value = self._rng.getrandbits(n)
-        return value
+    def draw(self) -> tuple[str, str, str]:
+        """A request id (a UUID 4 string), a trace id and a span id: one draw per request.
 
-    def request_id(self) -> str:
-        """A UUID 4 string, as ``str(uuid.UUID(int=bits, version=4))`` but without the object."""
-        n = self._rng.getrandbits(128)
-        n = (n & _UUID_CLEAR) | _UUID_V4
-        h = f"{n:032x}"
-        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-    def trace_id(self) -> str:
-        return f"{self.bits(128):032x}"
-
-    def span_id(self) -> str:
-        return f"{self.bits(64):016x}"
+        The request id is ``str(uuid.UUID(int=bits, version=4))`` of the draw's
+        top 128 bits, made without the object; the trace id and span id are
+        the next 128 and the last 64 bits in lower-case hex (never all zero:
+        W3C makes that invalid).
+        """
+        n = self._rng.getrandbits(320)
+        h = f"{((n >> 192) & _UUID_CLEAR | _UUID_V4) << 192 | (n & _LOW192):080x}"
+        trace, span = h[32:64], h[64:]
+        while trace == _ZERO_TRACE:
+            trace = f"{self._rng.getrandbits(128):032x}"
+        while span == _ZERO_SPAN:
+            span = f"{self._rng.getrandbits(64):016x}"
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}", trace, span
 
 
 # --------------------------------------------------------------------------- the policy
@@ -281,11 +282,13 @@ def plan_request_headers(
 
 def request_ids(plan: RequestPlan, ids: IdSource) -> tuple[str, TraceContext]:
     """This request's id (the app's, else a new one) and trace context (continued or started)."""
-    request_id = plan.request_id or ids.request_id()
+    request_id, trace_id, span_id = ids.draw()
+    if plan.request_id:
+        request_id = plan.request_id
     if plan.traceparent is not None:
         trace_id, _, flags = plan.traceparent
-        return request_id, TraceContext(trace_id, ids.span_id(), flags, started=False)
-    return request_id, TraceContext(ids.trace_id(), ids.span_id(), "01", started=True)
+        return request_id, TraceContext(trace_id, span_id, flags, started=False)
+    return request_id, TraceContext(trace_id, span_id, "01", started=True)
 
 
 def with_ids(

@@ -92,6 +92,10 @@ _OUT: Final = select.EPOLLOUT if _HAS_EPOLL else 0
 _HUP: Final = (select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR) if _HAS_EPOLL else 0
 
 
+#: Batches served per wake-up by trio before its other tasks get their turn.
+_ROUNDS: Final = 8
+
+
 class _Done:
     """What ``Lane.serve`` returns when the connection is over."""
 
@@ -310,16 +314,23 @@ class Lane:
                 return
             if self._closed:
                 return
-            self._batching = True
-            try:
-                for fd, events in poll(0):
-                    conn = by_fd.get(fd)
-                    if conn is not None:  # else a pooled upstream connection, or one handed back
-                        self._guarded(conn, self._ready, fd, events)
-            finally:
-                self._batching = False
-            if self._held:
-                self._release_held()
+            ready = poll(0)
+            rounds = 0
+            while ready:
+                self._batching = True
+                try:
+                    for fd, events in ready:
+                        conn = by_fd.get(fd)
+                        if conn is not None:  # else a pooled connection, or one handed back
+                            self._guarded(conn, self._ready, fd, events)
+                finally:
+                    self._batching = False
+                if self._held:
+                    self._release_held()
+                rounds += 1
+                if rounds == _ROUNDS or self._closed:
+                    break
+                ready = poll(0)
 
     def _release_held(self) -> None:
         """Write what the batch held, one write per socket, back to back.

@@ -243,14 +243,33 @@ def test_request_policy_invariants(headers: list[tuple[bytes, bytes]]) -> None:
 
 
 @given(st.integers(min_value=0, max_value=2**32))
-def test_request_ids_are_the_uuid4_strings_of_the_same_bits(seed: int) -> None:
+def test_ids_are_the_uuid4_and_hex_strings_of_one_draw(seed: int) -> None:
     # The request id is formatted without a uuid.UUID object (per-request cost);
-    # it must be exactly what str(uuid.UUID(int=bits, version=4)) gives.
+    # it must be exactly what str(uuid.UUID(int=bits, version=4)) gives, and the
+    # trace and span ids the next bits of the same draw.
     ids, rng = IdSource(random.Random(seed)), random.Random(seed)
     for _ in range(5):
-        rid = ids.request_id()
-        assert rid == str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        rid, trace, span = ids.draw()
+        n = rng.getrandbits(320)
+        assert rid == str(uuid.UUID(int=n >> 192, version=4))
         assert uuid.UUID(rid).version == 4
+        assert trace == f"{(n >> 64) & ((1 << 128) - 1):032x}"
+        assert span == f"{n & ((1 << 64) - 1):016x}"
+
+
+def test_ids_are_never_all_zero_trace_or_span() -> None:
+    class Zeros(random.Random):
+        """Draws all-zero bits first, then ones: the ids must skip the zeros."""
+
+        calls = 0
+
+        def getrandbits(self, k: int) -> int:
+            self.calls += 1
+            return 0 if self.calls == 1 else (1 << k) - 1
+
+    rid, trace, span = IdSource(Zeros()).draw()
+    assert uuid.UUID(rid).version == 4
+    assert trace == "f" * 32 and span == "f" * 16
 
 
 # --------------------------------------------------------------------------- templates
