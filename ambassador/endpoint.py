@@ -36,11 +36,16 @@ class EndpointState:
         "health",
         "healthy",
         "latency_samples",
+        "name",
         "times_ejected",
     )
 
     def __init__(self, address: Address, health: HealthConfig, now: float) -> None:
         self.address = address
+        host, port = address
+        #: ``host:port`` (``[v6]:port``), the form used in metrics labels and logs
+        #: (made once: the HTTP listener names the endpoint on every request).
+        self.name = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         #: Active health (kept equal to ``health.healthy``; a plain attribute for ``choose``).
         self.health = HealthState(health)
         self.healthy = self.health.healthy
@@ -65,12 +70,6 @@ class EndpointState:
             f"<EndpointState {host}:{port} healthy={self.healthy} active={self.active}"
             f" ejected_until={self.ejected_until:.3f} ewma={self.ewma_latency:.6f}>"
         )
-
-    @property
-    def name(self) -> str:
-        """``host:port`` (``[v6]:port``), the form used in metrics labels and logs."""
-        host, port = self.address
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def is_ejected(self, now: float) -> bool:
         return now < self.ejected_until

@@ -55,19 +55,26 @@ _FIELDS_ATTR = "_sidecar_fields"
 
 
 _second_cache: tuple[int, str] = (-1, "")
+_milli_cache: tuple[int, str] = (-1, "")
 
 
 def rfc3339(created: float) -> str:
     """``created`` (epoch seconds) as our logs' ``time``: RFC 3339, UTC, milliseconds, ``Z``."""
-    global _second_cache
-    seconds = int(created)
-    millis = int((created - seconds) * 1000)
+    global _second_cache, _milli_cache
+    millis = int(created * 1000)
+    cached_milli, text = _milli_cache
+    if cached_milli == millis:
+        # A busy access log writes many lines per millisecond: the same text.
+        return text
+    seconds, millis_part = divmod(millis, 1000)
     cached_second, prefix = _second_cache
     if cached_second != seconds:
         # strftime + gmtime once per second, not once per line.
         prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
         _second_cache = (seconds, prefix)
-    return f"{prefix}.{millis:03d}Z"
+    text = f"{prefix}.{millis_part:03d}Z"
+    _milli_cache = (millis, text)
+    return text
 
 
 def _add_fields(

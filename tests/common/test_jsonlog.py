@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sidecar_common import jsonlog
 from sidecar_common.errors import ConfigError
@@ -55,6 +57,15 @@ def test_head_fields_and_rfc3339_time(stream: io.StringIO) -> None:
     assert RFC3339_MS_Z.match(line["time"]), line["time"]
     stamp = datetime.fromisoformat(line["time"].replace("Z", "+00:00"))
     assert before - timedelta(milliseconds=1) <= stamp <= after
+
+
+@given(st.lists(st.integers(min_value=0, max_value=4_102_444_800_000), min_size=1, max_size=6))
+def test_rfc3339_is_the_utc_millisecond_of_any_time_in_any_order(millis: list[int]) -> None:
+    # Cached per second and per millisecond: the order of calls must not matter.
+    for ms in [*millis, *reversed(millis)]:
+        for offset in (0.1, 0.9):  # anywhere inside the millisecond
+            want = datetime.fromtimestamp(ms // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+            assert jsonlog.rfc3339((ms + offset) / 1000) == f"{want}.{ms % 1000:03d}Z"
 
 
 def test_extra_and_log_event_context_fields(stream: io.StringIO) -> None:
