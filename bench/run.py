@@ -225,13 +225,17 @@ def start_ambassador(
     threads: int = 1,
     name: str | None = None,
     http_lane: bool = True,
+    compiled: bool = True,
 ) -> tuple[Proxy, list[subprocess.Popen[bytes]]]:
     """The ambassador from a TOML config (the shell's keys), started as users start it.
 
     ``ambassador run --config`` (the CLI execs a lean serving process;
     ``--workers N`` forks N of them on SO_REUSEPORT). ``AMBASSADOR_RELAY`` picks
     the relay under test: ``splice`` (ambassador.fastrelay, the default),
-    ``splice-loop`` or ``stream`` (the plain trio relay).
+    ``splice-loop`` or ``stream`` (the plain trio relay). ``compiled``: the
+    build that ships (setup.py compiles the hot modules with mypyc; here
+    scripts/compiled.py builds them beside a copy of the sources, first on
+    ``PYTHONPATH``), else the pure-Python modules of the editable install.
     """
     ports = {k: free_port() for k in KINDS}
     admin = free_port()
@@ -259,6 +263,7 @@ endpoints = ["127.0.0.1:{backends.target(kind)}"]
         argv += ["--workers", str(workers)]
     env = {
         **os.environ,
+        "PYTHONPATH": _pythonpath(compiled),
         "AMBASSADOR_RELAY": relay,
         "AMBASSADOR_RELAY_THREADS": str(threads),
         "AMBASSADOR_HTTP_LANE": "on" if http_lane else "off",
@@ -273,6 +278,19 @@ endpoints = ["127.0.0.1:{backends.target(kind)}"]
         if workers > 1:
             name += f"-w{workers}"
     return Proxy(name, ports, proc.pid, admin=admin), [proc]
+
+
+def _pythonpath(compiled: bool) -> str:
+    """``PYTHONPATH`` for an ambassador: the compiled overlay first when asked (built once)."""
+    rest = os.environ.get("PYTHONPATH", "")
+    if not compiled:
+        return rest
+    if str(ROOT / "scripts") not in sys.path:
+        sys.path.insert(0, str(ROOT / "scripts"))
+    from compiled import build
+
+    overlay = str(build(ROOT))
+    return f"{overlay}{os.pathsep}{rest}" if rest else overlay
 
 
 def start_haproxy(backends: Backends, workdir: Path) -> tuple[Proxy, list[subprocess.Popen[bytes]]]:
@@ -467,6 +485,8 @@ STARTERS: dict[str, Callable[[Backends, Path], tuple[Proxy, list[subprocess.Pope
     "ambassador-shell": lambda b, w: start_ambassador(
         b, w, http_lane=False, name="ambassador-shell"
     ),
+    # The same ambassador, pure Python (no mypyc build).
+    "ambassador-py": lambda b, w: start_ambassador(b, w, compiled=False, name="ambassador-py"),
     "haproxy": start_haproxy,
     "envoy": start_envoy,
     "naive-trio": start_naive_trio,
@@ -715,10 +735,12 @@ def main(argv: list[str] | None = None) -> int:
 
 VARIANT_NOTES = {
     "direct": "the client talks to the server itself (the baseline of every ratio)",
-    "ambassador": "`ambassador run`, 1 process (lean exec'd process, ambassador.fastrelay "
+    "ambassador": "`ambassador run`, 1 process, as the image ships it (the hot modules "
+    "compiled with mypyc: setup.py; lean exec'd process, ambassador.fastrelay "
     'splice hub thread for L4); for wrk-l7 its `protocol = "http"` listener (llhttp via '
     "httptools both sides, keep-alive pool, one JSON access-log line per request to a file; "
     "plain requests in the fast lane)",
+    "ambassador-py": "the same, pure Python (no mypyc build: the editable install)",
     "ambassador-shell": "the same with AMBASSADOR_HTTP_LANE=off: every HTTP request through the "
     "trio shell (the before of the lane)",
     "ambassador-stream": "`ambassador run` with AMBASSADOR_RELAY=stream: the trio stream relay "

@@ -8,14 +8,20 @@
 # --- builder: the project's wheel and the wheels of its dependencies ----------------------
 FROM python:3.11.14-slim-bookworm AS builder
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# A C compiler for setup.py's mypyc build of the ambassador's hot modules (here only: the
+# final stage gets the compiled wheel). Any bookworm gcc builds the same extension.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
+COPY pyproject.toml setup.py README.md ./
 COPY sidecar_common/ sidecar_common/
 COPY ambassador/ ambassador/
 COPY adapter/ adapter/
 COPY watcher/ watcher/
-# Every runtime dependency ships manylinux wheels for CPython 3.11, so no compiler is needed
-# here either; pip builds only our pure-Python wheel.
-RUN python -m pip wheel --no-cache-dir --wheel-dir /wheels .
+# Every runtime dependency ships manylinux wheels for CPython 3.11; pip builds only our
+# wheel, with the compiled modules (SIDECARS_COMPILE=1: a failed compile fails the build).
+RUN SIDECARS_COMPILE=1 python -m pip wheel --no-cache-dir --wheel-dir /wheels .
 
 # --- final: the slim base plus the installed wheels, nothing else -------------------------
 FROM python:3.11.14-slim-bookworm

@@ -53,6 +53,9 @@ if [ "$want_test" = 1 ]; then
   need syslog-ng syslog-ng-core
   need_file /usr/share/syslog-ng/include/scl/apache/apache.conf syslog-ng-scl
   need unzip unzip
+  # scripts/compiled.py: the ambassador's mypyc build (a C compiler and Python's headers)
+  need gcc gcc
+  need_file "$("$python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h" python3-dev
 fi
 if [ "${#apt_packages[@]}" -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
@@ -76,11 +79,13 @@ fi
 extra=""
 [ "$want_test" = 1 ] && extra="[test]"
 stamp=".venv/.installed"; [ "$want_test" = 1 ] && stamp=".venv/.installed-test"
-digest=$(sha256sum pyproject.toml | cut -c1-16)
+digest=$(cat pyproject.toml setup.py | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
   say "installing the project into .venv ${extra}"
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-  .venv/bin/python -m pip install -q -e ".${extra}"
+  # Pure Python here (SIDECARS_COMPILE=0, see setup.py): a compiled module would shadow
+  # its edited source. The tests and bench/ build the compiled one aside (scripts/compiled.py).
+  SIDECARS_COMPILE=0 .venv/bin/python -m pip install -q -e ".${extra}"
   echo "$digest" > "$stamp"
 fi
 if [ "$want_test" = 1 ] && [ -f scripts/install-deploy-tools.sh ]; then

@@ -143,7 +143,7 @@ def test_builder_copies_what_the_wheel_is_built_from(sidecar: str) -> None:
     packages = {
         p.rstrip("*") for p in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
     }
-    needed = {"pyproject.toml", PYPROJECT["project"]["readme"], *packages}
+    needed = {"pyproject.toml", "setup.py", PYPROJECT["project"]["readme"], *packages}
     assert needed <= copied, f"not copied: {needed - copied}"
     ignore = [
         line.strip()

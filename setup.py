@@ -1,0 +1,54 @@
+"""The build's one addition to pyproject.toml: the ambassador's hot modules compiled with mypyc.
+
+Why: the HTTP listener's fast lane and the TCP relay hub spend their time in
+Python bytecode (attribute access, calls, small objects), and mypyc turns the
+same type-annotated source into a C extension that runs it without the
+interpreter loop: wrk through the HTTP listener went from Envoy's requests/s to
+about 1.3x of it (BENCHMARKS.md). mypyc is mypy's compiler (black and mypy ship
+compiled this way); the modules stay plain Python that mypy --strict checks,
+and scripts/test.sh runs the ambassador's tests against both builds.
+
+``SIDECARS_COMPILE``: ``auto`` (the default) compiles when a C compiler and
+Python's headers are present, else installs the pure-Python modules; ``1``
+compiles or fails; ``0`` never compiles (scripts/setup.sh's editable install:
+a compiled module would shadow its edited source).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import sysconfig
+import tomllib
+from pathlib import Path
+
+from setuptools import setup  # type: ignore[import-untyped]
+
+ROOT = Path(__file__).resolve().parent
+
+
+def compiled_modules() -> list[str]:
+    """The module paths of pyproject.toml's ``[tool.sidecars] compiled``."""
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        return list(tomllib.load(f)["tool"]["sidecars"]["compiled"])
+
+
+def can_compile() -> bool:
+    compiler = (os.environ.get("CC") or "cc").split()[0]
+    headers = Path(sysconfig.get_paths()["include"], "Python.h")
+    return shutil.which(compiler) is not None and headers.exists()
+
+
+def ext_modules() -> list[object]:
+    mode = os.environ.get("SIDECARS_COMPILE", "auto")
+    if mode not in ("auto", "0", "1"):
+        sys.exit(f"SIDECARS_COMPILE must be auto, 1 or 0, not {mode!r}")
+    if mode == "0" or (mode == "auto" and not can_compile()):
+        return []
+    from mypyc.build import mypycify
+
+    return list(mypycify(compiled_modules(), opt_level="3"))
+
+
+setup(ext_modules=ext_modules())
