@@ -636,7 +636,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
-    parser.add_argument("--variants", default="direct,ambassador,haproxy,envoy,ambassador-w2")
+    parser.add_argument(
+        "--variants", default="direct,ambassador,ambassador-py,haproxy,envoy,ambassador-w2"
+    )
     parser.add_argument("--only", default=",".join(WORKLOADS), help="workloads, comma separated")
     parser.add_argument("--idle-connections", type=int, default=1000)
     parser.add_argument(

@@ -659,6 +659,10 @@ class Lane:
 
     def _hand_back(self, conn: _Conn, value: object) -> object:
         self.handed_back += 1
+        if conn.held:
+            # Bytes this batch owes the app (a 1xx passed on before a retried 5xx): before
+            # the shell writes to the socket.
+            self._flush_once(conn)
         return self._finish(conn, value)
 
     def _flush_upstream(self, conn: _Conn) -> None:
