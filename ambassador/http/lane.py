@@ -8,8 +8,10 @@ CPU per request. Here every lane connection's sockets sit in one private epoll
 set, and one system task, woken by trio when that set is ready, handles every
 ready socket with plain non-blocking ``read``/``write`` and the same pure cores
 as the shell (``wire`` readers, the header policy through per-connection
-templates, ``PoolBook``, the cluster's balancer, the retry policy): 70-80 us
-per request on the benchmark's machine (Envoy 40-50; bench/notes.md).
+templates, ``PoolBook``, the cluster's balancer, the retry policy), holding
+its writes to the end of each batch (``_release_held``): about 40 us per
+request on the benchmark's machine, 30 compiled with mypyc (Envoy 40-55;
+bench/notes.md).
 
 What the lane serves: an HTTP/1.1 request without a body, or with a
 Content-Length body no larger than the retry replay buffer (read whole, then
