@@ -438,40 +438,17 @@ async def test_a_small_body_goes_with_its_head_in_the_lane(
         await client.get("/echo")
         served, back = lane.served, lane.handed_back
         for body in (b'{"a": 1}', b"x" * 64):
-            await client.send(
-                h11.Request(
-                    method="POST",
-                    target="/echo",
-                    headers=[("host", "a"), ("content-length", str(len(body)))],
-                ),
-                h11.Data(data=body),
-                h11.EndOfMessage(),
-            )
-            resp, answer = await client.response()
+            resp, answer = await client.request("POST", "/echo", body)
             assert resp.status_code == 200 and json.loads(answer)["body_size"] == len(body)
         assert (lane.served, lane.handed_back) == (served + 2, back)
         # Over the replay buffer: the shell streams it.
         big = b"y" * 65
-        await client.send(
-            h11.Request(
-                method="POST", target="/echo", headers=[("host", "a"), ("content-length", "65")]
-            ),
-            h11.Data(data=big),
-            h11.EndOfMessage(),
-        )
-        resp, answer = await client.response()
+        resp, answer = await client.request("POST", "/echo", big)
         assert resp.status_code == 200 and json.loads(answer)["body_size"] == 65
         assert (lane.served, lane.handed_back) == (served + 2, back + 1)
         # An idempotent request with a body is retried after a reset, its body sent again.
         await client.get("/echo")
-        await client.send(
-            h11.Request(
-                method="PUT", target="/drop-once", headers=[("host", "a"), ("content-length", "5")]
-            ),
-            h11.Data(data=b"hello"),
-            h11.EndOfMessage(),
-        )
-        resp, answer = await client.response()
+        resp, answer = await client.request("PUT", "/drop-once", b"hello")
         assert resp.status_code == 200 and json.loads(answer)["body_size"] == 5
         await client.aclose()
     puts = [line for line in access_lines(caplog) if line["path"] == "/drop-once"]

@@ -304,6 +304,21 @@ class Client:
         )
         return await self.response()
 
+    async def request(
+        self, method: str, target: str, body: bytes, headers: list[tuple[str, str]] | None = None
+    ) -> tuple[h11.Response, bytes]:
+        """One request with a Content-Length body (Host ``a``, then ``headers``), its response."""
+        await self.send(
+            h11.Request(
+                method=method,
+                target=target,
+                headers=[("host", "a"), ("content-length", str(len(body))), *(headers or [])],
+            ),
+            h11.Data(data=body),
+            h11.EndOfMessage(),
+        )
+        return await self.response()
+
     async def aclose(self) -> None:
         await self.stream.aclose()
 
@@ -407,14 +422,7 @@ async def test_retry_after_upstream_fails_first_attempt() -> None:
 async def test_post_is_not_retried_and_5xx_passes_through() -> None:
     async with running_upstream() as up, running_proxy([up.address]) as px:
         client = await Client.connect(px.port)
-        await client.send(
-            h11.Request(
-                method="POST", target="/fail-once", headers=[("host", "a"), ("content-length", "2")]
-            ),
-            h11.Data(data=b"{}"),
-            h11.EndOfMessage(),
-        )
-        resp, _ = await client.response()
+        resp, _ = await client.request("POST", "/fail-once", b"{}")
         assert resp.status_code == 503  # the upstream's own answer, not retried
         assert up.hits["/fail-once"] == 1
         resp, _ = await client.get("/error")
@@ -704,16 +712,9 @@ async def test_access_log_line_per_request(caplog: pytest.LogCaptureFixture) -> 
     traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
     async with running_upstream() as up, running_proxy([up.address]) as px:
         client = await Client.connect(px.port)
-        await client.send(
-            h11.Request(
-                method="POST",
-                target="/echo?x=1",
-                headers=[("host", "a"), ("content-length", "3"), ("traceparent", traceparent)],
-            ),
-            h11.Data(data=b"abc"),
-            h11.EndOfMessage(),
+        resp, body = await client.request(
+            "POST", "/echo?x=1", b"abc", [("traceparent", traceparent)]
         )
-        resp, body = await client.response()
         await client.send(
             h11.Request(method="CONNECT", target="example.com:443", headers=[("host", "a")]),
             h11.EndOfMessage(),
@@ -920,16 +921,7 @@ async def test_a_stale_pooled_connection_costs_a_retry_or_a_peek_never_an_error(
             await up.closed.wait()  # the pooled connection is dead now
             before = await px.metric("ambassador_http_retries_total")
             body = b"hi" if method == "POST" else b""
-            await client.send(
-                h11.Request(
-                    method=method,
-                    target="/echo",
-                    headers=[("host", "a"), ("content-length", str(len(body)))],
-                ),
-                h11.Data(data=body),
-                h11.EndOfMessage(),
-            )
-            resp, body = await client.response()
+            resp, body = await client.request(method, "/echo", body)
             assert resp.status_code == 200, body
             assert json.loads(body)["method"] == method
             assert await px.metric("ambassador_http_retries_total") - before == retries
