@@ -3,7 +3,7 @@
 ``adapter run`` parses flags, ``ADAPTER_*`` and the TOML file with typer,
 which brings pydantic, click and rich along (about 10 MiB resident, for
 nothing once the settings are known). So the CLI validates everything, then
-execs ``python -P -m sidecar_common.leanstart adapter.serve --run FD`` with the
+execs ``python -OO -P -m sidecar_common.leanstart adapter.serve --run FD`` with the
 settings and the wrapped command in a memfd (``sidecar_common.leanexec``). The exec keeps what
 the three modes depend on: the PID (the signals sent to ``adapter`` reach the
 process that forwards them to a wrapped app, and its exit status is ours),

@@ -1,6 +1,6 @@
 """``python -m ambassador.serve``: the entry of the lean process and of worker processes.
 
-``ambassador run`` execs ``python -P -m sidecar_common.leanstart ambassador.serve
+``ambassador run`` execs ``python -OO -P -m sidecar_common.leanstart ambassador.serve
 --run FD`` (see :func:`ambassador.workers.exec_run`; ``leanstart`` defers OpenSSL,
 then runs this module as ``-m`` would), and the supervisor of ``--workers N``
 starts its workers the same way with ``--worker``. The entry is a module

@@ -911,7 +911,7 @@ def exec_run(
 
     Parsing the command line needs typer, and typer pulls pydantic and click
     (about 12 MB of the idle RSS, for code that never runs again). So once the
-    config is valid, ``ambassador run`` execs ``python -P -m sidecar_common.leanstart
+    config is valid, ``ambassador run`` execs ``python -OO -P -m sidecar_common.leanstart
     ambassador.serve --run FD`` with the parsed config in a memfd: the process keeps its PID
     (PID 1 in a container, signals) and its environment, and starts with only
     what serving needs. Listening sockets are bound after the exec, so a busy

@@ -7,7 +7,7 @@ RSS is what the pod's memory request is sized from, so that is paid on every
 pod. Python cannot unload modules, so the process starts over instead: once
 the CLI has parsed and validated everything, :func:`exec_lean` pickles the
 result into an anonymous memory file (memfd) and ``execv``\\s
-``python -P -m sidecar_common.leanstart MODULE --run FD`` (with this
+``python -OO -P -m sidecar_common.leanstart MODULE --run FD`` (with this
 interpreter's own flags; :mod:`sidecar_common.leanstart` defers OpenSSL, then
 runs MODULE as ``python -m MODULE`` would), and the
 module's ``main`` hands the payload to its serve function with :func:`run_lean`.
@@ -66,6 +66,12 @@ STARTER = "sidecar_common.leanstart"
 RUN_FLAG = "--run"
 #: First bytes of the payload file: an fd that is not ours is refused by name, not unpickled.
 MAGIC = b"sidecar-lean-payload/1\n"
+#: The serving process runs ``-OO``: without docstrings (and asserts). A docstring is
+#: a constant of its code object, loaded with the module and kept for the process's
+#: life; the serving process never reads one (help text is the CLI's, before the
+#: exec). Measured on the ambassador's bench config: idle RSS 25.4 -> 24.3 MiB. Our
+#: asserts only narrow types for mypy; errors users can cause are raised, not asserted.
+LEAN_OPTIMIZE = 2
 #: Exit status of a user error, as ``sidecar_common.cli`` (not imported: it pulls typer).
 USAGE_ERROR = 2
 
@@ -77,9 +83,9 @@ class LeanExecError(SidecarError):
 def interpreter_flags() -> list[str]:
     """This interpreter's command-line options, so that the lean one runs the same way.
 
-    ``-I``/``-E``/``-s``/``-S`` change where modules come from, ``-O`` whether
-    asserts run, ``-X``/``-W`` what is traced and warned: a sidecar started
-    with them must not lose them at the exec.
+    ``-I``/``-E``/``-s``/``-S`` change where modules come from, ``-X``/``-W``
+    what is traced and warned: a sidecar started with them must not lose them
+    at the exec. ``-O`` is raised to :data:`LEAN_OPTIMIZE` (``-OO``).
     """
     f = sys.flags
     args = []
@@ -89,7 +95,7 @@ def interpreter_flags() -> list[str]:
         args += ["-E"] if f.ignore_environment else []
         args += ["-s"] if f.no_user_site else []
     args += ["-S"] if f.no_site else []
-    args += ["-" + "O" * f.optimize] if f.optimize else []
+    args += ["-" + "O" * max(f.optimize, LEAN_OPTIMIZE)]
     args += ["-B"] if f.dont_write_bytecode else []
     args += [f"-W{option}" for option in sys.warnoptions]
     args += [

@@ -3,7 +3,7 @@
 ``watcher run`` parses flags, ``WATCHER_*`` and the TOML file with typer,
 which brings pydantic, click and rich along (about 12 MiB resident, for
 nothing once the settings are known). So the CLI validates everything, then
-execs ``python -P -m sidecar_common.leanstart watcher.serve --run FD`` with the
+execs ``python -OO -P -m sidecar_common.leanstart watcher.serve --run FD`` with the
 validated settings in a memfd (``sidecar_common.leanexec``): same PID (signals, PID 1), same
 environment, and only the serving code in memory. This module must not
 import typer, pydantic, rich or click, directly or through anything it

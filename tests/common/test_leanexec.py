@@ -54,6 +54,7 @@ def _serve(payload: object) -> int:
         "fds": fds,
         "cmdline": Path("/proc/self/cmdline").read_text().split("\0")[1:-1],
         "optimize": sys.flags.optimize,
+        "docstring": _serve.__doc__,
         "xoptions": sys._xoptions,
         "cli_module_loaded": "xml.dom.minidom" in sys.modules,
         "ssl": type(sys.modules.get("ssl")).__name__,
@@ -116,6 +117,8 @@ def test_exec_keeps_pid_environment_stdout_and_payload() -> None:
     # Started through sidecar_common.leanstart: OpenSSL's modules are still placeholders.
     assert report["ssl"] == "DeferredModule" and not report["openssl_loaded"]
     assert report["cli_module_loaded"] is False  # a new interpreter: the CLI's imports are gone
+    # It runs -OO (LEAN_OPTIMIZE): docstrings are not loaded, though the CLI ran without -O.
+    assert report["optimize"] == 2 and report["docstring"] is None
     # The payload fd was read and closed: stdio and listdir's own fd only.
     assert report["fds"][:3] == [0, 1, 2] and len(report["fds"]) == 4
 
@@ -131,7 +134,8 @@ def test_serve_status_is_the_exit_status_and_interpreter_flags_are_kept() -> Non
     assert res.returncode == 7, res.stderr
     report = json.loads(res.stdout.splitlines()[1])
     assert report["status"] == 7
-    assert report["optimize"] == 1 and report["xoptions"] == {"leanexec_test": "1"}
+    # -X options are kept; -O is raised to -OO, as without it.
+    assert report["optimize"] == 2 and report["xoptions"] == {"leanexec_test": "1"}
 
 
 def test_config_error_after_the_exec_is_one_line_exit_2() -> None:

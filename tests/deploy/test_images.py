@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 import tomllib
 from importlib.metadata import entry_points
 
@@ -118,6 +119,29 @@ def test_entrypoint_is_the_exec_form_console_script(sidecar: str) -> None:
     # CMD, when present, is exec form too (no shell), so `docker run IMAGE` shows help.
     for cmd in (i for i in final_stage(sidecar) if i.keyword == "CMD"):
         assert exec_form(cmd.args) is not None, cmd
+
+
+@pytest.mark.parametrize("sidecar", SIDECARS)
+def test_final_stage_writes_the_bytecode_the_serving_process_reads(sidecar: str) -> None:
+    """The serving process runs -OO (leanexec.LEAN_OPTIMIZE), so it reads *.opt-2.pyc.
+
+    The image writes them by importing, at -OO, what the serving processes import; the
+    modules named there must exist (a rename would silently leave them to compile at
+    every start), and the command must write the serving entry's opt-2 bytecode.
+    """
+    final_text = " ".join(i.args for i in final_stage(sidecar) if i.keyword == "RUN")
+    found = re.search(r'env -u PYTHONDONTWRITEBYTECODE python -OO -c \\?\s*"([^"]+)"', final_text)
+    assert found, "the final stage compiles the serving processes' modules at -OO"
+    statement = found.group(1)
+    assert f"{sidecar}.serve" in statement, statement
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    proc = subprocess.run(
+        [str(VENV_BIN / "python"), "-OO", "-c", statement],
+        capture_output=True, text=True, timeout=120, env=env, check=False, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    tag = sys.implementation.cache_tag
+    assert (ROOT / sidecar / "__pycache__" / f"serve.{tag}.opt-2.pyc").is_file()
 
 
 @pytest.mark.parametrize("sidecar", SIDECARS)
