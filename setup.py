@@ -1,7 +1,7 @@
 """The build's one addition to pyproject.toml: the ambassador's hot modules compiled with mypyc.
 
-Why: the HTTP listener's fast lane and the TCP relay hub spend their time in
-Python bytecode (attribute access, calls, small objects), and mypyc turns the
+Why: the HTTP listener's fast lane and its per-request modules spend their time
+in Python bytecode (attribute access, calls, small objects), and mypyc turns the
 same type-annotated source into a C extension that runs it without the
 interpreter loop: wrk through the HTTP listener went from Envoy's requests/s to
 about 1.3x of it (BENCHMARKS.md). mypyc is mypy's compiler (black and mypy ship
@@ -9,9 +9,11 @@ compiled this way); the modules stay plain Python that mypy --strict checks,
 and scripts/test.sh runs the ambassador's tests against both builds.
 
 ``SIDECARS_COMPILE``: ``auto`` (the default) compiles when a C compiler and
-Python's headers are present, else installs the pure-Python modules; ``1``
-compiles or fails; ``0`` never compiles (scripts/setup.sh's editable install:
-a compiled module would shadow its edited source).
+Python's headers are present, else installs the pure-Python modules, and so it
+does, with a warning, when the compile fails (every built extension is removed
+first: mypyc's per-module shims without their shared library would not import);
+``1`` compiles or fails; ``0`` never compiles (scripts/setup.sh's editable
+install: a compiled module would shadow its edited source).
 """
 
 from __future__ import annotations
@@ -24,6 +26,12 @@ import tomllib
 from pathlib import Path
 
 from setuptools import setup  # type: ignore[import-untyped]
+from setuptools.command.build_ext import build_ext  # type: ignore[import-untyped]
+from setuptools.errors import (  # type: ignore[import-untyped]
+    CCompilerError,
+    ExecError,
+    PlatformError,
+)
 
 ROOT = Path(__file__).resolve().parent
 
@@ -40,15 +48,42 @@ def can_compile() -> bool:
     return shutil.which(compiler) is not None and headers.exists()
 
 
-def ext_modules() -> list[object]:
-    mode = os.environ.get("SIDECARS_COMPILE", "auto")
-    if mode not in ("auto", "0", "1"):
-        sys.exit(f"SIDECARS_COMPILE must be auto, 1 or 0, not {mode!r}")
+def _warn(what: str) -> None:
+    print(f"sidecars: {what}; installing the pure-Python modules", file=sys.stderr)
+
+
+class OptionalBuildExt(build_ext):  # type: ignore[misc]
+    """``auto``: a compile that fails leaves no extension behind and installs pure Python."""
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except (CCompilerError, ExecError, PlatformError) as exc:
+            for ext in self.extensions:  # where this build writes it (in place or not)
+                Path(self.get_ext_fullpath(ext.name)).unlink(missing_ok=True)
+            _warn(f"the mypyc build failed ({exc})")
+
+
+def ext_modules(mode: str) -> list[object]:
     if mode == "0" or (mode == "auto" and not can_compile()):
         return []
     from mypyc.build import mypycify
 
-    return list(mypycify(compiled_modules(), opt_level="3"))
+    try:
+        return list(mypycify(compiled_modules(), opt_level="3"))
+    except SystemExit:  # mypyc's own errors (it reports them, then exits)
+        if mode == "1":
+            raise
+        _warn("mypyc failed")
+        return []
 
 
-setup(ext_modules=ext_modules())
+def main() -> None:
+    mode = os.environ.get("SIDECARS_COMPILE", "auto")
+    if mode not in ("auto", "0", "1"):
+        sys.exit(f"SIDECARS_COMPILE must be auto, 1 or 0, not {mode!r}")
+    cmdclass = {"build_ext": OptionalBuildExt} if mode == "auto" else {}
+    setup(ext_modules=ext_modules(mode), cmdclass=cmdclass)
+
+
+main()

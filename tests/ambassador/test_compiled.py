@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -63,3 +64,50 @@ def test_a_bad_compile_mode_is_one_line_and_fails() -> None:
     )
     assert res.returncode != 0
     assert res.stderr.strip() == "SIDECARS_COMPILE must be auto, 1 or 0, not 'sometimes'"
+
+
+def _build_ext(tree: Path, out: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """``setup.py build_ext`` of a copy of the project, as pip's build of the wheel runs it."""
+    return subprocess.run(
+        [sys.executable, "setup.py", "-q", "build_ext",
+         "--build-lib", str(out / "lib"), "--build-temp", str(out / "temp")],
+        cwd=tree, capture_output=True, text=True, timeout=600,
+        env={**os.environ, **env},
+    )  # fmt: skip
+
+
+@pytest.mark.skipif(
+    bool(os.environ.get("SIDECARS_COMPILED_OVERLAY")),
+    reason="the build itself is tested once, in the pure-Python run",
+)
+def test_setup_compiles_the_list_and_falls_back_to_pure_python_only_in_auto(
+    tmp_path: Path,
+) -> None:
+    tree = tmp_path / "src"
+    tree.mkdir()
+    for name in ("pyproject.toml", "setup.py", "README.md"):
+        (tree / name).write_bytes((ROOT / name).read_bytes())
+    for name in ("ambassador", "sidecar_common"):
+        shutil.copytree(ROOT / name, tree / name, ignore=shutil.ignore_patterns("__pycache__"))
+    expected = {p.removesuffix(".py") for p in compiled_modules()}
+
+    def extensions(out: Path) -> set[str]:
+        return {
+            str(p.relative_to(out / "lib")).split(".")[0]
+            for p in (out / "lib").rglob("*.so")
+            if "__mypyc" not in p.name  # the shared library the shims load
+        }
+
+    # With a working compiler, every listed module is built (auto and 1 alike).
+    res = _build_ext(tree, tmp_path / "ok", SIDECARS_COMPILE="auto")
+    assert res.returncode == 0, res.stderr
+    assert extensions(tmp_path / "ok") == expected
+    # The compiler present but failing: auto installs pure Python, with a warning and
+    # without a partial build; 1 fails.
+    res = _build_ext(tree, tmp_path / "auto", SIDECARS_COMPILE="auto", CC="false")
+    assert res.returncode == 0, res.stderr
+    assert "sidecars: the mypyc build failed" in res.stderr
+    assert "installing the pure-Python modules" in res.stderr
+    assert not list((tmp_path / "auto").rglob("*.so"))
+    res = _build_ext(tree, tmp_path / "strict", SIDECARS_COMPILE="1", CC="false")
+    assert res.returncode != 0
