@@ -737,6 +737,10 @@ class Lane:
                 if event.status >= 500 and self.proxy.would_retry_status(
                     req.method, route.env, event.status, 0, True
                 ):
+                    # A 1xx read with it goes to the app first, as the shell passes one on.
+                    if out and not self._send_client(conn, b"".join(out)):
+                        self._client_gone(conn)
+                        return
                     self._hand_back(
                         conn,
                         self._attempt_failed(

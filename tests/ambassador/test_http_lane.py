@@ -147,6 +147,7 @@ class RawUpstream:
     /burst-truncate     Content-Length 100, 7 bytes and FIN written at once
     /cut                Content-Length 100, 7 bytes, then close
     /early              103 Early Hints, then 200 ``ok`` (two writes)
+    /early-fail-once    the first time: 103 Early Hints and a 503 in one write; then 200 ``ok``
     /switch             101 Switching Protocols nobody asked for
     HEAD anything       200 with Content-Length 1234 and no body, keep-alive
     """
@@ -155,6 +156,8 @@ class RawUpstream:
     connections: int = 0
     #: Body bytes of /big written so far (the proxy took them from the socket or its buffers).
     sent: int = 0
+    #: /early-fail-once has answered its 503.
+    failed_once: bool = False
 
     @property
     def address(self) -> tuple[str, int]:
@@ -213,6 +216,12 @@ async def raw_handler(up: RawUpstream, stream: trio.SocketStream) -> None:
                 await stream.send_all(b"HTTP/1.1 103 Early Hints\r\nlink: </s.css>\r\n\r\n")
                 await trio.sleep(0.01)
                 await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            elif url.path == "/early-fail-once" and not up.failed_once:
+                up.failed_once = True
+                await stream.send_all(
+                    b"HTTP/1.1 103 Early Hints\r\nlink: </s.css>\r\n\r\n"
+                    b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n"
+                )
             elif url.path == "/switch":
                 await stream.send_all(
                     b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\nconnection: upgrade\r\n\r\n"
@@ -729,6 +738,38 @@ async def test_informational_response_goes_before_the_final_one() -> None:
         assert b"\r\n\r\nHTTP/1.1 200 " in data and data.endswith(b"\r\n\r\nok")
         assert lane.served == served + 1
         await client.aclose()
+
+
+async def test_informational_response_before_a_retried_5xx_still_reaches_the_app(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A 103 and a retryable 503 in one read: the app gets the 103, then the retry's answer.
+
+    As in the shell, which passes a 1xx on as it reads it (before it knows what follows).
+    """
+    for mode in ("on", "off"):
+        async with (
+            running_raw_upstream() as up,
+            proxy_in_mode(monkeypatch, mode, [up.address]) as px,
+        ):
+            client = await Client.connect(px.port)
+            await client.get("/ok")  # pooled: the next request starts in the lane
+            handed_back = lane_of(px).handed_back if mode == "on" else 0
+            await client.send(
+                h11.Request(method="GET", target="/early-fail-once", headers=[("host", "a")]),
+                h11.EndOfMessage(),
+            )
+            with trio.fail_after(5):
+                data = b""
+                while not data.endswith(b"\r\n\r\nok"):
+                    data += await client.stream.receive_some(65536)
+            assert up.failed_once
+            assert data.startswith(b"HTTP/1.1 103 "), (mode, data)
+            assert data.count(b"HTTP/1.1 ") == 2 and b"\r\n\r\nHTTP/1.1 200 " in data, data
+            assert await px.metric("ambassador_http_retries_total") == 1
+            if mode == "on":  # the lane read both heads and handed the retry to the shell
+                assert lane_of(px).handed_back == handed_back + 1
+            await client.aclose()
 
 
 async def test_unasked_101_is_a_reset_logged_502(caplog: pytest.LogCaptureFixture) -> None:
