@@ -36,15 +36,14 @@ LABEL org.opencontainers.image.title="sidecars-watcher" \
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 # The serving process runs with -OO (sidecar_common.leanexec: no docstrings in memory), which
-# reads *.opt-2.pyc: importing what the three serving processes import, once, at -OO, writes
-# exactly those (the standard library's included), so a start does not compile from source.
+# reads *.opt-2.pyc: sidecar_common.precompile writes them for the toolkit and for what its
+# modules import (the standard library's included), so a start does not compile from source.
 # The wheels come in through a bind mount from the builder, so they never land in a layer;
 # --no-index: nothing is fetched here. Then the installers go: setuptools, wheel and pip are
 # not needed to run and are attack surface. One RUN, so no layer keeps a cache or a wheel.
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     python -m pip install --no-cache-dir --no-index --find-links=/wheels /wheels/sidecars-*.whl \
-    && env -u PYTHONDONTWRITEBYTECODE python -OO -c \
-       "import ambassador.serve, ambassador.http.proxy, adapter.serve, watcher.serve" \
+    && env -u PYTHONDONTWRITEBYTECODE python -OO -m sidecar_common.precompile \
     && python -m pip uninstall --yes setuptools wheel pip \
     && groupadd --system --gid 10001 sidecar \
     && useradd --system --no-log-init --uid 10001 --gid 10001 --no-create-home \
