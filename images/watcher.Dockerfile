@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1.7
 # The watcher sidecar image. Build from the repository root (the context is the project):
 #   docker build -f images/watcher.Dockerfile -t sidecars-watcher:0.1.0 .
-# Expected size: about 180 MB uncompressed, about 60 MB compressed (see images/README.md).
+# Expected size: about 185 MB uncompressed, about 62 MB compressed (see images/README.md).
 # The three sidecar images differ only in their ENTRYPOINT and labels: each installs the
 # same toolkit wheel, so a node that pulls one shares every layer but the last with the others.
 
