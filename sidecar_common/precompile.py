@@ -22,6 +22,8 @@ import pkgutil
 import sys
 from collections.abc import Sequence
 
+from .leanexec import _fail  # the lean processes' one-line usage error, without typer
+
 __all__ = ["PACKAGES", "main", "serving_modules"]
 
 #: What the sidecars' serving processes are made of.
@@ -42,19 +44,14 @@ def serving_modules(packages: Sequence[str] = PACKAGES) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """0: all written; 1: a file did not compile; misuse: one line and exit 2."""
     args = sys.argv[1:] if argv is None else list(argv)
     if args:
-        print(f"{PROG}: error: takes no arguments, got {args[0]!r}", file=sys.stderr)
-        return 2
+        _fail(PROG, f"takes no arguments, got {args[0]!r}")
     if sys.flags.optimize < 2:
-        print(f"{PROG}: error: run it with python -OO (the level it writes)", file=sys.stderr)
-        return 2
+        _fail(PROG, "run it with python -OO (the level it writes)")
     if sys.dont_write_bytecode:
-        print(
-            f"{PROG}: error: bytecode writes are off (PYTHONDONTWRITEBYTECODE or -B)",
-            file=sys.stderr,
-        )
-        return 2
+        _fail(PROG, "bytecode writes are off (PYTHONDONTWRITEBYTECODE or -B)")
     ok = True
     for package in PACKAGES:
         for path in importlib.import_module(package).__path__:

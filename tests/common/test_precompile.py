@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from sidecar_common.precompile import PACKAGES, serving_modules
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(*flags: str, args: tuple[str, ...] = (), **env: str) -> subprocess.CompletedProcess[str]:
@@ -30,9 +33,26 @@ def test_serving_modules_are_every_module_but_the_command_lines() -> None:
 
 
 def test_it_writes_at_oo_and_exits_0() -> None:
+    # Each serving entry's opt-2 bytecode, and lazily imported modules' too: gone first, so
+    # what is there afterwards was written by this run.
+    tag = sys.implementation.cache_tag
+    written = [
+        ROOT / package / "__pycache__" / f"{name}.{tag}.opt-2.pyc"
+        for package, name in (
+            ("ambassador", "serve"),
+            ("adapter", "serve"),
+            ("watcher", "serve"),
+            ("ambassador", "app"),
+            ("sidecar_common", "lifecycle"),
+        )
+    ]
+    for path in written:
+        path.unlink(missing_ok=True)
     res = _run("-OO")
     assert res.returncode == 0, res.stderr
     assert res.stderr == ""
+    for path in written:
+        assert path.is_file(), path
 
 
 @pytest.mark.parametrize(
