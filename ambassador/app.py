@@ -36,7 +36,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import trio
 
@@ -101,18 +101,27 @@ def _is_ip(host: str) -> bool:
     return True
 
 
+class _Removed(NamedTuple):
+    """A listener a reload removed: its name, connections left to drain, sockets closed."""
+
+    name: str
+    open_connections: int
+    closed: trio.Event
+
+
 @dataclass
 class ListenerChanges:
     """What a reload does to the set of listeners (:meth:`Ambassador.reload`).
 
-    ``removed`` are already stopped (one event per listener, set once its
-    sockets are closed); ``added`` and ``moved`` (the new config of a listener
-    whose address changed) wait for :meth:`Ambassador.apply_listener_changes`.
+    ``removed`` are already stopped (their accept loops cancelled; each one's
+    event is set once its sockets are closed, and only then is the removal
+    logged); ``added`` and ``moved`` (the new config of a listener whose
+    address changed) wait for :meth:`Ambassador.apply_listener_changes`.
     """
 
     added: list[ListenerConfig] = field(default_factory=list)
     moved: list[ListenerConfig] = field(default_factory=list)
-    removed: list[trio.Event] = field(default_factory=list)
+    removed: list[_Removed] = field(default_factory=list)
 
 
 @dataclass
@@ -558,22 +567,15 @@ class Ambassador:
         scope.cancel()
         return closed
 
-    def _remove_listener(self, name: str) -> trio.Event:
+    def _remove_listener(self, name: str) -> _Removed:
         """Stop accepting on ``name`` now; its connections get ``drain_timeout`` seconds."""
         rt = self.runtimes.pop(name)
         closed = self._stop_accepting(name)
         self.sockets.pop(name, None)
         for env in rt.clusters:
             self._stop_cluster_tasks(name, env)
-        log_event(
-            log,
-            "listener removed; draining its connections",
-            listener=name,
-            open_connections=len(rt.connections),
-            drain_timeout=self.cfg.drain_timeout,
-        )
         self._retire_later(rt)
-        return closed
+        return _Removed(name, len(rt.connections), closed)
 
     def _retire_later(self, rt: ListenerRuntime) -> None:
         rt.shutdown_after(self.cfg.drain_timeout)
@@ -612,8 +614,17 @@ class Ambassador:
         old address. A name added again while its old runtime still drains is
         fine: both count under the name until the old one is done.
         """
-        for closed in changes.removed:
-            await closed.wait()
+        for gone in changes.removed:
+            # Logged once the address refuses connections (the accept loop closes its
+            # sockets when its cancellation is delivered, after reload returned).
+            await gone.closed.wait()
+            log_event(
+                log,
+                "listener removed; draining its connections",
+                listener=gone.name,
+                open_connections=gone.open_connections,
+                drain_timeout=self.cfg.drain_timeout,
+            )
         for lst in changes.moved:
             rt = self.runtimes.get(lst.name)
             sockets = self._bind(lst) if rt is not None else None
