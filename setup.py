@@ -1,4 +1,4 @@
-"""The build's one addition to pyproject.toml: the ambassador's hot modules compiled with mypyc.
+"""The build's one addition to pyproject.toml: the ambassador's hot modules compiled to C.
 
 Why: the HTTP listener's fast lane and its per-request modules spend their time
 in Python bytecode (attribute access, calls, small objects), and mypyc turns the
@@ -6,7 +6,9 @@ same type-annotated source into a C extension that runs it without the
 interpreter loop: wrk through the HTTP listener went from Envoy's requests/s to
 about 1.3x of it (BENCHMARKS.md). mypyc is mypy's compiler (black and mypy ship
 compiled this way); the modules stay plain Python that mypy --strict checks,
-and scripts/test.sh runs the ambassador's tests against both builds.
+and scripts/test.sh runs the ambassador's tests against both builds. Beside
+them, ``[tool.sidecars] c-modules``: one hand-written C module, the L4 relay
+hub's common event without the GIL (ambassador/_splicefast.c says why).
 
 ``SIDECARS_COMPILE``: ``auto`` (the default) compiles when a C compiler and
 Python's headers are present, else installs the pure-Python modules, and so it
@@ -42,6 +44,24 @@ def compiled_modules() -> list[str]:
         return list(tomllib.load(f)["tool"]["sidecars"]["compiled"])
 
 
+def c_modules() -> list[str]:
+    """The source paths of pyproject.toml's ``[tool.sidecars] c-modules`` (Linux only)."""
+    if not sys.platform.startswith("linux"):
+        return []
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        return list(tomllib.load(f)["tool"]["sidecars"]["c-modules"])
+
+
+def c_extensions() -> list[object]:
+    """An ``Extension`` per C module: the module name is its path (``a/_b.c``: ``a._b``)."""
+    from setuptools import Extension
+
+    return [
+        Extension(path.removesuffix(".c").replace("/", "."), [path], extra_compile_args=["-O2"])
+        for path in c_modules()
+    ]
+
+
 def can_compile() -> bool:
     compiler = (os.environ.get("CC") or "cc").split()[0]
     headers = Path(sysconfig.get_paths()["include"], "Python.h")
@@ -61,7 +81,7 @@ class OptionalBuildExt(build_ext):  # type: ignore[misc]
         except (CCompilerError, ExecError, PlatformError) as exc:
             for ext in self.extensions:  # where this build writes it (in place or not)
                 Path(self.get_ext_fullpath(ext.name)).unlink(missing_ok=True)
-            _warn(f"the mypyc build failed ({exc})")
+            _warn(f"the C build failed ({exc})")
 
 
 def ext_modules(mode: str) -> list[object]:
@@ -70,7 +90,7 @@ def ext_modules(mode: str) -> list[object]:
     from mypyc.build import mypycify
 
     try:
-        return list(mypycify(compiled_modules(), opt_level="3"))
+        return [*mypycify(compiled_modules(), opt_level="3"), *c_extensions()]
     except SystemExit:  # mypyc's own errors (it reports them, then exits)
         if mode == "1":
             raise

@@ -55,7 +55,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Final
 
 import trio
@@ -66,7 +66,17 @@ from sidecar_common.jsonlog import get_logger, log_event
 from .relay import RelayCounters, RelayOutcome, RelayResult
 from .relay import relay as stream_relay
 
+try:
+    from . import _splicefast
+
+    #: The C module of the hub's common event (``_splicefast.c``; built where a C
+    #: compiler was at install time). Without it the Python hub does it all.
+    HAS_ACCEL = True
+except ImportError:  # pragma: no cover - depends on the build
+    HAS_ACCEL = False
+
 __all__ = [
+    "HAS_ACCEL",
     "RELAY_MODES",
     "RelayCounters",
     "RelayResult",
@@ -78,6 +88,7 @@ __all__ = [
     "relay",
     "relay_mode",
     "relay_threads",
+    "settle_counters",
 ]
 
 log = get_logger("ambassador.fastrelay")
@@ -266,6 +277,9 @@ class SpliceHub:
         self.ended_since = 0.0
         self.flush_due = False
         self.spare = self._new_pipe()
+        #: The common event in C (``_splicefast``): per-descriptor state of the
+        #: connections on the simple path, their uncounted bytes and last event.
+        self.table = _splicefast.Table() if HAS_ACCEL and _HAS_SPLICE else None
 
     # -- bookkeeping ---------------------------------------------------------
 
@@ -294,6 +308,10 @@ class SpliceHub:
         by_fd = self.by_fd
         by_fd[cfd] = (conn, 0)
         by_fd[ufd] = (conn, 1)
+        table = self.table
+        if table is not None:
+            table.set(cfd, ufd)
+            table.set(ufd, cfd)
         try:
             self.epoll.register(cfd, _EPOLLIN)
             self.epoll.register(ufd, _EPOLLIN)
@@ -331,17 +349,63 @@ class SpliceHub:
     def _discard(self, conn: _Conn) -> None:
         if conn.released:
             return
-        for fd in conn.fds:
-            entry = self.by_fd.get(fd)
-            if entry is not None and entry[0] is conn:
-                del self.by_fd[fd]
-                with contextlib.suppress(OSError, ValueError):
-                    self.epoll.unregister(fd)
+        for fd in self._unmap(conn):
+            with contextlib.suppress(OSError, ValueError):
+                self.epoll.unregister(fd)
         for d in conn.dirs:
             if d.pipe is not None:
                 # Data still in it (cut short): this pipe cannot be reused.
                 self._close_pipe(d.pipe)
                 d.pipe = None
+
+    def _unmap(self, conn: _Conn) -> list[int]:
+        """Forget ``conn``'s sockets (``by_fd``, the C table); return the ones that were its.
+
+        Its bytes still in the C table go to its counters first, so they are
+        exact once the hub lets go. A socket number that maps to another
+        connection already (closed and reused) is left alone.
+        """
+        by_fd = self.by_fd
+        table = self.table
+        mine = []
+        for i, fd in enumerate(conn.fds):
+            entry = by_fd.get(fd)
+            if entry is not None and entry[0] is conn:
+                del by_fd[fd]
+                if table is not None:
+                    self._count(conn, i, table.clear(fd))
+                mine.append(fd)
+        return mine
+
+    @staticmethod
+    def _count(conn: _Conn, index: int, n: int) -> None:
+        """``n`` more bytes forwarded in direction ``index`` of ``conn``."""
+        if n:
+            if index == 0:
+                conn.counters.bytes_in += n
+            else:
+                conn.counters.bytes_out += n
+
+    def settle(self) -> None:
+        """(In the trio thread.) Bring the live connections' counters up to date.
+
+        The C path counts in its table; this folds those bytes into the
+        ``RelayCounters`` that metrics read (on scrape: per connection, not per
+        chunk). The Python path counts in them directly, under the lock.
+        """
+        table = self.table
+        with self.lock:  # also: a batch the hub is in the middle of is counted
+            if table is not None:
+                for fd, (conn, index) in list(self.by_fd.items()):
+                    self._count(conn, index, table.take(fd))
+
+    def idle_since(self, conn: _Conn) -> float:
+        """``time.perf_counter()`` of ``conn``'s last event (for idle timeouts)."""
+        last = conn.last
+        table = self.table
+        if table is not None and not conn.released:
+            last = max(last, table.last(conn.fds[0]), table.last(conn.fds[1]))
+        return last
 
     def _new_pipe(self) -> tuple[int, int]:
         if self.pool:
@@ -383,10 +447,18 @@ class SpliceHub:
         self.token = trio.lowlevel.current_trio_token()
         try:
             if not self.threaded:
+                table = self.table
                 while True:
                     await trio.lowlevel.wait_readable(self.epoll)
-                    with self.lock:
-                        self.step(self.epoll.poll(0))
+                    if table is None:
+                        with self.lock:
+                            self.step(self.epoll.poll(0))
+                        continue
+                    spare_r, spare_w = self.spare
+                    results = table.poll(self.epoll.fileno(), 0, spare_r, spare_w, PIPE_SIZE, BURST)
+                    if results:
+                        with self.lock:
+                            self.settle_results(results)
             thread = threading.Thread(
                 target=self._thread_main, name="ambassador-relay", daemon=True
             )
@@ -401,24 +473,87 @@ class SpliceHub:
             self.close()
 
     def _thread_main(self) -> None:
-        """Blocking epoll in a thread of its own: the GIL is free while it waits."""
-        poll = self.epoll.poll
-        lock = self.lock
-        step = self.step
-        perf = time.perf_counter
-        while not self.stopping:
-            try:
-                events = poll(END_DELAY if self.ended else -1)
-            except InterruptedError:
-                continue
-            with lock:
-                step(events)
-                if self.ended and not self.flush_due and perf() - self.ended_since >= END_DELAY:
-                    # Nobody collected them meanwhile (no new connection): wake trio.
-                    self.flush_due = True
-                    self._wake_trio(self.flush_ended)
+        """Blocking epoll in a thread of its own: the GIL is free while it waits.
 
-    def step(self, events: list[tuple[int, int]]) -> None:
+        With the C table, ``poll`` also completes the common events (GIL still
+        free) and returns only the others, which ``settle_results`` handles.
+        """
+        lock = self.lock
+        perf = time.perf_counter
+        table = self.table
+        epfd = self.epoll.fileno()
+        delay_ms = max(1, round(END_DELAY * 1000))
+        poll = self.epoll.poll
+        step = self.step
+        while not self.stopping:
+            if table is not None:
+                spare_r, spare_w = self.spare
+                results = table.poll(
+                    epfd, delay_ms if self.ended else -1, spare_r, spare_w, PIPE_SIZE, BURST
+                )
+                if results:
+                    with lock:
+                        self.settle_results(results)
+            else:
+                try:
+                    events = poll(END_DELAY if self.ended else -1)
+                except InterruptedError:
+                    continue
+                with lock:
+                    step(events)
+            if self.ended and not self.flush_due and perf() - self.ended_since >= END_DELAY:
+                # Nobody collected them meanwhile (no new connection): wake trio.
+                self.flush_due = True
+                self._wake_trio(self.flush_ended)
+
+    def settle_results(self, results: list[tuple[int, int, int, int, int, int]]) -> None:
+        """The events the C path handed back (``_splicefast.Table.poll``), in order.
+
+        ``SLOW`` ones were not attempted: ``step`` handles them. The others
+        say how the C path's attempt ended; a result whose socket has since
+        left the table (cut by the trio side, its number perhaps reused) is
+        stale: ignored, but a spare pipe it left bytes in is not reused.
+        """
+        table = self.table
+        assert table is not None
+        by_fd_get = self.by_fd.get
+        for fd, ev, kind, got, sent, gen in results:
+            if kind == _splicefast.SLOW:
+                self.step(((fd, ev),))
+                continue
+            entry = by_fd_get(fd)
+            spare_used = kind in (_splicefast.WRITE_ERR, _splicefast.PARTIAL)
+            if entry is None or table.gen(fd) != gen:
+                if spare_used:
+                    self._close_pipe(self.spare)
+                    self.spare = self._new_pipe()
+                continue
+            conn, idx = entry
+            this = conn.dirs[idx]
+            try:
+                if kind == _splicefast.EOF:
+                    this.eof = True
+                    self._forward_eof(this)
+                elif kind == _splicefast.READ_ERR:
+                    self._reset(conn, idx)
+                else:
+                    # The spare pipe holds the bytes the destination did not take
+                    # (all of them after a write error): the direction keeps it.
+                    this.pipe = self.spare
+                    self.spare = self._new_pipe()
+                    if kind == _splicefast.WRITE_ERR:
+                        this.pending = got
+                        self._reset(conn, 1 - idx)
+                    else:
+                        this.pending = got - sent
+                        self._update_interest(conn)
+            except Exception as exc:  # pragma: no cover - a bug, not an I/O error
+                log_event(log, "relay bug; connection reset", level=40, error=repr(exc))
+                _arm_rst(conn.socks[0])
+                _arm_rst(conn.socks[1])
+                self._finish(conn, "upstream_reset")
+
+    def step(self, events: Iterable[tuple[int, int]]) -> None:
         """Handle a batch of ready sockets (never raises: a bug ends one connection).
 
         The common event is inline: a ready source with nothing pending either
@@ -618,11 +753,7 @@ class SpliceHub:
         # end waits in ``ended`` for the trio side (``flush_ended``).
         socks = conn.socks
         if type(socks[0]) is socket.socket and type(socks[1]) is socket.socket:
-            by_fd = self.by_fd
-            for fd in conn.fds:
-                entry = by_fd.get(fd)
-                if entry is not None and entry[0] is conn:
-                    del by_fd[fd]
+            self._unmap(conn)
             for d in conn.dirs:
                 if d.pipe is not None:
                     self._close_pipe(d.pipe)
@@ -668,6 +799,7 @@ class SpliceHub:
         Called only when a direction changes state (starts or stops waiting
         for its destination, or ends), never per chunk.
         """
+        table = self.table
         for i in (0, 1):
             reading = conn.dirs[i]
             writing = conn.dirs[1 - i]
@@ -682,6 +814,11 @@ class SpliceHub:
                 conn.masks[i] = mask
                 with contextlib.suppress(OSError):
                     self.epoll.modify(conn.fds[i], mask)
+            if table is not None:
+                # The C path takes an event only in the simple state: read,
+                # nothing to write (it switched the connection off itself
+                # when it handed an event back).
+                table.fast(conn.fds[i], mask == _EPOLLIN and conn.outcome is None)
 
 
 _HUBS: trio.lowlevel.RunVar[list[SpliceHub]] = trio.lowlevel.RunVar("ambassador_splice_hubs")
@@ -739,6 +876,16 @@ def hubs() -> list[SpliceHub]:
     return started
 
 
+def settle_counters() -> None:
+    """Bring the byte counters of this run's relayed connections up to date (see ``settle``)."""
+    try:
+        running = _HUBS.get()
+    except (LookupError, RuntimeError):  # no hub started in this run, or no run
+        return
+    for hub in running:
+        hub.settle()
+
+
 def _hub() -> SpliceHub:
     """The least loaded hub (one connection = two fds in ``by_fd``)."""
     all_hubs = hubs()
@@ -792,9 +939,9 @@ async def relay(
         if idle_timeout is None:
             await conn.done.wait()
         else:
-            # ``conn.last`` is the hub's time of the last event (perf_counter).
+            # ``idle_since``: the hub's time of the last event (perf_counter).
             while not conn.done.is_set():
-                remaining = conn.last + idle_timeout - time.perf_counter()
+                remaining = hub.idle_since(conn) + idle_timeout - time.perf_counter()
                 if remaining <= 0:
                     conn.outcome = "idle_timeout"
                     break

@@ -44,7 +44,7 @@ from .cluster import Cluster
 from .config import ListenerConfig
 from .control import register_switch_metrics
 from .endpoint import EndpointState
-from .fastrelay import SpliceHub, detached_available, hubs, relay
+from .fastrelay import SpliceHub, detached_available, hubs, relay, settle_counters
 from .pgtls import PgStartupError, read_client_startup
 from .relay import RelayCounters, abort_stream
 from .switch import EnvSwitch
@@ -173,6 +173,7 @@ class Metrics:
         return (({"listener": n, "env": e}, float(v)) for (n, e), v in totals.items())
 
     def _bytes(self, *, inbound: bool) -> Iterable[tuple[dict[str, str], float]]:
+        settle_counters()  # the relay hub's C path counts in its own table
         totals: dict[tuple[str, str], int] = {}
         for rt in self.runtimes:
             closed = rt.closed_bytes_in if inbound else rt.closed_bytes_out
@@ -782,7 +783,7 @@ class ListenerRuntime:
         for conn, d in self._loose.items():
             deadline = min(deadline, conn.scope.deadline)
             if idle is not None and d.relay is not None:
-                last = min(last, d.relay.last)
+                last = min(last, d.hub.idle_since(d.relay))
         if last != math.inf and idle is not None:
             deadline = min(deadline, trio.current_time() + last + idle - time.perf_counter())
         return deadline
@@ -803,7 +804,9 @@ class ListenerRuntime:
                     abort_stream(d.upstream)
                     self._end_detached(d, reason)
             elif (
-                idle is not None and relay.last + idle <= perf and d.hub.cut(relay, "idle_timeout")
+                idle is not None
+                and d.hub.idle_since(relay) + idle <= perf
+                and d.hub.cut(relay, "idle_timeout")
             ):
                 self._end_detached(d, "idle_timeout")
 

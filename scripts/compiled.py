@@ -39,8 +39,28 @@ def compiled_modules(root: Path = ROOT) -> list[str]:
         return list(tomllib.load(f)["tool"]["sidecars"]["compiled"])
 
 
+def c_modules(root: Path = ROOT) -> list[str]:
+    with open(root / "pyproject.toml", "rb") as f:
+        return list(tomllib.load(f)["tool"]["sidecars"]["c-modules"])
+
+
+#: setup.py's build of the C modules, run in the overlay (its Extension list, nothing else).
+_BUILD_C = """
+import sys
+from setuptools import Extension, setup
+paths = sys.argv[1:]
+sys.argv[1:] = ["build_ext", "--inplace"]
+setup(name="overlay", ext_modules=[
+    Extension(p.removesuffix(".c").replace("/", "."), [p], extra_compile_args=["-O2"])
+    for p in paths
+])
+"""
+
+
 def _sources(root: Path) -> list[Path]:
-    return sorted(p for pkg in PACKAGES for p in (root / pkg).rglob("*.py"))
+    return sorted(
+        p for pkg in PACKAGES for pattern in ("*.py", "*.c") for p in (root / pkg).rglob(pattern)
+    )
 
 
 def digest(root: Path = ROOT) -> str:
@@ -48,7 +68,7 @@ def digest(root: Path = ROOT) -> str:
 
     h = hashlib.sha256()
     h.update(f"{sys.version}\0{mypy.version.__version__}\0".encode())
-    h.update("\0".join(compiled_modules(root)).encode())
+    h.update("\0".join(compiled_modules(root) + c_modules(root)).encode())
     for path in _sources(root):
         h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()[:16]
@@ -74,6 +94,14 @@ def build(root: Path = ROOT, cache: Path | None = None) -> Path:
     )
     if res.returncode != 0:
         raise BuildError(f"mypyc failed ({res.returncode}): {(res.stdout + res.stderr)[-3000:]}")
+    res = subprocess.run(
+        [sys.executable, "-c", _BUILD_C, *c_modules(root)],
+        cwd=tmp,
+        capture_output=True,
+        text=True,
+    )
+    if res.returncode != 0:
+        raise BuildError(f"the C build failed: {(res.stdout + res.stderr)[-3000:]}")
     shutil.rmtree(tmp / "build", ignore_errors=True)
     shutil.rmtree(tmp / ".mypy_cache", ignore_errors=True)
     (tmp / ".built").write_text(dest.name + "\n")

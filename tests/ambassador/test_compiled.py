@@ -26,7 +26,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from compiled import compiled_modules, digest  # noqa: E402
+from compiled import c_modules, compiled_modules, digest  # noqa: E402
 
 
 @pytest.mark.parametrize("path", compiled_modules())
@@ -38,7 +38,7 @@ def test_each_hot_module_is_the_build_under_test(path: str) -> None:
 
 
 def test_the_compiled_list_names_existing_modules_once() -> None:
-    paths = compiled_modules()
+    paths = compiled_modules() + c_modules()
     assert len(set(paths)) == len(paths)
     for path in paths:
         assert (ROOT / path).is_file(), path
@@ -53,7 +53,10 @@ def test_the_build_digest_follows_the_sources(tmp_path: Path) -> None:
     before = digest(tree)
     assert digest(tree) == before
     (tree / "ambassador" / "__init__.py").write_text("# edited\n")
-    assert digest(tree) != before
+    edited = digest(tree)
+    assert edited != before
+    (tree / "ambassador" / "_fast.c").write_text("/* C sources count too */\n")
+    assert digest(tree) != edited
 
 
 def test_a_bad_compile_mode_is_one_line_and_fails() -> None:
@@ -114,6 +117,7 @@ def test_setup_compiles_the_list_and_falls_back_to_pure_python_only_in_auto(
 ) -> None:
     tree = _project_copy(tmp_path)
     expected = {p.removesuffix(".py") for p in compiled_modules()}
+    expected |= {p.removesuffix(".c") for p in c_modules()}
     # As the images build it: pip in an environment without the project's dependencies (mypy
     # looks for types in the running interpreter's site-packages too, so not this venv), its
     # isolated build environment holding only [build-system] requires.
@@ -134,7 +138,7 @@ def test_setup_compiles_the_list_and_falls_back_to_pure_python_only_in_auto(
     # without a partial build; 1 fails.
     res = _build_ext(tree, tmp_path / "auto", SIDECARS_COMPILE="auto", CC="false")
     assert res.returncode == 0, res.stderr
-    assert "sidecars: the mypyc build failed" in res.stderr
+    assert "sidecars: the C build failed" in res.stderr
     assert "installing the pure-Python modules" in res.stderr
     assert not list((tmp_path / "auto").rglob("*.so"))
     res = _build_ext(tree, tmp_path / "strict", SIDECARS_COMPILE="1", CC="false")

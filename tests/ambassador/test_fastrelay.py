@@ -204,6 +204,17 @@ async def test_ping_pong_of_every_size_counts_exactly(proxy: Proxy) -> None:
     assert await wait_result(proxy) == RelayResult("closed", sent_in, sent_out)
 
 
+async def test_live_byte_counts_are_exact_when_settled(proxy: Proxy) -> None:
+    """What /metrics reads of a connection still open (it settles the counters on scrape)."""
+    await proxy.app.send_all(b"q" * 1000)
+    assert await read_exactly(proxy.backend, 1000) == b"q" * 1000
+    await proxy.backend.send_all(b"r" * 10)
+    assert await read_exactly(proxy.app, 10) == b"r" * 10
+    fastrelay.settle_counters()
+    assert (proxy.counters.bytes_in, proxy.counters.bytes_out) == (1000, 10)
+    assert not proxy.done.is_set()
+
+
 async def test_large_transfers_both_ways_at_once(proxy: Proxy) -> None:
     size = 8 * 1024 * 1024 + 123
     up = os.urandom(size)
