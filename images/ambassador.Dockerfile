@@ -8,7 +8,7 @@
 # --- builder: the project's wheel and the wheels of its dependencies ----------------------
 FROM python:3.11.14-slim-bookworm AS builder
 WORKDIR /src
-# A C compiler for setup.py's mypyc build of the ambassador's hot modules (here only: the
+# A C compiler for setup.py's build of the ambassador's hot modules, mypyc and C (here only: the
 # final stage gets the compiled wheel). Any bookworm gcc builds the same extension.
 # hadolint ignore=DL3008
 RUN apt-get update \

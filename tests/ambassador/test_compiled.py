@@ -37,6 +37,18 @@ def test_each_hot_module_is_the_build_under_test(path: str) -> None:
     assert module.__file__.endswith(".so") == expect_compiled, module.__file__
 
 
+def test_the_relay_hubs_c_path_is_there_exactly_in_the_compiled_build() -> None:
+    from ambassador import fastrelay
+
+    compiled = bool(os.environ.get("SIDECARS_COMPILED_OVERLAY"))
+    assert compiled == fastrelay.HAS_ACCEL
+    hub = fastrelay.SpliceHub()
+    try:
+        assert (hub.table is not None) == compiled
+    finally:
+        hub.close()
+
+
 def test_the_compiled_list_names_existing_modules_once() -> None:
     paths = compiled_modules() + c_modules()
     assert len(set(paths)) == len(paths)

@@ -1,8 +1,8 @@
 """The relay hub's C path (``ambassador/_splicefast.c``) on its own, with real loopback sockets.
 
-It exists in the compiled build only (scripts/compiled.py, setup.py); the
-pure-Python run checks that it is absent there, so each run tests the hub it
-ships. A connection here is what the hub hands it: the two sockets the
+It exists in the compiled build only (scripts/compiled.py, setup.py);
+test_compiled.py checks that it is there exactly in that run, so each run
+tests the hub it ships. A connection here is what the hub hands it: the two sockets the
 ambassador holds (``near`` ends), registered in an epoll set and in the table,
 with the app and the backend at the ``far`` ends.
 """
@@ -15,27 +15,15 @@ import socket
 import struct
 import time
 from collections.abc import Iterator
-from types import ModuleType
 
 import pytest
 
 from ambassador import fastrelay
 
-COMPILED = bool(os.environ.get("SIDECARS_COMPILED_OVERLAY"))
-
-
-def test_the_c_path_is_there_exactly_in_the_compiled_build() -> None:
-    assert fastrelay.HAS_ACCEL == COMPILED
-    assert (fastrelay.SpliceHub().table is not None) == COMPILED
-
-
-@pytest.fixture
-def sf() -> ModuleType:
-    if not COMPILED:
-        pytest.skip("the C module is built in the compiled run (the pure run checks its absence)")
-    from ambassador import _splicefast
-
-    return _splicefast
+sf = pytest.importorskip(
+    "ambassador._splicefast",
+    reason="built in the compiled run (test_compiled.py checks where it must be)",
+)
 
 
 def tcp_pair() -> tuple[socket.socket, socket.socket]:
@@ -58,7 +46,7 @@ def rst(sock: socket.socket) -> None:
 class Rig:
     """app ~ client ==table== upstream ~ backend, plus the epoll set and a spare pipe."""
 
-    def __init__(self, sf: ModuleType) -> None:
+    def __init__(self) -> None:
         self.sf = sf
         self.table = sf.Table()
         self.epoll = select.epoll()
@@ -95,8 +83,8 @@ class Rig:
 
 
 @pytest.fixture
-def rig(sf: ModuleType) -> Iterator[Rig]:
-    r = Rig(sf)
+def rig() -> Iterator[Rig]:
+    r = Rig()
     yield r
     r.close()
 
@@ -254,7 +242,7 @@ def test_clear_returns_the_untaken_bytes_and_changes_the_generation(rig: Rig) ->
         rig.sf.Table().poll(-1, 0, *rig.spare, 4096, 4)
 
 
-def test_a_stale_result_does_not_reach_the_connection_now_on_its_socket(sf: ModuleType) -> None:
+def test_a_stale_result_does_not_reach_the_connection_now_on_its_socket() -> None:
     """A result about a socket the trio side cut meanwhile: its spare pipe is not reused."""
     hub = fastrelay.SpliceHub()
     try:
