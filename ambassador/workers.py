@@ -748,6 +748,13 @@ class Supervisor:
             await self.replace_workers()
         for sock in retired:
             sock.close()
+        # Said once the sockets are closed (the old workers closed their copies when
+        # they began to drain): a client connecting after this line is refused, not
+        # queued on a socket nobody accepts from any more and then reset.
+        kept = {lst.name for lst in new.listeners}
+        for lst in old.listeners:
+            if lst.name not in kept:
+                log_event(log, "listener removed; draining its connections", listener=lst.name)
 
     def _rebind(self, new: AmbassadorConfig, old: AmbassadorConfig) -> list[socket.socket] | None:
         """Give every slot the sockets of ``new``'s listeners; the sockets no longer used.
@@ -791,9 +798,6 @@ class Supervisor:
                 listener=lst.name,
                 address=str(lst.listen),
             )
-        for name in running:
-            if name not in names:
-                log_event(log, "listener removed; draining its connections", listener=name)
         return retired
 
 
