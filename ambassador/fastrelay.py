@@ -22,6 +22,12 @@ trio's loop; the trio thread only hears of a connection again when it ends
 (``run_sync_soon``). The listener's plain TCP connections go further
 (``detached_available``): no task waits for them at all, the hub closes their
 sockets and their ends are collected by the accept loop in batches.
+Where the package was built with a C compiler, the common event (a ready
+socket of a connection with nothing pending either way: two splices and a
+byte count) is done by ``_splicefast.Table.poll`` without the GIL or the
+interpreter, inside the same ``epoll_wait`` call; every other event is handed
+back and handled here (``settle_results``), and this module keeps all
+connection state either way (the design doc has the protocol between them).
 ``AMBASSADOR_RELAY=splice-loop`` runs the same loop as a
 trio task instead (one ``wait_readable`` on the epoll fd for all connections);
 ``AMBASSADOR_RELAY_THREADS=N`` spreads connections over N hub threads.
