@@ -185,28 +185,51 @@ Table_set(TableObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+enum { SNAP_TAKE = 1, SNAP_RELEASE = 2 };
+
+/* Copy fd's entry into *out under the mutex (zeros where fd does not relay,
+ * but its generation), then zero its byte count (SNAP_TAKE) and take it out of
+ * the table (SNAP_RELEASE) as asked. -1: a bad fd argument (exception set). */
+static int
+snapshot(TableObject *self, PyObject *arg, int what, entry_t *out)
+{
+    int fd;
+    if (parse_fd(arg, &fd) < 0) {
+        return -1;
+    }
+    memset(out, 0, sizeof(*out));
+    pthread_mutex_lock(&self->mutex);
+    entry_t *e = lookup(self, fd);
+    if (e != NULL) {
+        *out = *e;
+        if (e->used && (what & SNAP_TAKE)) {
+            e->bytes = 0;
+        }
+        if (e->used && (what & SNAP_RELEASE)) {
+            e->used = 0;
+            e->fast = 0;
+            e->gen = self->next_gen++;
+        }
+    }
+    pthread_mutex_unlock(&self->mutex);
+    if (!out->used) {
+        out->bytes = 0;
+        out->last = 0.0;
+    }
+    return 0;
+}
+
 PyDoc_STRVAR(Table_clear_doc,
              "clear(fd) -> int: fd no longer relays; returns the bytes not taken yet.");
 
 static PyObject *
 Table_clear(TableObject *self, PyObject *arg)
 {
-    int fd;
-    uint64_t bytes = 0;
-    if (parse_fd(arg, &fd) < 0) {
+    entry_t copy;
+    if (snapshot(self, arg, SNAP_TAKE | SNAP_RELEASE, &copy) < 0) {
         return NULL;
     }
-    pthread_mutex_lock(&self->mutex);
-    entry_t *e = lookup(self, fd);
-    if (e != NULL && e->used) {
-        bytes = e->bytes;
-        e->bytes = 0;
-        e->used = 0;
-        e->fast = 0;
-        e->gen = self->next_gen++;
-    }
-    pthread_mutex_unlock(&self->mutex);
-    return PyLong_FromUnsignedLongLong(bytes);
+    return PyLong_FromUnsignedLongLong(copy.bytes);
 }
 
 PyDoc_STRVAR(Table_take_doc, "take(fd) -> int: the bytes read on fd and delivered since last taken.");
@@ -214,19 +237,36 @@ PyDoc_STRVAR(Table_take_doc, "take(fd) -> int: the bytes read on fd and delivere
 static PyObject *
 Table_take(TableObject *self, PyObject *arg)
 {
-    int fd;
-    uint64_t bytes = 0;
-    if (parse_fd(arg, &fd) < 0) {
+    entry_t copy;
+    if (snapshot(self, arg, SNAP_TAKE, &copy) < 0) {
         return NULL;
     }
-    pthread_mutex_lock(&self->mutex);
-    entry_t *e = lookup(self, fd);
-    if (e != NULL && e->used) {
-        bytes = e->bytes;
-        e->bytes = 0;
+    return PyLong_FromUnsignedLongLong(copy.bytes);
+}
+
+PyDoc_STRVAR(Table_gen_doc, "gen(fd) -> int: fd's generation (0: never set).");
+
+static PyObject *
+Table_gen(TableObject *self, PyObject *arg)
+{
+    entry_t copy;
+    if (snapshot(self, arg, 0, &copy) < 0) {
+        return NULL;
     }
-    pthread_mutex_unlock(&self->mutex);
-    return PyLong_FromUnsignedLongLong(bytes);
+    return PyLong_FromUnsignedLongLong(copy.gen);
+}
+
+PyDoc_STRVAR(Table_last_doc,
+             "last(fd) -> float: time.perf_counter() of fd's last event (0.0: not relaying).");
+
+static PyObject *
+Table_last(TableObject *self, PyObject *arg)
+{
+    entry_t copy;
+    if (snapshot(self, arg, 0, &copy) < 0) {
+        return NULL;
+    }
+    return PyFloat_FromDouble(copy.last);
 }
 
 PyDoc_STRVAR(Table_fast_doc, "fast(fd, on): allow or stop the simple path for events on fd.");
@@ -253,45 +293,6 @@ Table_fast(TableObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     pthread_mutex_unlock(&self->mutex);
     Py_RETURN_NONE;
-}
-
-PyDoc_STRVAR(Table_gen_doc, "gen(fd) -> int: fd's generation (0: never set).");
-
-static PyObject *
-Table_gen(TableObject *self, PyObject *arg)
-{
-    int fd;
-    uint64_t gen = 0;
-    if (parse_fd(arg, &fd) < 0) {
-        return NULL;
-    }
-    pthread_mutex_lock(&self->mutex);
-    entry_t *e = lookup(self, fd);
-    if (e != NULL) {
-        gen = e->gen;
-    }
-    pthread_mutex_unlock(&self->mutex);
-    return PyLong_FromUnsignedLongLong(gen);
-}
-
-PyDoc_STRVAR(Table_last_doc,
-             "last(fd) -> float: time.perf_counter() of fd's last event (0.0: not relaying).");
-
-static PyObject *
-Table_last(TableObject *self, PyObject *arg)
-{
-    int fd;
-    double last = 0.0;
-    if (parse_fd(arg, &fd) < 0) {
-        return NULL;
-    }
-    pthread_mutex_lock(&self->mutex);
-    entry_t *e = lookup(self, fd);
-    if (e != NULL && e->used) {
-        last = e->last;
-    }
-    pthread_mutex_unlock(&self->mutex);
-    return PyFloat_FromDouble(last);
 }
 
 /* Both descriptors of fd's connection leave the simple path (the mutex is held). */
