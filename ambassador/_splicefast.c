@@ -312,7 +312,9 @@ handle(TableObject *self, int n, int spare_r, int spare_w, size_t chunk, int bur
 {
     const unsigned int flags = SPLICE_F_MOVE | SPLICE_F_NONBLOCK;
     int count = 0;
-    int spare_dirty = 0; /* the spare pipe holds bytes: the Python hub must replace it */
+    /* The spare pipe holds bytes (the Python hub must replace it), or there is
+     * none (-1: descriptors ran out; the Python hub makes one when it can). */
+    int spare_dirty = spare_r < 0 || spare_w < 0;
     double now = monotonic_now();
     for (int i = 0; i < n; i++) {
         int fd = self->events[i].data.fd;
@@ -390,7 +392,8 @@ PyDoc_STRVAR(Table_poll_doc,
              "Wait for events on the epoll set (-1: no timeout), complete the simple ones,\n"
              "return the others in order as (fd, events, kind, got, sent, gen) tuples.\n"
              "After a WRITE_ERR or PARTIAL result the spare pipe holds bytes and every\n"
-             "later event of the batch is returned unattempted (SLOW).");
+             "later event of the batch is returned unattempted (SLOW); so is every event\n"
+             "when there is no spare pipe (spare_r or spare_w negative).");
 
 static PyObject *
 Table_poll(TableObject *self, PyObject *args)

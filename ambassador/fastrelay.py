@@ -119,6 +119,10 @@ END_DELAY: Final = 0.005
 BURST: Final = 4
 
 _HAS_SPLICE: Final = hasattr(os, "splice") and hasattr(select, "epoll")
+#: The spare pipe while none can be made (descriptors exhausted): a splice into
+#: it fails (EBADF) and resets the connection at hand; a descriptor number
+#: that may since belong to another socket or pipe is never used.
+_NO_PIPE: Final = (-1, -1)
 _F_SETPIPE_SZ: Final = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _SPLICE_FLAGS: Final = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 
@@ -440,7 +444,8 @@ class SpliceHub:
         with self.lock:
             self.closed = True
             for pipe in [*self.pool, self.spare]:
-                self._close_pipe(pipe)
+                if pipe is not _NO_PIPE:
+                    self._close_pipe(pipe)
             self.pool.clear()
             self.epoll.close()
             os.close(self.wake_r)
@@ -460,6 +465,8 @@ class SpliceHub:
                         with self.lock:
                             self.step(self.epoll.poll(0))
                         continue
+                    if self.spare is _NO_PIPE:
+                        self._renew_spare()
                     spare_r, spare_w = self.spare
                     results = table.poll(self.epoll.fileno(), 0, spare_r, spare_w, PIPE_SIZE, BURST)
                     if results:
@@ -493,6 +500,8 @@ class SpliceHub:
         step = self.step
         while not self.stopping:
             if table is not None:
+                if self.spare is _NO_PIPE:
+                    self._renew_spare()
                 spare_r, spare_w = self.spare
                 results = table.poll(
                     epfd, delay_ms if self.ended else -1, spare_r, spare_w, PIPE_SIZE, BURST
@@ -530,9 +539,10 @@ class SpliceHub:
             entry = by_fd_get(fd)
             spare_used = kind in (_splicefast.WRITE_ERR, _splicefast.PARTIAL)
             if entry is None or table.gen(fd) != gen:
-                if spare_used:
+                if spare_used:  # its bytes must reach no other connection
                     self._close_pipe(self.spare)
-                    self.spare = self._new_pipe()
+                    self.spare = _NO_PIPE
+                    self._renew_spare()
                 continue
             conn, idx = entry
             this = conn.dirs[idx]
@@ -542,17 +552,11 @@ class SpliceHub:
                     self._forward_eof(this)
                 elif kind == _splicefast.READ_ERR:
                     self._reset(conn, idx)
+                elif kind == _splicefast.WRITE_ERR:
+                    self._hand_over(this, got)  # the bytes go with the reset
+                    self._reset(conn, 1 - idx)
                 else:
-                    # The spare pipe holds the bytes the destination did not take
-                    # (all of them after a write error): the direction keeps it.
-                    this.pipe = self.spare
-                    self.spare = self._new_pipe()
-                    if kind == _splicefast.WRITE_ERR:
-                        this.pending = got
-                        self._reset(conn, 1 - idx)
-                    else:
-                        this.pending = got - sent
-                        self._update_interest(conn)
+                    self._wait_for_destination(this, got - sent)
             except Exception as exc:  # pragma: no cover - a bug, not an I/O error
                 log_event(log, "relay bug; connection reset", level=40, error=repr(exc))
                 _arm_rst(conn.socks[0])
@@ -569,6 +573,8 @@ class SpliceHub:
         (``_event``, ``_pump``). Measured: wrk 1 KiB via L4 +3% req/s, -3% hub
         CPU per request against the general path for every event.
         """
+        if self.spare is _NO_PIPE:
+            self._renew_spare()
         now = time.perf_counter()
         by_fd_get = self.by_fd.get
         splice = _splice
@@ -609,8 +615,7 @@ class SpliceHub:
                 except BlockingIOError:
                     sent = 0
                 except OSError:
-                    this.pipe, this.pending = self.spare, got
-                    self.spare = self._new_pipe()
+                    self._hand_over(this, got)  # the bytes go with the reset
                     self._reset(conn, 1 - idx)
                     continue
                 if this.inbound:
@@ -618,9 +623,7 @@ class SpliceHub:
                 else:
                     conn.counters.bytes_out += sent
                 if sent != got:
-                    this.pipe, this.pending = self.spare, got - sent
-                    self.spare = self._new_pipe()
-                    self._update_interest(conn)
+                    self._wait_for_destination(this, got - sent)
                 elif got == size:
                     self._pump(this)  # a full chunk: more may be waiting (bulk)
             except Exception as exc:  # pragma: no cover - a bug, not an I/O error
@@ -702,9 +705,7 @@ class SpliceHub:
             except BlockingIOError:
                 sent = 0
             except OSError:
-                # The spare pipe holds the unsent bytes: it goes with the reset.
-                d.pipe, d.pending = self.spare, got
-                self.spare = self._new_pipe()
+                self._hand_over(d, got)  # the bytes go with the reset
                 self._reset(conn, 1 - d.index)
                 return
             if d.inbound:
@@ -712,14 +713,45 @@ class SpliceHub:
             else:
                 counters.bytes_out += sent
             if sent != got:
-                # The destination is full: the bytes wait in this pipe, which
-                # the direction keeps; the hub takes another spare.
-                d.pipe, d.pending = self.spare, got - sent
-                self.spare = self._new_pipe()
-                self._update_interest(conn)
+                self._wait_for_destination(d, got - sent)
                 return
             if got < PIPE_SIZE:
                 return  # a short read drained the socket: no point asking again now
+
+    def _hand_over(self, d: _Dir, pending: int) -> bool:
+        """``d`` keeps the spare pipe (its ``pending`` unsent bytes in it); the hub takes a new one.
+
+        False when no pipe can be made (EMFILE, ENFILE): the spare is closed,
+        since its bytes must reach no other connection, and made again as soon
+        as one can be (``_renew_spare``; meanwhile ``_NO_PIPE``, on which every
+        splice fails, so the connections at hand are reset, never mixed up).
+        """
+        try:
+            fresh = self._new_pipe()
+        except OSError as exc:
+            log_event(log, "no pipe for a waiting direction", level=40, error=str(exc))
+            self._close_pipe(self.spare)
+            self.spare = _NO_PIPE
+            self._renew_spare()
+            return False
+        d.pipe, d.pending = self.spare, pending
+        self.spare = fresh
+        return True
+
+    def _wait_for_destination(self, d: _Dir, pending: int) -> None:
+        """The destination of ``d`` is full: its bytes wait in the spare pipe, which ``d`` keeps."""
+        if self._hand_over(d, pending):
+            self._update_interest(d.conn)
+            return
+        # Nowhere to keep them: the connection is reset, both ways.
+        _arm_rst(d.conn.socks[1 - d.index])
+        self._reset(d.conn, 1 - d.index)
+
+    def _renew_spare(self) -> None:
+        """A spare pipe again after none could be made, when one can be (else later)."""
+        if self.spare is _NO_PIPE:
+            with contextlib.suppress(OSError):
+                self.spare = self._new_pipe()
 
     def _forward_eof(self, d: _Dir) -> None:
         """Source of ``d`` ended and its bytes are delivered: half-close the destination."""

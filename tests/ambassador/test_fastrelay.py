@@ -9,6 +9,7 @@ listener, the test closes them after it returns (which sends RST after a reset).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import socket
@@ -365,6 +366,60 @@ async def test_many_connections_share_a_small_pipe_pool() -> None:
     h = hub()
     assert not h.by_fd
     assert h.pipes_open == len(h.pool) + 1 <= fastrelay.POOL_MAX + 1
+
+
+async def test_out_of_descriptors_for_a_pipe_resets_that_connection_and_the_hub_recovers() -> None:
+    """A destination fills up while no pipe can be made (EMFILE): the hub may not stall or mix.
+
+    The bytes that wait for the slow destination have nowhere to go: that
+    connection is reset, the spare pipe holding them is closed, and once
+    pipes can be made again the next connection is relayed as usual.
+    """
+    (h,) = fastrelay.hubs()
+    real = h._new_pipe
+
+    def exhausted() -> tuple[int, int]:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    h._new_pipe = exhausted  # type: ignore[method-assign]
+    app, client = await tcp_pair()
+    upstream, backend = await tcp_pair()
+    result: list[RelayResult] = []
+    with trio.fail_after(20):  # the hub stalled here once: a failure, not a hang
+        async with trio.open_nursery() as n:
+
+            async def run() -> None:
+                result.append(await relay(client, upstream, RelayCounters()))
+
+            n.start_soon(run)
+            # The backend reads nothing: the upstream socket fills, a direction must wait.
+            with trio.move_on_after(10):
+                while not result:
+                    await app.send_all(b"z" * 65536)
+    assert result[0].outcome == "upstream_reset"
+    for s in (app, client, upstream, backend):
+        await trio.aclose_forcefully(s)
+    del h._new_pipe  # pipes can be made again
+    assert h._new_pipe == real
+    app, client = await tcp_pair()
+    upstream, backend = await tcp_pair()
+    with trio.fail_after(20):
+        async with trio.open_nursery() as n:
+
+            async def run_again() -> None:
+                result.append(await relay(client, upstream, RelayCounters()))
+
+            n.start_soon(run_again)
+            await app.send_all(b"ping")
+            assert await read_exactly(backend, 4) == b"ping"
+            await backend.send_all(b"pong")
+            assert await read_exactly(app, 4) == b"pong"
+            await app.send_eof()
+            await backend.send_eof()
+    assert result[1] == RelayResult("closed", 4, 4)
+    assert h.spare[0] >= 0 and h.pipes_open == len(h.pool) + 1
+    for s in (app, client, upstream, backend):
+        await s.aclose()
 
 
 async def test_stream_mode_forced_by_env(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -220,6 +220,16 @@ def test_descriptors_outside_the_table_or_off_the_simple_path_are_handed_back(ri
         backend.recv(1)  # not forwarded
 
 
+def test_without_a_spare_pipe_every_event_is_handed_back(rig: Rig) -> None:
+    """Descriptors ran out (the hub's spare is (-1, -1)): nothing is attempted."""
+    app, client, _, backend = rig.connect()
+    app.sendall(b"wait")
+    (result,) = rig.table.poll(rig.epoll.fileno(), 2000, -1, -1, 1 << 16, 4)
+    assert result[0] == client.fileno() and result[2] == rig.sf.SLOW
+    assert rig.poll() == []  # with a spare again
+    assert recv_exactly(backend, 4) == b"wait"
+
+
 def test_clear_returns_the_untaken_bytes_and_changes_the_generation(rig: Rig) -> None:
     app, client, _, _ = rig.connect()
     fd = client.fileno()
