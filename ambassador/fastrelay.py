@@ -539,10 +539,8 @@ class SpliceHub:
             entry = by_fd_get(fd)
             spare_used = kind in (_splicefast.WRITE_ERR, _splicefast.PARTIAL)
             if entry is None or table.gen(fd) != gen:
-                if spare_used:  # its bytes must reach no other connection
-                    self._close_pipe(self.spare)
-                    self.spare = _NO_PIPE
-                    self._renew_spare()
+                if spare_used:
+                    self._drop_spare()
                 continue
             conn, idx = entry
             this = conn.dirs[idx]
@@ -558,10 +556,7 @@ class SpliceHub:
                 else:
                     self._wait_for_destination(this, got - sent)
             except Exception as exc:  # pragma: no cover - a bug, not an I/O error
-                log_event(log, "relay bug; connection reset", level=40, error=repr(exc))
-                _arm_rst(conn.socks[0])
-                _arm_rst(conn.socks[1])
-                self._finish(conn, "upstream_reset")
+                self._bug(conn, exc)
 
     def step(self, events: Iterable[tuple[int, int]]) -> None:
         """Handle a batch of ready sockets (never raises: a bug ends one connection).
@@ -627,10 +622,7 @@ class SpliceHub:
                 elif got == size:
                     self._pump(this)  # a full chunk: more may be waiting (bulk)
             except Exception as exc:  # pragma: no cover - a bug, not an I/O error
-                log_event(log, "relay bug; connection reset", level=40, error=repr(exc))
-                _arm_rst(conn.socks[0])
-                _arm_rst(conn.socks[1])
-                self._finish(conn, "upstream_reset")
+                self._bug(conn, exc)
 
     def _event(self, conn: _Conn, idx: int, ev: int) -> None:
         """One event the general way (see ``step``).
@@ -730,9 +722,7 @@ class SpliceHub:
             fresh = self._new_pipe()
         except OSError as exc:
             log_event(log, "no pipe for a waiting direction", level=40, error=str(exc))
-            self._close_pipe(self.spare)
-            self.spare = _NO_PIPE
-            self._renew_spare()
+            self._drop_spare()
             return False
         d.pipe, d.pending = self.spare, pending
         self.spare = fresh
@@ -746,6 +736,19 @@ class SpliceHub:
         # Nowhere to keep them: the connection is reset, both ways.
         _arm_rst(d.conn.socks[1 - d.index])
         self._reset(d.conn, 1 - d.index)
+
+    def _drop_spare(self) -> None:
+        """The spare holds bytes that must reach no other connection: close it, make another."""
+        self._close_pipe(self.spare)
+        self.spare = _NO_PIPE
+        self._renew_spare()
+
+    def _bug(self, conn: _Conn, exc: Exception) -> None:
+        """A bug (not an I/O error) while handling ``conn``: it alone ends, reset both ways."""
+        log_event(log, "relay bug; connection reset", level=40, error=repr(exc))
+        _arm_rst(conn.socks[0])
+        _arm_rst(conn.socks[1])
+        self._finish(conn, "upstream_reset")
 
     def _renew_spare(self) -> None:
         """A spare pipe again after none could be made, when one can be (else later)."""
