@@ -55,6 +55,10 @@ from pathlib import Path
 import trio
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.support.procs import free_port  # noqa: E402
+
 BIN = Path(sys.executable).parent
 README = ROOT / "k8s-manifests" / "README.md"
 START = "<!-- footprint:start -->"
@@ -162,12 +166,6 @@ def metric(admin: int, name: str) -> float:
 
 
 # ---- processes -----------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:

@@ -257,7 +257,8 @@ endpoints = ["127.0.0.1:{backends.target(kind)}"]
     tag = name or f"{relay}-{workers}-{threads}"
     config = workdir / f"ambassador-{tag}.toml"
     config.write_text("".join(lines))
-    out = open(workdir / f"ambassador-{tag}.log", "wb")  # noqa: SIM115
+    log = workdir / f"ambassador-{tag}.log"
+    out = open(log, "wb")  # noqa: SIM115
     argv = [str(VENV_BIN / "ambassador"), "run", "--config", str(config)]
     if workers > 1:
         argv += ["--workers", str(workers)]
@@ -270,7 +271,7 @@ endpoints = ["127.0.0.1:{backends.target(kind)}"]
     }
     proc = subprocess.Popen(argv, stdout=out, stderr=out, env=env)
     for port in ports.values():
-        wait_for_port("127.0.0.1", port, proc=proc)
+        wait_for_port("127.0.0.1", port, proc=proc, log=log)
     if name is None:
         name = "ambassador" if relay == "splice" else f"ambassador-{relay}"
         if threads > 1:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import functools
 import json
 import random
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ from ambassador.outlier import OutlierConfig
 from ambassador.tls import UpstreamTLS
 from sidecar_common.jsonlog import JsonFormatter
 from sidecar_common.metrics import Registry, parse_text
+from tests.support.procs import free_port
 
 # --------------------------------------------------------------------------- the upstream
 
@@ -193,12 +193,6 @@ async def running_upstream(ssl_context: Any = None) -> AsyncIterator[Upstream]:
             up.port = listeners[0].transport_listener.socket.getsockname()[1]
         yield up
         nursery.cancel_scope.cancel()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --------------------------------------------------------------------------- the proxy

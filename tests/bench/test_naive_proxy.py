@@ -11,19 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import signal
-import socket
 import sys
 from pathlib import Path
 
 import trio
 
+from tests.support.procs import free_port
+
 PROXY = Path(__file__).resolve().parents[2] / "bench" / "naive_proxy.py"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def start_proxy(listen: int, target: int) -> trio.Process:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -61,11 +62,49 @@ def require_binary(name: str, *, search: Sequence[str] = ()) -> str:
     return found
 
 
+#: Ports this process has handed out: never the same one twice.
+_HANDED_OUT: set[int] = set()
+#: Where free_port looks: below the kernel's ephemeral range (see free_port).
+_LOWEST_PORT = 20000
+
+
+def _ephemeral_low() -> int:
+    """The first port the kernel gives to outgoing connections (bind to port 0 too)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago on ``host``."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """A TCP port that was free a moment ago on ``host``, not handed out before.
+
+    Picked at random below the kernel's ephemeral range, not by binding to
+    port 0: a port from bind(0) is one the kernel also gives to outgoing
+    connections, so on a busy run (pgbench -C, wrk, a test's clients) a
+    client can take it as its local port between this call and the server's
+    bind, and the server fails with "Address already in use". Below that
+    range only another server can take it.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    high = _ephemeral_low()
+    if high > _LOWEST_PORT + 1000:
+        for _ in range(500):
+            port = random.randrange(_LOWEST_PORT, high)
+            if port in _HANDED_OUT:
+                continue
+            with socket.socket(family, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind((host, port))
+                except OSError:
+                    continue
+            _HANDED_OUT.add(port)
+            return port
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+        port = int(sock.getsockname()[1])
+    _HANDED_OUT.add(port)
+    return port
 
 
 @contextlib.contextmanager
@@ -81,14 +120,28 @@ def refused_port(host: str = "127.0.0.1") -> Iterator[int]:
 
 
 def wait_for_port(
-    host: str, port: int, *, timeout: float = 15.0, proc: subprocess.Popen[bytes] | None = None
+    host: str,
+    port: int,
+    *,
+    timeout: float = 15.0,
+    proc: subprocess.Popen[bytes] | None = None,
+    log: Path | None = None,
 ) -> None:
-    """Block until something accepts on host:port, or raise TimeoutError."""
+    """Block until something accepts on host:port, or raise TimeoutError.
+
+    If ``proc`` exits first, the error says so, with the end of its ``log``
+    (where its output went), so a failed start names its cause.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
+            tail = ""
+            if log is not None:
+                with contextlib.suppress(OSError):
+                    tail = "; its output ends:\n" + log.read_text(errors="replace")[-2000:]
             raise RuntimeError(
                 f"process {proc.pid} exited with {proc.returncode} before listening on {port}"
+                + tail
             )
         try:
             with socket.create_connection((host, port), timeout=0.5):
