@@ -47,3 +47,12 @@ class HealthCheckFailed(AmbassadorError):
 
 class BridgeClosed(AmbassadorError):
     """The asyncio bridge is not running (closed or never started), so nothing can be run on it."""
+
+
+class RelayHubFailed(AmbassadorError):
+    """The relay hub's thread ended on an error outside any one connection.
+
+    Every connection it relays would stall, so the hub's task raises this and
+    the process ends (status 1, the crash logged): the kubelet restarts the
+    container and the clients see their connections closed, not hanging.
+    """

@@ -69,6 +69,7 @@ import trio
 from sidecar_common.errors import ConfigError
 from sidecar_common.jsonlog import get_logger, log_event
 
+from .errors import RelayHubFailed
 from .relay import RelayCounters, RelayOutcome, RelayResult
 from .relay import relay as stream_relay
 
@@ -272,6 +273,8 @@ class SpliceHub:
         #: ``add`` and the common ``discard`` do without it (see there).
         self.lock = threading.Lock()
         self.token: trio.lowlevel.TrioToken | None = None
+        #: Why the hub thread ended, if it failed (``_thread_main``).
+        self.failure: BaseException | None = None
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.stopping = False
         self.epoll = select.epoll()
@@ -472,12 +475,14 @@ class SpliceHub:
                     if results:
                         with self.lock:
                             self.settle_results(results)
+            failed = trio.Event()
             thread = threading.Thread(
-                target=self._thread_main, name="ambassador-relay", daemon=True
+                target=self._thread_main, args=(failed,), name="ambassador-relay", daemon=True
             )
             thread.start()
             try:
-                await trio.sleep_forever()
+                await failed.wait()
+                raise RelayHubFailed(f"the relay hub thread failed: {self.failure!r}")
             finally:
                 self.stopping = True
                 os.write(self.wake_w, b"x")
@@ -485,7 +490,22 @@ class SpliceHub:
         finally:
             self.close()
 
-    def _thread_main(self) -> None:
+    def _thread_main(self, failed: trio.Event) -> None:
+        """The hub thread: ``_loop``, and if it raises, tell the hub's task (which raises).
+
+        Errors of one connection never get here (``step`` and ``settle_results``
+        end that connection); this is ``epoll_wait`` itself failing, or a bug
+        outside a connection. Ending the thread quietly would stall every
+        relayed connection, so the process ends instead (see ``RelayHubFailed``).
+        """
+        try:
+            self._loop()
+        except BaseException as exc:
+            self.failure = exc
+            log_event(log, "relay hub failed", level=50, error=repr(exc))
+            self._wake_trio(failed.set)
+
+    def _loop(self) -> None:
         """Blocking epoll in a thread of its own: the GIL is free while it waits.
 
         With the C table, ``poll`` also completes the common events (GIL still

@@ -21,6 +21,7 @@ import trio
 import trio.testing
 
 from ambassador import fastrelay
+from ambassador.errors import RelayHubFailed
 from ambassador.fastrelay import (
     RelayCounters,
     RelayResult,
@@ -612,3 +613,43 @@ async def test_cutting_a_detached_connection_stops_the_hub_and_skips_its_callbac
     assert client.socket.fileno() != -1 and not hub.by_fd and called == []
     for s in (app, client, upstream, backend):
         await s.aclose()
+
+
+def test_a_failed_hub_thread_ends_the_run(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``epoll_wait`` failing in the hub thread ends the trio run, not the thread alone.
+
+    A thread that ended quietly would leave every relayed connection stalled;
+    the hub's task raises instead, which ends the sidecar (status 1, logged by
+    ``run_sidecar``) so the kubelet restarts it. The epoll descriptor is
+    replaced under the hub by one that is not an epoll set (EINVAL).
+    """
+    monkeypatch.setenv("AMBASSADOR_RELAY", "splice")
+    relayed: list[bytes] = []
+
+    async def main() -> None:
+        app, client = await tcp_pair()
+        upstream, backend = await tcp_pair()
+        async with trio.open_nursery() as n:
+            n.start_soon(relay, client, upstream, RelayCounters())
+            await app.send_all(b"before")
+            relayed.append(await read_exactly(backend, 6))
+            (h,) = fastrelay._HUBS.get()
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, h.epoll.fileno())
+            os.close(null)
+            os.write(h.wake_w, b"x")  # the thread's next epoll_wait fails
+            await trio.sleep(10)
+
+    with pytest.raises(trio.TrioInternalError) as info:
+        trio.run(main)
+    cause = info.value.__cause__
+    assert isinstance(cause, BaseExceptionGroup)
+    group = cause.subgroup(RelayHubFailed)
+    assert group is not None
+    while isinstance(group, BaseExceptionGroup):
+        (group,) = group.exceptions
+    assert "OSError(22, 'Invalid argument')" in str(group)
+    assert relayed == [b"before"]
+    assert any(r.getMessage() == "relay hub failed" for r in caplog.records)
