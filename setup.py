@@ -38,27 +38,35 @@ from setuptools.errors import (  # type: ignore[import-untyped]
 ROOT = Path(__file__).resolve().parent
 
 
-def compiled_modules() -> list[str]:
+def _tool_table(root: Path) -> dict[str, list[str]]:
+    with open(root / "pyproject.toml", "rb") as f:
+        table: dict[str, list[str]] = tomllib.load(f)["tool"]["sidecars"]
+    return table
+
+
+def compiled_modules(root: Path = ROOT) -> list[str]:
     """The module paths of pyproject.toml's ``[tool.sidecars] compiled``."""
-    with open(ROOT / "pyproject.toml", "rb") as f:
-        return list(tomllib.load(f)["tool"]["sidecars"]["compiled"])
+    return list(_tool_table(root)["compiled"])
 
 
-def c_modules() -> list[str]:
+def c_modules(root: Path = ROOT) -> list[str]:
     """The source paths of pyproject.toml's ``[tool.sidecars] c-modules`` (Linux only)."""
     if not sys.platform.startswith("linux"):
         return []
-    with open(ROOT / "pyproject.toml", "rb") as f:
-        return list(tomllib.load(f)["tool"]["sidecars"]["c-modules"])
+    return list(_tool_table(root)["c-modules"])
 
 
-def c_extensions() -> list[object]:
-    """An ``Extension`` per C module: the module name is its path (``a/_b.c``: ``a._b``)."""
+def c_extensions(root: Path = ROOT) -> list[object]:
+    """An ``Extension`` per C module: the module name is its path (``a/_b.c``: ``a._b``).
+
+    The paths are relative: the build runs in the tree (pip), or in a copy of
+    it (scripts/compiled.py's overlay, which imports this file for the rule).
+    """
     from setuptools import Extension
 
     return [
         Extension(path.removesuffix(".c").replace("/", "."), [path], extra_compile_args=["-O2"])
-        for path in c_modules()
+        for path in c_modules(root)
     ]
 
 
@@ -106,4 +114,5 @@ def main() -> None:
     setup(ext_modules=ext_modules(mode), cmdclass=cmdclass)
 
 
-main()
+if __name__ == "__main__":  # pip's build backend runs this file as __main__
+    main()

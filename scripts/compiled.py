@@ -18,12 +18,13 @@ an unchanged tree reuses its build (seconds), an edited one gets a new build
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
+from types import ModuleType
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The packages copied into the overlay: the compiled ones and what mypyc must type-check.
@@ -34,26 +35,33 @@ class BuildError(Exception):
     """mypyc or the C compiler failed (the message ends with their output)."""
 
 
+def _setup_py(root: Path) -> ModuleType:
+    """``root``'s setup.py as a module (its ``main`` runs only as ``__main__``)."""
+    spec = importlib.util.spec_from_file_location("sidecars_setup", root / "setup.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def compiled_modules(root: Path = ROOT) -> list[str]:
-    with open(root / "pyproject.toml", "rb") as f:
-        return list(tomllib.load(f)["tool"]["sidecars"]["compiled"])
+    return list(_setup_py(root).compiled_modules(root))
 
 
 def c_modules(root: Path = ROOT) -> list[str]:
-    with open(root / "pyproject.toml", "rb") as f:
-        return list(tomllib.load(f)["tool"]["sidecars"]["c-modules"])
+    return list(_setup_py(root).c_modules(root))
 
 
-#: setup.py's build of the C modules, run in the overlay (its Extension list, nothing else).
+#: The C modules' build, run in the overlay: setup.py's own ``c_extensions``
+#: (its naming rule and flags), with ``build_ext --inplace``.
 _BUILD_C = """
-import sys
-from setuptools import Extension, setup
-paths = sys.argv[1:]
+import importlib.util, sys
+from setuptools import setup
+spec = importlib.util.spec_from_file_location("sidecars_setup", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
 sys.argv[1:] = ["build_ext", "--inplace"]
-setup(name="overlay", ext_modules=[
-    Extension(p.removesuffix(".c").replace("/", "."), [p], extra_compile_args=["-O2"])
-    for p in paths
-])
+setup(name="overlay", ext_modules=module.c_extensions())  # the tree's list, built here
 """
 
 
@@ -69,6 +77,7 @@ def digest(root: Path = ROOT) -> str:
     h = hashlib.sha256()
     h.update(f"{sys.version}\0{mypy.version.__version__}\0".encode())
     h.update("\0".join(compiled_modules(root) + c_modules(root)).encode())
+    h.update((root / "setup.py").read_bytes())  # the build's rules (flags, naming)
     for path in _sources(root):
         h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()[:16]
@@ -95,7 +104,7 @@ def build(root: Path = ROOT, cache: Path | None = None) -> Path:
     if res.returncode != 0:
         raise BuildError(f"mypyc failed ({res.returncode}): {(res.stdout + res.stderr)[-3000:]}")
     res = subprocess.run(
-        [sys.executable, "-c", _BUILD_C, *c_modules(root)],
+        [sys.executable, "-c", _BUILD_C, str(root / "setup.py")],
         cwd=tmp,
         capture_output=True,
         text=True,

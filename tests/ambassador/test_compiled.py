@@ -61,14 +61,20 @@ def test_the_build_digest_follows_the_sources(tmp_path: Path) -> None:
     for name in ("ambassador", "sidecar_common"):
         (tree / name).mkdir(parents=True)
         (tree / name / "__init__.py").write_text("")
-    (tree / "pyproject.toml").write_bytes((ROOT / "pyproject.toml").read_bytes())
+    for name in ("pyproject.toml", "setup.py"):
+        (tree / name).write_bytes((ROOT / name).read_bytes())
     before = digest(tree)
     assert digest(tree) == before
     (tree / "ambassador" / "__init__.py").write_text("# edited\n")
     edited = digest(tree)
     assert edited != before
     (tree / "ambassador" / "_fast.c").write_text("/* C sources count too */\n")
-    assert digest(tree) != edited
+    with_c = digest(tree)
+    assert with_c != edited
+    # setup.py holds the build's rules (the C flags, the naming): they count too.
+    setup_py = tree / "setup.py"
+    setup_py.write_text(setup_py.read_text().replace('"-O2"', '"-O3"'))
+    assert digest(tree) != with_c
 
 
 def test_a_bad_compile_mode_is_one_line_and_fails() -> None:
