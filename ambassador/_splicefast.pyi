@@ -16,5 +16,13 @@ class Table:
     def gen(self, fd: int, /) -> int: ...
     def last(self, fd: int, /) -> float: ...
     def poll(
-        self, epfd: int, timeout_ms: int, spare_r: int, spare_w: int, chunk: int, burst: int, /
+        self,
+        epfd: int,
+        timeout_ms: int,
+        spare_r: int,
+        spare_w: int,
+        chunk: int,
+        burst: int,
+        copy: int = 0,
+        /,
     ) -> list[tuple[int, int, int, int, int, int]]: ...

@@ -118,6 +118,13 @@ END_DELAY: Final = 0.005
 #: Extra reads of one source in a row while it fills whole chunks (bulk
 #: transfers): fewer trips through the event loop, bounded for fairness.
 BURST: Final = 4
+#: With the C path: once a read fills a whole pipe chunk (the source is ahead:
+#: bulk), that source is copied through a buffer this large instead, in one
+#: read and one write per event, as Envoy's 1 MiB connection buffers do
+#: (``_splicefast.c``'s ``copy_event`` says why; iperf3 1 stream, same run:
+#: 13.2 -> 15.9 Gbit/s, Envoy 13.5). The buffer costs memory once bulk
+#: traffic first touches it, one per hub.
+COPY_SIZE: Final = 1 << 20
 
 _HAS_SPLICE: Final = hasattr(os, "splice") and hasattr(select, "epoll")
 #: The spare pipe while none can be made (descriptors exhausted): a splice into
@@ -471,7 +478,9 @@ class SpliceHub:
                     if self.spare is _NO_PIPE:
                         self._renew_spare()
                     spare_r, spare_w = self.spare
-                    results = table.poll(self.epoll.fileno(), 0, spare_r, spare_w, PIPE_SIZE, BURST)
+                    results = table.poll(
+                        self.epoll.fileno(), 0, spare_r, spare_w, PIPE_SIZE, BURST, COPY_SIZE
+                    )
                     if results:
                         with self.lock:
                             self.settle_results(results)
@@ -524,7 +533,13 @@ class SpliceHub:
                     self._renew_spare()
                 spare_r, spare_w = self.spare
                 results = table.poll(
-                    epfd, delay_ms if self.ended else -1, spare_r, spare_w, PIPE_SIZE, BURST
+                    epfd,
+                    delay_ms if self.ended else -1,
+                    spare_r,
+                    spare_w,
+                    PIPE_SIZE,
+                    BURST,
+                    COPY_SIZE,
                 )
                 if results:
                     with lock:
@@ -557,7 +572,8 @@ class SpliceHub:
                 self.step(((fd, ev),))
                 continue
             entry = by_fd_get(fd)
-            spare_used = kind in (_splicefast.WRITE_ERR, _splicefast.PARTIAL)
+            # A write error of the copy path leaves no bytes behind (got 0).
+            spare_used = kind == _splicefast.PARTIAL or (kind == _splicefast.WRITE_ERR and got > 0)
             if entry is None or table.gen(fd) != gen:
                 if spare_used:
                     self._drop_spare()
@@ -571,7 +587,8 @@ class SpliceHub:
                 elif kind == _splicefast.READ_ERR:
                     self._reset(conn, idx)
                 elif kind == _splicefast.WRITE_ERR:
-                    self._hand_over(this, got)  # the bytes go with the reset
+                    if got:
+                        self._hand_over(this, got)  # the bytes go with the reset
                     self._reset(conn, 1 - idx)
                 else:
                     self._wait_for_destination(this, got - sent)

@@ -63,16 +63,22 @@ class Rig:
         return app, client, upstream, backend
 
     def poll(
-        self, timeout_ms: int = 2000, chunk: int = 1 << 16, burst: int = 4
+        self, timeout_ms: int = 2000, chunk: int = 1 << 16, burst: int = 4, copy: int = 0
     ) -> list[tuple[int, int, int, int, int, int]]:
-        return list(self.table.poll(self.epoll.fileno(), timeout_ms, *self.spare, chunk, burst))
+        return list(
+            self.table.poll(self.epoll.fileno(), timeout_ms, *self.spare, chunk, burst, copy)
+        )
+
+    def spare_bytes(self) -> bytes:
+        """What waits in the spare pipe (read out)."""
+        try:
+            return os.read(self.spare[0], 1 << 20)
+        except BlockingIOError:
+            return b""
 
     def spare_holds(self) -> int:
         """Bytes waiting in the spare pipe (read out)."""
-        try:
-            return len(os.read(self.spare[0], 1 << 20))
-        except BlockingIOError:
-            return 0
+        return len(self.spare_bytes())
 
     def close(self) -> None:
         self.epoll.close()
@@ -248,6 +254,8 @@ def test_clear_returns_the_untaken_bytes_and_changes_the_generation(rig: Rig) ->
         rig.table.set(-1, 3)
     with pytest.raises(ValueError):
         rig.sf.Table().poll(rig.epoll.fileno(), 0, *rig.spare, 0, 4)
+    with pytest.raises(ValueError):
+        rig.sf.Table().poll(rig.epoll.fileno(), 0, *rig.spare, 4096, 4, -1)
     with pytest.raises(OSError):
         rig.sf.Table().poll(-1, 0, *rig.spare, 4096, 4)
 
@@ -264,3 +272,112 @@ def test_a_stale_result_does_not_reach_the_connection_now_on_its_socket() -> Non
         assert hub.pipes_open == 1 and not hub.pool
     finally:
         hub.close()
+
+
+# --------------------------------------------------------------------------- bulk: the copy path
+# Once a read fills a whole chunk, the source is copied in reads of up to
+# ``copy`` bytes (peeked, then dropped as far as the destination took them).
+# Here chunk is small, so that the switch is visible in the byte counts.
+
+
+def readable(sock: socket.socket) -> bytes:
+    """What a non-blocking socket holds now."""
+    out = b""
+    while True:
+        try:
+            piece = sock.recv(1 << 20)
+        except BlockingIOError:
+            return out
+        if not piece:
+            return out
+        out += piece
+
+
+def test_a_source_that_fills_a_chunk_is_then_copied_in_large_reads(rig: Rig) -> None:
+    app, client, _, backend = rig.connect()
+    data = os.urandom(40000)
+    app.sendall(data)
+    time.sleep(0.05)
+    # chunk 4 KiB, no burst: one chunk spliced, a whole one, so the source is in bulk ...
+    assert rig.poll(chunk=4096, burst=0, copy=1 << 16) == []
+    assert rig.table.take(client.fileno()) == 4096
+    # ... and the next event copies all that waits (up to 64 KiB) in one read.
+    assert rig.poll(chunk=4096, burst=0, copy=1 << 16) == []
+    assert rig.table.take(client.fileno()) == 40000 - 4096
+    assert recv_exactly(backend, 40000) == data
+    # A read shorter than a chunk ends bulk: one chunk per event again.
+    app.sendall(b"tiny")
+    assert rig.poll(chunk=4096, burst=0, copy=1 << 16) == []
+    assert recv_exactly(backend, 4) == b"tiny"
+    app.sendall(data)
+    time.sleep(0.05)
+    assert rig.poll(chunk=4096, burst=0, copy=1 << 16) == []
+    assert rig.table.take(client.fileno()) == 4 + 4096
+    assert rig.poll(chunk=4096, burst=0, copy=1 << 16) == []
+    assert rig.table.take(client.fileno()) == 40000 - 4096
+    assert recv_exactly(backend, 40000) == data
+
+
+def test_without_a_copy_size_a_source_is_always_spliced(rig: Rig) -> None:
+    app, client, _, backend = rig.connect()
+    app.sendall(b"s" * 20000)
+    time.sleep(0.05)
+    for _ in range(4):
+        assert rig.poll(chunk=4096, burst=0) == []
+        assert rig.table.take(client.fileno()) == 4096
+    # A copy size below the chunk is no copy size either.
+    assert rig.poll(chunk=4096, burst=0, copy=1024) == []
+    assert rig.table.take(client.fileno()) == 20000 - 4 * 4096
+    assert recv_exactly(backend, 20000) == b"s" * 20000
+
+
+def test_a_full_destination_in_bulk_loses_no_byte_and_keeps_the_order(rig: Rig) -> None:
+    """The destination takes part of a copy: nothing it did not take has left the source
+    but the next bytes, up to a chunk, which wait in the spare pipe as on the splice path."""
+    app, client, upstream, backend = rig.connect()
+    backend.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    upstream.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    data = os.urandom(60000)
+    app.sendall(data)
+    time.sleep(0.05)
+    assert rig.poll(chunk=1024, burst=0, copy=1 << 20) == []  # a whole chunk: bulk
+    (result,) = rig.poll(chunk=1024, burst=0, copy=1 << 20)
+    fd, _, kind, got, sent, _ = result
+    assert (fd, kind) == (client.fileno(), rig.sf.PARTIAL)
+    assert 0 < got - sent <= 1024
+    delivered = rig.table.take(client.fileno())
+    assert delivered == 1024 + sent
+    in_pipe = rig.spare_bytes()
+    assert len(in_pipe) == got - sent
+    backend.settimeout(5)
+    received = recv_exactly(backend, delivered)
+    rest = readable(client)
+    assert received + in_pipe + rest == data
+
+
+def test_a_reset_destination_in_bulk_takes_nothing_from_the_source(rig: Rig) -> None:
+    app, client, upstream, backend = rig.connect()
+    app.sendall(b"b" * 4096)
+    assert rig.poll(chunk=4096, burst=0, copy=1 << 16) == []  # a whole chunk: bulk
+    assert recv_exactly(backend, 4096) == b"b" * 4096
+    rig.epoll.unregister(upstream.fileno())  # else its own reset is seen first
+    rst(backend)
+    time.sleep(0.05)
+    app.sendall(b"orphan")
+    (result,) = rig.poll(chunk=4096, burst=0, copy=1 << 16)
+    assert result[0] == client.fileno()
+    assert result[2] == rig.sf.WRITE_ERR and result[3] == 0 and result[4] != 0
+    assert rig.spare_holds() == 0
+    assert readable(client) == b"orphan"  # still in the source: the reset takes it
+
+
+def test_end_of_stream_in_bulk_is_handed_back(rig: Rig) -> None:
+    app, client, _, backend = rig.connect()
+    app.sendall(b"e" * 8192)
+    time.sleep(0.05)
+    assert rig.poll(chunk=4096, burst=0, copy=1 << 16) == []
+    assert rig.poll(chunk=4096, burst=0, copy=1 << 16) == []  # copied
+    assert recv_exactly(backend, 8192) == b"e" * 8192
+    app.shutdown(socket.SHUT_WR)
+    (result,) = rig.poll(chunk=4096, burst=0, copy=1 << 16)
+    assert result[0] == client.fileno() and result[2] == rig.sf.EOF
