@@ -28,6 +28,9 @@ byte count) is done by ``_splicefast.Table.poll`` without the GIL or the
 interpreter, inside the same ``epoll_wait`` call; every other event is handed
 back and handled here (``settle_results``), and this module keeps all
 connection state either way (the design doc has the protocol between them).
+There, a source in bulk (its last splice filled a chunk) is copied through a
+1 MiB buffer instead of spliced (``COPY_SIZE``): on loopback, zero copy costs
+the sender and the receiver more than the copy costs us.
 ``AMBASSADOR_RELAY=splice-loop`` runs the same loop as a
 trio task instead (one ``wait_readable`` on the epoll fd for all connections);
 ``AMBASSADOR_RELAY_THREADS=N`` spreads connections over N hub threads.

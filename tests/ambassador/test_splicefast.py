@@ -298,22 +298,23 @@ def test_a_source_that_fills_a_chunk_is_then_copied_in_large_reads(rig: Rig) -> 
     data = os.urandom(40000)
     app.sendall(data)
     time.sleep(0.05)
-    # chunk 4 KiB, no burst: one chunk spliced, a whole one, so the source is in bulk ...
-    assert rig.poll(chunk=4096, burst=0, copy=1 << 16) == []
+    # chunk 4 KiB: one chunk spliced, a whole one, so the source is in bulk ...
+    assert rig.poll(chunk=4096, burst=15, copy=1 << 16) == []
     assert rig.table.take(client.fileno()) == 4096
-    # ... and the next event copies all that waits (up to 64 KiB) in one read.
-    assert rig.poll(chunk=4096, burst=0, copy=1 << 16) == []
+    # ... and the next event copies all that waits in one read (up to 64 KiB: the
+    # copy size, and the 16 chunks an event may move).
+    assert rig.poll(chunk=4096, burst=15, copy=1 << 16) == []
     assert rig.table.take(client.fileno()) == 40000 - 4096
     assert recv_exactly(backend, 40000) == data
     # A read shorter than a chunk ends bulk: one chunk per event again.
     app.sendall(b"tiny")
-    assert rig.poll(chunk=4096, burst=0, copy=1 << 16) == []
+    assert rig.poll(chunk=4096, burst=15, copy=1 << 16) == []
     assert recv_exactly(backend, 4) == b"tiny"
     app.sendall(data)
     time.sleep(0.05)
-    assert rig.poll(chunk=4096, burst=0, copy=1 << 16) == []
+    assert rig.poll(chunk=4096, burst=15, copy=1 << 16) == []
     assert rig.table.take(client.fileno()) == 4 + 4096
-    assert rig.poll(chunk=4096, burst=0, copy=1 << 16) == []
+    assert rig.poll(chunk=4096, burst=15, copy=1 << 16) == []
     assert rig.table.take(client.fileno()) == 40000 - 4096
     assert recv_exactly(backend, 40000) == data
 
@@ -340,8 +341,8 @@ def test_a_full_destination_in_bulk_loses_no_byte_and_keeps_the_order(rig: Rig) 
     data = os.urandom(60000)
     app.sendall(data)
     time.sleep(0.05)
-    assert rig.poll(chunk=1024, burst=0, copy=1 << 20) == []  # a whole chunk: bulk
-    (result,) = rig.poll(chunk=1024, burst=0, copy=1 << 20)
+    assert rig.poll(chunk=1024, burst=63, copy=1 << 20) == []  # a whole chunk: bulk
+    (result,) = rig.poll(chunk=1024, burst=63, copy=1 << 20)
     fd, _, kind, got, sent, _ = result
     assert (fd, kind) == (client.fileno(), rig.sf.PARTIAL)
     assert 0 < got - sent <= 1024
@@ -381,3 +382,27 @@ def test_end_of_stream_in_bulk_is_handed_back(rig: Rig) -> None:
     app.shutdown(socket.SHUT_WR)
     (result,) = rig.poll(chunk=4096, burst=0, copy=1 << 16)
     assert result[0] == client.fileno() and result[2] == rig.sf.EOF
+
+
+def test_a_bulk_event_copies_again_only_while_under_what_a_spliced_one_may_move(
+    rig: Rig,
+) -> None:
+    """Fairness: a bulk event copies again only while it moved less than chunk * (burst + 1)."""
+    app, client, _, backend = rig.connect()
+    data = os.urandom(100000)
+    app.sendall(data)
+    time.sleep(0.05)
+    # chunk 4 KiB and burst 1: 8 KiB per event; a copy asks for 16 KiB, so one copy per event.
+    assert rig.poll(chunk=4096, burst=1, copy=1 << 14) == []
+    assert rig.table.take(client.fileno()) == 4096  # a whole chunk: bulk from here
+    assert rig.poll(chunk=4096, burst=1, copy=1 << 14) == []
+    assert rig.table.take(client.fileno()) == 16384
+    # burst 4: 20 KiB per event, so a second copy (16 KiB moved is less), then no third.
+    assert rig.poll(chunk=4096, burst=4, copy=1 << 14) == []
+    assert rig.table.take(client.fileno()) == 32768
+    moved = 4096 + 16384 + 32768
+    while moved < len(data):
+        assert rig.poll(chunk=4096, burst=4, copy=1 << 14) == []
+        moved += rig.table.take(client.fileno())
+    assert moved == len(data)
+    assert recv_exactly(backend, len(data)) == data
