@@ -319,6 +319,36 @@ stop_connection(TableObject *self, entry_t *e, int fd)
     }
 }
 
+/* The event ends with a result for the Python hub (kind, got, sent: see the
+ * enum), and the connection leaves the simple path. Returns 1 (a result). */
+static int
+report(TableObject *self, entry_t *e, int fd, result_t *r, int kind, ssize_t got, ssize_t sent)
+{
+    r->kind = kind;
+    r->got = got;
+    r->sent = sent;
+    stop_connection(self, e, fd);
+    return 1;
+}
+
+/* A read of the source returned got (call it at once: it reads errno). -1: go
+ * on with got bytes; 0: nothing to read (level-triggered: a real event comes
+ * again); 1: *r holds EOF or a read error. */
+static int
+after_read(TableObject *self, entry_t *e, int fd, result_t *r, ssize_t got)
+{
+    if (got > 0) {
+        return -1;
+    }
+    if (got == 0) {
+        return report(self, e, fd, r, R_EOF, 0, 0);
+    }
+    if (errno == EAGAIN || errno == EINTR) {
+        return 0;
+    }
+    return report(self, e, fd, r, R_READ_ERR, 0, errno);
+}
+
 /* One event of a connection in bulk (e->bulk): copy through a large buffer.
  *
  * Why: in bulk the splice path wakes per arrival and moves one pipe's worth
@@ -352,27 +382,15 @@ copy_event(TableObject *self, entry_t *e, int fd, result_t *r, int spare_w, size
     size_t budget = chunk * (size_t)(burst + 1);
     while (budget > 0) {
         ssize_t got = recv(fd, buf, size, MSG_PEEK | MSG_DONTWAIT);
-        if (got < 0) {
-            if (errno == EAGAIN || errno == EINTR) {
-                return 0;
-            }
-            r->kind = R_READ_ERR;
-            r->sent = errno;
-            stop_connection(self, e, fd);
-            return 1;
-        }
-        if (got == 0) {
-            r->kind = R_EOF;
-            stop_connection(self, e, fd);
-            return 1;
+        int done = after_read(self, e, fd, r, got);
+        if (done >= 0) {
+            return done;
         }
         ssize_t sent = send(e->dst, buf, (size_t)got, MSG_DONTWAIT | MSG_NOSIGNAL);
         if (sent < 0) {
             if (errno != EAGAIN) {
-                r->kind = R_WRITE_ERR; /* nothing was taken from the source */
-                r->sent = errno;
-                stop_connection(self, e, fd);
-                return 1;
+                /* nothing was taken from the source */
+                return report(self, e, fd, r, R_WRITE_ERR, 0, errno);
             }
             sent = 0;
         }
@@ -382,28 +400,18 @@ copy_event(TableObject *self, entry_t *e, int fd, result_t *r, int spare_w, size
             if (dropped != sent) {
                 /* The peeked bytes are there and only this thread reads fd: an
                  * error here is the source failing (they were delivered). */
-                r->kind = R_READ_ERR;
-                r->sent = dropped < 0 ? errno : EIO;
-                stop_connection(self, e, fd);
-                return 1;
+                return report(self, e, fd, r, R_READ_ERR, 0, dropped < 0 ? errno : EIO);
             }
         }
         if (sent != got) {
             size_t rest = (size_t)(got - sent);
             ssize_t moved = splice(fd, NULL, spare_w, NULL, rest < chunk ? rest : chunk, flags);
             if (moved <= 0) {
-                r->kind = R_READ_ERR;
-                r->sent = moved < 0 ? errno : EIO;
-                stop_connection(self, e, fd);
-                return 1;
+                return report(self, e, fd, r, R_READ_ERR, 0, moved < 0 ? errno : EIO);
             }
             e->bulk = 0;
-            r->kind = R_PARTIAL;
-            r->got = sent + moved;
-            r->sent = sent;
-            stop_connection(self, e, fd);
             *spare_dirty = 1;
-            return 1;
+            return report(self, e, fd, r, R_PARTIAL, sent + moved, sent);
         }
         if ((size_t)got < chunk) {
             e->bulk = 0; /* the source is not ahead of us any more: back to splicing */
@@ -426,40 +434,22 @@ splice_event(TableObject *self, entry_t *e, int fd, result_t *r, int spare_r, in
     const unsigned int flags = SPLICE_F_MOVE | SPLICE_F_NONBLOCK;
     for (int round = 0; round <= burst; round++) {
         ssize_t got = splice(fd, NULL, spare_w, NULL, chunk, flags);
-        if (got < 0) {
-            if (errno == EAGAIN || errno == EINTR) {
-                return 0; /* level-triggered: a real event comes again */
-            }
-            r->kind = R_READ_ERR;
-            r->sent = errno;
-            stop_connection(self, e, fd);
-            return 1;
-        }
-        if (got == 0) {
-            r->kind = R_EOF;
-            stop_connection(self, e, fd);
-            return 1;
+        int done = after_read(self, e, fd, r, got);
+        if (done >= 0) {
+            return done;
         }
         ssize_t sent = splice(spare_r, NULL, e->dst, NULL, (size_t)got, flags);
         if (sent < 0) {
             if (errno != EAGAIN) {
-                r->kind = R_WRITE_ERR;
-                r->got = got;
-                r->sent = errno;
-                stop_connection(self, e, fd);
-                *spare_dirty = 1;
-                return 1;
+                *spare_dirty = 1; /* got bytes sit in the spare pipe */
+                return report(self, e, fd, r, R_WRITE_ERR, got, errno);
             }
             sent = 0;
         }
         e->bytes += (uint64_t)sent;
         if (sent != got) {
-            r->kind = R_PARTIAL;
-            r->got = got;
-            r->sent = sent;
-            stop_connection(self, e, fd);
             *spare_dirty = 1;
-            return 1;
+            return report(self, e, fd, r, R_PARTIAL, got, sent);
         }
         if ((size_t)got < chunk) {
             return 0; /* a short read drained the socket */
