@@ -122,8 +122,8 @@ END_DELAY: Final = 0.005
 #: transfers): fewer trips through the event loop, bounded for fairness.
 BURST: Final = 4
 #: With the C path: once a read fills a whole pipe chunk (the source is ahead:
-#: bulk), that source is copied through a buffer this large instead, in one
-#: read and one write per event, as Envoy's 1 MiB connection buffers do
+#: bulk), that source is copied through a buffer this large instead, one read
+#: and one write per copy, as Envoy's 1 MiB connection buffers do
 #: (``_splicefast.c``'s ``copy_event`` says why; iperf3 1 stream, same run:
 #: 13.2 -> 15.9 Gbit/s, Envoy 13.5). The buffer costs memory once bulk
 #: traffic first touches it, one per hub.
@@ -478,15 +478,7 @@ class SpliceHub:
                         with self.lock:
                             self.step(self.epoll.poll(0))
                         continue
-                    if self.spare is _NO_PIPE:
-                        self._renew_spare()
-                    spare_r, spare_w = self.spare
-                    results = table.poll(
-                        self.epoll.fileno(), 0, spare_r, spare_w, PIPE_SIZE, BURST, COPY_SIZE
-                    )
-                    if results:
-                        with self.lock:
-                            self.settle_results(results)
+                    self._poll_table(table, 0)
             failed = trio.Event()
             thread = threading.Thread(
                 target=self._thread_main, args=(failed,), name="ambassador-relay", daemon=True
@@ -526,27 +518,12 @@ class SpliceHub:
         lock = self.lock
         perf = time.perf_counter
         table = self.table
-        epfd = self.epoll.fileno()
         delay_ms = max(1, round(END_DELAY * 1000))
         poll = self.epoll.poll
         step = self.step
         while not self.stopping:
             if table is not None:
-                if self.spare is _NO_PIPE:
-                    self._renew_spare()
-                spare_r, spare_w = self.spare
-                results = table.poll(
-                    epfd,
-                    delay_ms if self.ended else -1,
-                    spare_r,
-                    spare_w,
-                    PIPE_SIZE,
-                    BURST,
-                    COPY_SIZE,
-                )
-                if results:
-                    with lock:
-                        self.settle_results(results)
+                self._poll_table(table, delay_ms if self.ended else -1)
             else:
                 try:
                     events = poll(END_DELAY if self.ended else -1)
@@ -558,6 +535,19 @@ class SpliceHub:
                 # Nobody collected them meanwhile (no new connection): wake trio.
                 self.flush_due = True
                 self._wake_trio(self.flush_ended)
+
+    def _poll_table(self, table: _splicefast.Table, timeout_ms: int) -> None:
+        """One pass of the C path, for either loop: wait up to ``timeout_ms`` (-1: no
+        limit), complete the simple events without the GIL, settle the others."""
+        if self.spare is _NO_PIPE:
+            self._renew_spare()
+        spare_r, spare_w = self.spare
+        results = table.poll(
+            self.epoll.fileno(), timeout_ms, spare_r, spare_w, PIPE_SIZE, BURST, COPY_SIZE
+        )
+        if results:
+            with self.lock:
+                self.settle_results(results)
 
     def settle_results(self, results: list[tuple[int, int, int, int, int, int]]) -> None:
         """The events the C path handed back (``_splicefast.Table.poll``), in order.

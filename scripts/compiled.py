@@ -17,6 +17,7 @@ an unchanged tree reuses its build (seconds), an edited one gets a new build
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
@@ -35,8 +36,9 @@ class BuildError(Exception):
     """mypyc or the C compiler failed (the message ends with their output)."""
 
 
+@functools.cache
 def _setup_py(root: Path) -> ModuleType:
-    """``root``'s setup.py as a module (its ``main`` runs only as ``__main__``)."""
+    """``root``'s setup.py as a module (its ``main`` runs only as ``__main__``), loaded once."""
     spec = importlib.util.spec_from_file_location("sidecars_setup", root / "setup.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
